@@ -1,0 +1,39 @@
+# The few commands the README names.  Everything runs from a local virtualenv
+# (.venv) that `make install` creates; nothing is installed system-wide.
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+
+.PHONY: install test lint unit crds clean
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+## The project's test command (README, .ci/run): static checks, then every test tier.
+test: $(STAMP)
+	$(BIN)/ruff check operator tests e2e bench
+	$(BIN)/ruff format --check operator tests e2e bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+	$(BIN)/disagg crds --check
+	$(BIN)/pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check operator tests e2e bench
+	$(BIN)/mypy
+	$(BIN)/lint-imports
+
+unit: $(STAMP)
+	$(BIN)/pytest -q tests
+
+crds: $(STAMP)
+	$(BIN)/disagg crds
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
