@@ -1,0 +1,248 @@
+"""DisaggDeployment: the whole disaggregated serving system for one model.
+
+It owns two InferencePools (``<name>-prefill`` and ``<name>-decode``) that share
+the model, engine, KV-transfer and RDMA settings declared once here, and the
+gateway (Deployment, Service, routing ConfigMap) in front of them.  Cross-pool
+rules that cannot be checked on one pool alone live here: NIXL needs decode's
+tensor-parallel size to be a multiple of prefill's, and the P:D ratio and GPU
+budget guard what the two autoscalers may do together.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import ConfigDict, Field
+
+from disagg.api.base import ApiModel, FreeForm, Quantity, cel, validations
+from disagg.api.common import (
+    Condition,
+    EngineSpec,
+    KVTransferSpec,
+    ModelSpec,
+    RDMASpec,
+    SecretKeyRef,
+)
+from disagg.api.inferencepool import ENGINE_KV_RULES, PoolSection
+from disagg.api.versions import DEFAULT_GATEWAY_IMAGE
+
+ScorerType = Literal["roundRobin", "leastLoaded", "kvCacheUsage", "prefixAffinity"]
+
+
+class Scorer(ApiModel):
+    """One routing scorer and its weight; scores are in [0,1], the gateway sums them weighted."""
+
+    type: ScorerType
+    """``prefixAffinity`` (prompt blocks likely cached on a worker), ``leastLoaded`` (in-flight
+    and vLLM's waiting queue), ``kvCacheUsage`` (free KV cache), ``roundRobin``."""
+    weight: float = Field(default=1.0, ge=0, le=100)
+    """Relative weight of this scorer."""
+
+
+def _prefill_scorers() -> list[Scorer]:
+    return [Scorer(type="prefixAffinity", weight=2.0), Scorer(type="leastLoaded", weight=1.0)]
+
+
+def _decode_scorers() -> list[Scorer]:
+    return [Scorer(type="leastLoaded", weight=1.0), Scorer(type="kvCacheUsage", weight=1.0)]
+
+
+class SelectiveSpec(ApiModel):
+    """Selective disaggregation: short prompts skip the prefill pool."""
+
+    min_uncached_prompt_tokens: int = Field(default=256, ge=0)
+    """Prompts whose uncached part is shorter than this many tokens are served by a decode
+    worker alone (0 disaggregates everything)."""
+
+
+class RoutingSpec(ApiModel):
+    """How the gateway picks workers and when it falls back."""
+
+    prefill_scorers: list[Scorer] = Field(default_factory=_prefill_scorers, max_length=8)
+    """Scorers for picking a prefill worker."""
+    decode_scorers: list[Scorer] = Field(default_factory=_decode_scorers, max_length=8)
+    """Scorers for picking a decode worker."""
+    selective: SelectiveSpec = Field(default_factory=SelectiveSpec)
+    """When to skip the prefill pool."""
+    prefill_retries: int = Field(default=1, ge=0, le=5)
+    """Prefill attempts on other workers after a failure, before decode-local prefill."""
+    fallback_to_local_prefill: bool = True
+    """After prefill failures, send the request to a decode worker to prefill itself."""
+    request_timeout_seconds: float = Field(default=600.0, gt=0)
+    """Upper bound for one whole request, long generations included."""
+    max_queued_per_pool: int = Field(default=256, ge=1)
+    """Requests waiting for a worker per pool before the gateway answers 429."""
+
+
+class GatewaySpec(ApiModel):
+    """The OpenAI-compatible KV-routing gateway in front of both pools."""
+
+    replicas: int = Field(default=1, ge=1, le=100)
+    """Gateway pods."""
+    image: str = Field(default=DEFAULT_GATEWAY_IMAGE, min_length=1)
+    """Gateway image."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port of the gateway Service (and container)."""
+    service_type: Literal["ClusterIP", "NodePort", "LoadBalancer"] = "ClusterIP"
+    """Type of the gateway Service."""
+    routing: RoutingSpec = Field(default_factory=RoutingSpec)
+    """Routing policy."""
+    api_key_secret_ref: SecretKeyRef | None = None
+    """Secret key holding the API key clients must send as ``Authorization: Bearer``."""
+    cpu: Quantity = "1"
+    """CPU request of a gateway pod."""
+    memory: Quantity = "512Mi"
+    """Memory request and limit of a gateway pod."""
+
+
+class RatioBounds(ApiModel):
+    """Bounds on prefill replicas divided by decode replicas."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.min <= self.max",
+                "scaling.prefillToDecodeRatio.min must not exceed its max",
+                ".min",
+            ),
+        )
+    )
+
+    min: float = Field(default=0.0, ge=0)
+    """Smallest allowed P:D ratio."""
+    max: float = Field(default=1000.0, gt=0)
+    """Largest allowed P:D ratio."""
+
+
+class ScalingSpec(ApiModel):
+    """Guards applied to what the two autoscalers ask for, before the Deployments change."""
+
+    prefill_to_decode_ratio: RatioBounds | None = None
+    """Keep prefill/decode replicas within these bounds."""
+    gpu_budget: int | None = Field(default=None, ge=1)
+    """Most GPUs both pools may use together."""
+
+
+class DisaggDeploymentSpec(ApiModel):
+    """Desired state of a DisaggDeployment."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            *ENGINE_KV_RULES,
+            cel(
+                "self.kvTransfer.connector != 'None'",
+                "kvTransfer.connector must name a KV connector: a DisaggDeployment moves KV "
+                "from prefill to decode",
+                ".kvTransfer.connector",
+            ),
+            cel(
+                "self.kvTransfer.connector != 'NixlConnector' || "
+                "self.prefill.parallelism.tensor <= self.decode.parallelism.tensor",
+                "prefill.parallelism.tensor must not exceed decode.parallelism.tensor with "
+                "NixlConnector",
+                ".prefill.parallelism.tensor",
+            ),
+            cel(
+                "self.kvTransfer.connector != 'NixlConnector' || "
+                "self.decode.parallelism.tensor % self.prefill.parallelism.tensor == 0",
+                "decode.parallelism.tensor must be a multiple of prefill.parallelism.tensor with "
+                "NixlConnector",
+                ".decode.parallelism.tensor",
+            ),
+            cel(
+                "!has(self.scaling.gpuBudget) || self.scaling.gpuBudget >= "
+                "(self.prefill.autoscaling.enabled ? self.prefill.autoscaling.minReplicas : "
+                "self.prefill.replicas) * (has(self.prefill.resources.gpus) ? "
+                "self.prefill.resources.gpus : self.prefill.parallelism.tensor * "
+                "self.prefill.parallelism.pipeline * self.prefill.parallelism.data) + "
+                "(self.decode.autoscaling.enabled ? self.decode.autoscaling.minReplicas : "
+                "self.decode.replicas) * (has(self.decode.resources.gpus) ? "
+                "self.decode.resources.gpus : self.decode.parallelism.tensor * "
+                "self.decode.parallelism.pipeline * self.decode.parallelism.data)",
+                "scaling.gpuBudget is smaller than the GPUs the minimum prefill and decode "
+                "replicas need",
+                ".scaling.gpuBudget",
+            ),
+        )
+    )
+
+    model: ModelSpec
+    """The served model (shared by both pools)."""
+    engine: EngineSpec = Field(default_factory=EngineSpec)
+    """vLLM image and flags (shared)."""
+    kv_transfer: KVTransferSpec = Field(default_factory=KVTransferSpec)
+    """KV connector (shared; roles are set per pool)."""
+    rdma: RDMASpec = Field(default_factory=RDMASpec)
+    """RDMA devices and fabric settings (shared)."""
+    prefill: PoolSection = Field(default_factory=PoolSection)
+    """The prefill pool."""
+    decode: PoolSection = Field(default_factory=PoolSection)
+    """The decode pool."""
+    gateway: GatewaySpec = Field(default_factory=GatewaySpec)
+    """The routing gateway."""
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec)
+    """Cross-pool scaling guards."""
+
+
+class PoolSummary(ApiModel):
+    """Replica counts of one child pool."""
+
+    desired: int | None = None
+    """Replicas the pool's Deployment is set to (after guards)."""
+    requested: int | None = None
+    """Replicas the pool asked for (its spec.replicas, possibly set by its autoscaler)."""
+    ready: int | None = None
+    """Ready workers."""
+
+
+class GatewaySummary(ApiModel):
+    """Observed gateway state."""
+
+    endpoint: str | None = None
+    """In-cluster URL of the gateway Service."""
+    ready: int | None = None
+    """Ready gateway pods."""
+
+
+class DisaggDeploymentStatus(ApiModel):
+    """Observed state of a DisaggDeployment."""
+
+    observed_generation: int | None = None
+    """The spec generation this status describes."""
+    prefill: PoolSummary = Field(default_factory=PoolSummary)
+    """Prefill pool."""
+    decode: PoolSummary = Field(default_factory=PoolSummary)
+    """Decode pool."""
+    gateway: GatewaySummary = Field(default_factory=GatewaySummary)
+    """Gateway."""
+    kv_bytes_per_token: int | None = None
+    """KV-cache bytes per token of the model (all layers, K and V), from the planner."""
+    estimated_transfer_ms: float | None = None
+    """Estimated KV transfer time of a typical (4,096-token) prompt at ``rdma.linkGbps``."""
+    disaggregated_share: float | None = None
+    """Share of recent requests that went through prefill then decode (from the gateway)."""
+    conditions: list[Condition] = Field(default_factory=list)
+    """``Ready``, ``PrefillReady``, ``DecodeReady``, ``GatewayReady``,
+    ``DisaggregationEffective``, ``RDMAReady``, ``Progressing``, ``Degraded``."""
+
+
+class DisaggDeployment(ApiModel):
+    """A disaggregated prefill/decode deployment of one model with its routing gateway."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$') && "
+                "size(self.metadata.name) <= 52",
+                "metadata.name must be a DNS-1035 label of at most 52 characters "
+                "(children are named <name>-prefill, <name>-decode, <name>-gateway)",
+                ".metadata.name",
+            ),
+        )
+    )
+
+    api_version: str = "disagg.dev/v1alpha1"
+    kind: str = "DisaggDeployment"
+    metadata: FreeForm = Field(default_factory=dict)
+    spec: DisaggDeploymentSpec
+    status: DisaggDeploymentStatus = Field(default_factory=DisaggDeploymentStatus)
