@@ -1,0 +1,174 @@
+"""The gateway's configuration: the schema of the routing ConfigMap, as pydantic models.
+
+The operator renders this (JSON or YAML) from a DisaggDeployment into a ConfigMap mounted at
+``--config``; for local use the command line builds the same object (``--prefill``/``--decode``
+become static discovery).  Field names are camelCase on the wire, like every Kubernetes object,
+and every field has a default, so ``{}`` is a valid (static, empty) configuration.  Unknown keys
+are rejected: a typo in a ConfigMap should stop the gateway, not silently change routing.
+docs/gateway.md documents each field.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.alias_generators import to_camel
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
+
+
+class PluginConfig(_Model):
+    type: str
+    """Registered plugin name: scorers ``round-robin``, ``least-loaded``, ``kv-cache-usage``,
+    ``prefix-affinity``; filters ``healthy``; pickers ``max-score``, ``random``."""
+    weight: float = Field(default=1.0, gt=0)
+    """Scorers only: multiplier of the scorer's [0, 1] score in the profile's sum."""
+    params: dict[str, Any] = Field(default_factory=dict)
+    """Plugin parameters (see each plugin's docstring)."""
+
+
+def _default_prefill_scorers() -> list[PluginConfig]:
+    return [PluginConfig(type="prefix-affinity", weight=2.0), PluginConfig(type="least-loaded")]
+
+
+def _default_decode_scorers() -> list[PluginConfig]:
+    return [
+        PluginConfig(type="prefix-affinity"),
+        PluginConfig(type="least-loaded"),
+        PluginConfig(type="kv-cache-usage"),
+    ]
+
+
+class ProfileConfig(_Model):
+    scorers: list[PluginConfig]
+    filters: list[PluginConfig] = Field(default_factory=lambda: [PluginConfig(type="healthy")])
+    picker: PluginConfig = Field(default_factory=lambda: PluginConfig(type="max-score"))
+
+
+class RoutingConfig(_Model):
+    prefill: ProfileConfig = Field(
+        default_factory=lambda: ProfileConfig(scorers=_default_prefill_scorers())
+    )
+    decode: ProfileConfig = Field(
+        default_factory=lambda: ProfileConfig(scorers=_default_decode_scorers())
+    )
+    block_size: int = Field(default=16, ge=1, le=1024)
+    """Tokens per KV block; match the workers' ``--block-size`` (vLLM's default 16)."""
+    prefix_index_blocks: int = Field(default=16384, ge=1)
+    """Blocks remembered per worker by the approximate prefix index (about the worker's cache)."""
+
+
+class SelectiveConfig(_Model):
+    enabled: bool = True
+    """False: every request is disaggregated while a prefill worker exists."""
+    min_uncached_prompt_tokens: int = Field(default=256, ge=0)
+    """Decode-only below this many prompt tokens not already cached on the decode worker."""
+
+
+class RetryConfig(_Model):
+    prefill_attempts: int = Field(default=2, ge=1, le=10)
+    """Prefill workers tried (each a different one) before falling back to decode-local prefill."""
+    decode_attempts: int = Field(default=2, ge=1, le=10)
+    """Decode workers tried when one fails before sending its first byte."""
+    decode_local_fallback: bool = True
+    """After the prefill attempts fail, send the original body to a decode worker (it prefills)."""
+
+
+class TimeoutConfig(_Model):
+    connect_seconds: float = Field(default=5.0, gt=0)
+    prefill_seconds: float = Field(default=600.0, gt=0)
+    """Whole prefill leg (long prompts under load take a while)."""
+    first_byte_seconds: float = Field(default=600.0, gt=0)
+    """Decode leg until response headers arrive."""
+    stream_idle_seconds: float = Field(default=300.0, gt=0)
+    """Longest silence between two chunks of a stream; there is no total limit."""
+    keep_alive_expiry_seconds: float = Field(default=4.0, gt=0, lt=5.0)
+    """Idle upstream connections are closed after this; must stay below vLLM's 5 s keep-alive."""
+
+
+class PoolQueueConfig(_Model):
+    max_inflight_per_worker: int = Field(default=64, ge=1)
+    """Requests the gateway lets run at once per ready worker; the rest wait in the queue."""
+    max_queued: int = Field(default=512, ge=0)
+    """Waiting requests beyond which the gateway answers 429."""
+
+
+class QueueConfig(_Model):
+    prefill: PoolQueueConfig = Field(
+        default_factory=lambda: PoolQueueConfig(max_inflight_per_worker=16, max_queued=512)
+    )
+    decode: PoolQueueConfig = Field(
+        default_factory=lambda: PoolQueueConfig(max_inflight_per_worker=256, max_queued=1024)
+    )
+    max_wait_seconds: float = Field(default=30.0, gt=0)
+    """A queued request waiting longer gets 429."""
+    retry_after_seconds: int = Field(default=1, ge=1)
+    """Value of ``Retry-After`` on 429."""
+
+
+class StaticDiscovery(_Model):
+    prefill: list[str] = Field(default_factory=list)
+    decode: list[str] = Field(default_factory=list)
+
+
+class KubernetesDiscovery(_Model):
+    namespace: str
+    prefill_selector: str
+    """Label selector of the prefill pool's EndpointSlices, e.g.
+    ``kubernetes.io/service-name=llama-prefill``."""
+    decode_selector: str
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Worker HTTP port (used when the slice has no port of that name or number)."""
+    port_name: str | None = None
+    """Prefer the slice port with this name (e.g. ``http``)."""
+    resync_seconds: float = Field(default=30.0, gt=0)
+    """Watches are restarted (and the list re-read) at least this often."""
+
+
+class DiscoveryConfig(_Model):
+    static: StaticDiscovery | None = None
+    kubernetes: KubernetesDiscovery | None = None
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DiscoveryConfig:
+        if self.static is not None and self.kubernetes is not None:
+            raise ValueError("discovery: set either static or kubernetes, not both")
+        return self
+
+
+class PoolNames(_Model):
+    prefill: str = "prefill"
+    decode: str = "decode"
+    """Values of the ``pool`` label on the gateway's metrics (the InferencePool names)."""
+
+
+class GatewayConfig(_Model):
+    pools: PoolNames = Field(default_factory=PoolNames)
+    discovery: DiscoveryConfig = Field(default_factory=DiscoveryConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    selective: SelectiveConfig = Field(default_factory=SelectiveConfig)
+    retries: RetryConfig = Field(default_factory=RetryConfig)
+    timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    queue: QueueConfig = Field(default_factory=QueueConfig)
+    scrape_interval_seconds: float = Field(default=1.0, gt=0)
+    """How often each worker's /metrics is read for the load scorers."""
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
+    """Larger request bodies get 400."""
+    api_key_file: str | None = None
+    """File holding the API key (a mounted Secret); env ``DISAGG_API_KEY`` also works."""
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read a JSON or YAML file (YAML is a superset of JSON) into a validated config."""
+    text = Path(path).read_text(encoding="utf-8")
+    data = yaml.safe_load(text) if text.strip() else {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the gateway config must be a mapping, got {type(data).__name__}")
+    return GatewayConfig.model_validate(data)

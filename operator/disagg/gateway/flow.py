@@ -1,0 +1,401 @@
+"""One client request through the pools: plan, prefill leg, decode leg, fallbacks, relay.
+
+The order of operations (VLLM.md's NIXL protocol):
+
+1. the router picks a decode worker and decides disaggregated vs decode-only;
+2. disaggregated: the prefill leg goes to a prefill worker; on a failure (connection, timeout,
+   5xx, no ``kv_transfer_params``) another prefill worker is tried, and after
+   ``prefill_attempts`` the decode worker gets the original body and prefills locally
+   (decision ``fallback``).  A 4xx from prefill is the client's problem and is returned as is;
+3. the decode leg: the original body (+ the prefill's ``kv_transfer_params``).  A worker that
+   fails before its first body byte is replaced by another; once bytes reached the client the
+   stream can only end with an SSE error frame and ``[DONE]`` -- never silently truncated.
+
+Streams are relayed as the worker's bytes, cut only at SSE event boundaries (a partial event is
+held back until complete, so an error frame never lands inside one); nothing is re-serialised.
+The flow returns a ``Reply`` or a ``StreamReply``; the app turns them into HTTP responses.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+
+from disagg.gateway.metrics import GatewayMetrics
+from disagg.gateway.pools import Pool
+from disagg.gateway.requests import ClientRequest, decode_body, encode, error_body, prefill_body
+from disagg.gateway.routing.contracts import NoEndpointError, RoutingRequest
+from disagg.gateway.routing.disagg import DisaggRouter
+from disagg.gateway.upstream import Stream, UpstreamClient, UpstreamError
+
+log = logging.getLogger(__name__)
+
+JSON = "application/json"
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+@dataclass
+class Reply:
+    status: int
+    body: bytes
+    content_type: str = JSON
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass
+class StreamReply:
+    chunks: AsyncIterator[bytes]
+    content_type: str = "text/event-stream"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FlowSettings:
+    prefill_attempts: int
+    decode_attempts: int
+    decode_local_fallback: bool
+    selective: bool
+    prefill_seconds: float
+    first_byte_seconds: float
+
+
+def upstream_failure(message: str, status: int = 502) -> Reply:
+    return Reply(status, error_body(message, "upstream_error", status))
+
+
+def _retryable(status: int) -> bool:
+    return status >= 500 or status in (408, 429)
+
+
+def _last_boundary(buf: bytes) -> int:
+    """End offset of the last complete SSE event in ``buf`` (0 if none)."""
+    lf = buf.rfind(b"\n\n")
+    crlf = buf.rfind(b"\r\n\r\n")
+    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
+
+
+def sse_error_frame(message: str) -> bytes:
+    frame = {"error": {"message": message, "type": "upstream_error", "param": None, "code": 502}}
+    return b"data: " + json.dumps(frame).encode() + b"\n\n" + SSE_DONE
+
+
+class Flow:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        router: DisaggRouter,
+        prefill: Pool,
+        decode: Pool,
+        metrics: GatewayMetrics,
+        settings: FlowSettings,
+    ) -> None:
+        self.client = client
+        self.router = router
+        self.prefill = prefill
+        self.decode = decode
+        self.metrics = metrics
+        self.settings = settings
+
+    async def handle(
+        self, request: ClientRequest, routing: RoutingRequest, arrival: float
+    ) -> Reply | StreamReply:
+        """Serve one validated request; raises ``QueueFull`` (429) when a pool is saturated."""
+        headers = {"Content-Type": JSON, "X-Request-Id": routing.request_id}
+        try:
+            plan = self.router.plan(routing, self.prefill.endpoints(), self.decode.endpoints())
+        except NoEndpointError:
+            return upstream_failure("no decode worker is available", 503)
+        decision: str = plan.decision
+        if not self.settings.selective and self.prefill.workers:
+            decision = "disaggregated"
+        if plan.reason == "no_prefill_endpoint":
+            decision = "fallback"
+        self.decode.refuse_if_full()  # before a prefill whose blocks nobody would pull
+        body = request.body
+        if decision == "disaggregated":
+            outcome = await self._prefill(request, routing, headers)
+            if isinstance(outcome, Reply):
+                return outcome
+            if outcome is None:
+                if not self.settings.decode_local_fallback:
+                    self.metrics.decisions.labels("fallback").inc()
+                    return upstream_failure("prefill failed on every worker tried")
+                decision = "fallback"
+            else:
+                body = decode_body(request.body, outcome)
+        self.metrics.decisions.labels(decision).inc()
+        prefill_done = time.monotonic()
+        await self.decode.admit()
+        # Each decode method owns the admitted slot: it releases it, or hands it to the relay.
+        decode = self._decode_stream if request.stream else self._decode_whole
+        return await decode(
+            request,
+            routing,
+            encode(body),
+            headers,
+            plan.decode.url,
+            decision,
+            arrival,
+            prefill_done,
+        )
+
+    # -- prefill ------------------------------------------------------------------------------
+    async def _prefill(
+        self, request: ClientRequest, routing: RoutingRequest, headers: Mapping[str, str]
+    ) -> dict[str, Any] | Reply | None:
+        """The prefill leg with retries: params on success, a client-error Reply, or None."""
+        leg = encode(prefill_body(request.body))
+        await self.prefill.admit()
+        try:
+            tried: set[str] = set()
+            for _ in range(self.settings.prefill_attempts):
+                endpoint = self.router.pick_prefill(
+                    routing, self.prefill.endpoints(), frozenset(tried)
+                )
+                if endpoint is None:
+                    break
+                url = endpoint.url
+                tried.add(url)
+                started = time.monotonic()
+                self.prefill.start(url)
+                try:
+                    answer = await self.client.post(
+                        url + request.path, leg, headers, self.settings.prefill_seconds
+                    )
+                except UpstreamError as exc:
+                    self._failed("prefill", self.prefill, url, exc)
+                    continue
+                finally:
+                    self.prefill.finish(url)
+                if answer.status != 200:
+                    if not _retryable(answer.status):
+                        return Reply(
+                            answer.status, answer.body, headers={"X-Request-Id": routing.request_id}
+                        )
+                    self._failed("prefill", self.prefill, url, UpstreamError("status", "", 0))
+                    continue
+                params = _kv_params(answer.body)
+                if params is None:
+                    log.warning("prefill %s answered without kv_transfer_params", url)
+                    self.metrics.upstream_errors.labels("prefill", "protocol").inc()
+                    continue
+                self.metrics.prefill_time.observe(time.monotonic() - started)
+                self.router.record("prefill", routing, url)
+                return params
+            return None
+        finally:
+            self.prefill.release()
+
+    def _failed(self, role: str, pool: Pool, url: str, exc: UpstreamError) -> None:
+        log.warning("%s worker %s failed (%s): %s", role, url, exc.kind, exc)
+        self.metrics.upstream_errors.labels(role, exc.kind).inc()
+        if exc.kind in ("connect", "timeout"):
+            pool.mark(url, healthy=False)
+
+    # -- decode -------------------------------------------------------------------------------
+    def _decode_candidates(
+        self, routing: RoutingRequest, first: str, tried: set[str]
+    ) -> str | None:
+        if not tried and first in self.decode.workers:
+            return first
+        endpoint = self.router.pick_decode(routing, self.decode.endpoints(), frozenset(tried))
+        return None if endpoint is None else endpoint.url
+
+    async def _decode_whole(
+        self,
+        request: ClientRequest,
+        routing: RoutingRequest,
+        leg: bytes,
+        headers: dict[str, str],
+        first: str,
+        decision: str,
+        arrival: float,
+        prefill_done: float,
+    ) -> Reply:
+        tried: set[str] = set()
+        last: Reply = upstream_failure("no decode worker could serve the request")
+        try:
+            for _ in range(self.settings.decode_attempts):
+                url = self._decode_candidates(routing, first, tried)
+                if url is None:
+                    break
+                tried.add(url)
+                self.decode.start(url)
+                try:
+                    answer = await self.client.post(
+                        url + request.path, leg, headers, self.settings.first_byte_seconds
+                    )
+                except UpstreamError as exc:
+                    self._failed("decode", self.decode, url, exc)
+                    continue
+                finally:
+                    self.decode.finish(url)
+                reply = Reply(
+                    answer.status,
+                    answer.body,
+                    answer.headers.get("content-type", JSON),
+                    {"X-Request-Id": routing.request_id},
+                )
+                if _retryable(answer.status):
+                    self.metrics.upstream_errors.labels("decode", "status").inc()
+                    last = reply
+                    continue
+                now = time.monotonic()
+                if answer.status == 200:
+                    self.router.record("decode", routing, url)
+                    self.metrics.ttft.labels(decision).observe(now - arrival)
+                    if decision == "disaggregated":
+                        self.metrics.kv_handoff_time.observe(now - prefill_done)
+                self.metrics.request_duration.labels(decision).observe(now - arrival)
+                return reply
+            return last
+        finally:
+            self.decode.release()
+
+    async def _decode_stream(
+        self,
+        request: ClientRequest,
+        routing: RoutingRequest,
+        leg: bytes,
+        headers: dict[str, str],
+        first: str,
+        decision: str,
+        arrival: float,
+        prefill_done: float,
+    ) -> Reply | StreamReply:
+        tried: set[str] = set()
+        last: Reply = upstream_failure("no decode worker could serve the request")
+        handed_over = False
+        try:
+            for _ in range(self.settings.decode_attempts):
+                url = self._decode_candidates(routing, first, tried)
+                if url is None:
+                    break
+                tried.add(url)
+                opened = await self._open_decode_stream(request, routing, leg, headers, url)
+                if isinstance(opened, Reply):
+                    if not _retryable(opened.status):
+                        return opened
+                    last = opened
+                    continue
+                if opened is None:
+                    continue
+                stream, chunks, head = opened
+                self.router.record("decode", routing, url)
+                relay = self._relay(stream, chunks, head, url, decision, arrival, prefill_done)
+                handed_over = True
+                return StreamReply(relay, headers={"X-Request-Id": routing.request_id})
+            return last
+        finally:
+            if not handed_over:
+                self.decode.release()
+
+    async def _open_decode_stream(
+        self,
+        request: ClientRequest,
+        routing: RoutingRequest,
+        leg: bytes,
+        headers: dict[str, str],
+        url: str,
+    ) -> tuple[Stream, AsyncIterator[bytes], bytes] | Reply | None:
+        """Open a stream and read its first bytes: the stream, an HTTP error Reply, or None.
+
+        On success the worker stays counted in flight (the relay finishes it).
+        """
+        self.decode.start(url)
+        stream: Stream | None = None
+        committed = False
+        try:
+            stream = await self.client.open_stream(
+                url + request.path, leg, headers, self.settings.first_byte_seconds
+            )
+            if stream.status != 200:
+                body = await stream.read()
+                if _retryable(stream.status):
+                    self.metrics.upstream_errors.labels("decode", "status").inc()
+                return Reply(
+                    stream.status,
+                    body,
+                    stream.headers.get("content-type", JSON),
+                    {"X-Request-Id": routing.request_id},
+                )
+            chunks = stream.chunks()
+            head = b""
+            while not head:  # the first body byte decides whether we are committed
+                head = await chunks.__anext__()
+            committed = True
+            return stream, chunks, head
+        except (UpstreamError, StopAsyncIteration) as exc:
+            error = exc if isinstance(exc, UpstreamError) else UpstreamError("protocol", "empty")
+            self._failed("decode", self.decode, url, error)
+            return None
+        finally:
+            if not committed:
+                if stream is not None:
+                    with anyio.CancelScope(shield=True):
+                        await stream.aclose()
+                self.decode.finish(url)
+
+    async def _relay(
+        self,
+        stream: Stream,
+        chunks: AsyncIterator[bytes],
+        head: bytes,
+        url: str,
+        decision: str,
+        arrival: float,
+        prefill_done: float,
+    ) -> AsyncIterator[bytes]:
+        pending = head
+        seen_done = False
+        last_event: float | None = None
+        try:
+            while True:
+                cut = _last_boundary(pending)
+                if cut:
+                    out, pending = pending[:cut], pending[cut:]
+                    now = time.monotonic()
+                    if SSE_DONE.strip() in out:
+                        seen_done = True
+                    events = out.count(b"\n\n") + out.count(b"\r\n\r\n")
+                    if last_event is None:
+                        self.metrics.ttft.labels(decision).observe(now - arrival)
+                        if decision == "disaggregated":
+                            self.metrics.kv_handoff_time.observe(now - prefill_done)
+                    else:
+                        self.metrics.itl.observe(now - last_event)
+                    for _ in range(events - 1):
+                        self.metrics.itl.observe(0.0)
+                    last_event = now
+                    yield out
+                try:
+                    pending += await chunks.__anext__()
+                except StopAsyncIteration:
+                    break
+            if not seen_done:
+                raise UpstreamError("protocol", "the decode worker ended the stream early")
+        except UpstreamError as exc:
+            log.warning("decode stream from %s broke: %s", url, exc)
+            self.metrics.upstream_errors.labels("decode", "midstream").inc()
+            yield sse_error_frame(f"the decode worker failed mid-stream: {exc}")
+        finally:
+            self.decode.finish(url)
+            self.decode.release()
+            self.metrics.request_duration.labels(decision).observe(time.monotonic() - arrival)
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+def _kv_params(body: bytes) -> dict[str, Any] | None:
+    try:
+        data = json.loads(body)
+    except ValueError:
+        return None
+    params = data.get("kv_transfer_params") if isinstance(data, dict) else None
+    return params if isinstance(params, dict) else None

@@ -1,0 +1,179 @@
+"""Client request validation and the bodies of the two P/D legs.
+
+Validation is strict where a wrong type would make a worker fail in a confusing way (or the
+gateway raise), and silent about fields it does not know: workers get the body as the client
+sent it, so new OpenAI/vLLM parameters pass through.  Every problem becomes ``BadRequest`` -- an
+OpenAI-style 400 that names the parameter -- so client input never produces a 500.
+
+A client-supplied ``kv_transfer_params`` is removed: it would let a client point a decode worker at
+an arbitrary host to pull KV blocks from.  The legs follow vLLM's NIXL proxy protocol (VLLM.md):
+the prefill leg is a copy with ``stream: false``, ``max_tokens: 1`` (and
+``max_completion_tokens: 1`` if present), ``stream_options`` and ``min_tokens`` removed and
+``kv_transfer_params.do_remote_decode``; the decode leg is the original body plus the prefill
+answer's ``kv_transfer_params`` verbatim.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["completions", "chat"]
+
+
+class BadRequest(Exception):
+    """Client input the gateway refuses; rendered as an OpenAI-style error body."""
+
+    def __init__(
+        self, message: str, param: str | None = None, code: str = "invalid_request"
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+@dataclass(frozen=True)
+class ClientRequest:
+    kind: Kind
+    path: str
+    """The worker path for both legs: ``/v1/completions`` or ``/v1/chat/completions``."""
+    body: dict[str, Any]
+    """The client body minus ``kv_transfer_params``."""
+    stream: bool
+    model: str
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+_INT_FIELDS = {"max_tokens": 1, "max_completion_tokens": 1, "min_tokens": 0, "n": 1}
+_NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
+
+
+def _check_prompt(prompt: Any) -> None:
+    if isinstance(prompt, str):
+        return
+    if isinstance(prompt, list) and prompt:
+        if all(isinstance(p, str) for p in prompt) or all(_is_int(p) for p in prompt):
+            return
+        if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
+            return
+    raise BadRequest(
+        "'prompt' must be a string, a non-empty list of strings, a list of token ids or a list "
+        "of lists of token ids",
+        "prompt",
+    )
+
+
+def _check_messages(messages: Any) -> None:
+    if not isinstance(messages, list) or not messages:
+        raise BadRequest("'messages' must be a non-empty list of message objects", "messages")
+    for i, message in enumerate(messages):
+        if not isinstance(message, dict):
+            raise BadRequest(f"messages[{i}] must be an object", f"messages[{i}]")
+        if not isinstance(message.get("role"), str):
+            raise BadRequest(f"messages[{i}].role must be a string", f"messages[{i}].role")
+        content = message.get("content")
+        if content is not None and not isinstance(content, str | list):
+            raise BadRequest(
+                f"messages[{i}].content must be a string, a list of parts or null",
+                f"messages[{i}].content",
+            )
+
+
+def parse_client_request(raw: bytes, kind: Kind, max_body_bytes: int) -> ClientRequest:
+    """Validate a client body; raises ``BadRequest`` with a specific message."""
+    if len(raw) > max_body_bytes:
+        raise BadRequest(
+            f"request body is {len(raw)} bytes; the limit is {max_body_bytes}",
+            None,
+            "request_too_large",
+        )
+    try:
+        body = json.loads(raw)
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", None, "invalid_json") from None
+    if not isinstance(body, dict):
+        raise BadRequest("request body must be a JSON object", None)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest("'model' is required and must be a non-empty string", "model")
+    if kind == "completions":
+        if "prompt" not in body:
+            raise BadRequest("'prompt' is required", "prompt")
+        _check_prompt(body["prompt"])
+    else:
+        if "messages" not in body:
+            raise BadRequest("'messages' is required", "messages")
+        _check_messages(body["messages"])
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise BadRequest("'stream' must be a boolean", "stream")
+    for name, minimum in _INT_FIELDS.items():
+        value = body.get(name)
+        if value is not None and (not _is_int(value) or value < minimum):
+            raise BadRequest(f"'{name}' must be an integer >= {minimum}", name)
+    for name in _NUMBER_FIELDS:
+        value = body.get(name)
+        if value is not None and not _is_number(value):
+            raise BadRequest(f"'{name}' must be a number", name)
+    options = body.get("stream_options")
+    if options is not None:
+        if not isinstance(options, dict):
+            raise BadRequest("'stream_options' must be an object", "stream_options")
+        usage = options.get("include_usage")
+        if usage is not None and not isinstance(usage, bool):
+            raise BadRequest(
+                "'stream_options.include_usage' must be a boolean", "stream_options.include_usage"
+            )
+    body.pop("kv_transfer_params", None)
+    path = "/v1/completions" if kind == "completions" else "/v1/chat/completions"
+    return ClientRequest(kind, path, body, bool(stream), model)
+
+
+PREFILL_KV_TRANSFER_PARAMS: Mapping[str, Any] = {
+    "do_remote_decode": True,
+    "do_remote_prefill": False,
+    "remote_engine_id": None,
+    "remote_block_ids": None,
+    "remote_host": None,
+    "remote_port": None,
+}
+
+
+def prefill_body(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The prefill leg: compute the prompt's KV, generate one token, keep the blocks for decode."""
+    leg = copy.deepcopy(dict(body))
+    leg["stream"] = False
+    leg["max_tokens"] = 1
+    if "max_completion_tokens" in leg:
+        leg["max_completion_tokens"] = 1
+    leg.pop("stream_options", None)
+    leg.pop("min_tokens", None)
+    leg["kv_transfer_params"] = dict(PREFILL_KV_TRANSFER_PARAMS)
+    return leg
+
+
+def decode_body(body: Mapping[str, Any], kv_transfer_params: Mapping[str, Any]) -> dict[str, Any]:
+    """The decode leg: the original body plus the prefill answer's params, untouched."""
+    leg = dict(body)
+    leg["kv_transfer_params"] = kv_transfer_params
+    return leg
+
+
+def encode(body: Mapping[str, Any]) -> bytes:
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def error_body(message: str, type_: str, code: int | str, param: str | None = None) -> bytes:
+    """An OpenAI-style error object."""
+    return encode({"error": {"message": message, "type": type_, "param": param, "code": code}})

@@ -1,0 +1,83 @@
+"""From a request body to what the router hashes: approximate tokens and chained block hashes.
+
+The gateway cannot run the model's tokenizer (that would make it model-specific and slow), so it
+approximates tokens with a fixed rule -- a run of optional whitespace plus up to 8 word characters
+or one other character, roughly what a BPE tokenizer produces for English -- and groups them into
+blocks of the engine's ``--block-size``.  Each full block's hash chains its parent's, as in vLLM's
+prefix cache (a radix tree over blocks): two prompts share block *k* only if they share blocks
+0..k.  The counts are approximate, the prefix structure is exact, which is what affinity needs.
+
+Prompts given as token ids are used as they are.  Chat messages are flattened with a fixed
+``<|role|>\\ncontent\\n`` template so that conversations sharing a system prompt share blocks.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+_TOKEN_RE = re.compile(r"\s*(?:\w{1,8}|[^\w\s])|\s+")
+
+Token = str | int
+
+
+def approximate_tokens(text: str) -> list[str]:
+    """Split ``text`` into approximate tokens; ``"".join(result) == text``."""
+    return _TOKEN_RE.findall(text)
+
+
+def chat_text(messages: Sequence[Any]) -> str:
+    """Flatten chat messages with a fixed template (text parts only)."""
+    out: list[str] = []
+    for message in messages:
+        if not isinstance(message, Mapping):
+            continue
+        content = message.get("content")
+        if isinstance(content, list):
+            text = "".join(
+                str(part.get("text", ""))
+                for part in content
+                if isinstance(part, Mapping) and part.get("type") == "text"
+            )
+        else:
+            text = "" if content is None else str(content)
+        out.append(f"<|{message.get('role', 'user')}|>\n{text}\n")
+    out.append("<|assistant|>\n")
+    return "".join(out)
+
+
+def prompt_tokens(body: Mapping[str, Any]) -> list[Token]:
+    """Approximate tokens of a completions or chat body (the first prompt of a batch)."""
+    if "messages" in body:
+        messages = body.get("messages")
+        return list(approximate_tokens(chat_text(messages if isinstance(messages, list) else [])))
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return list(approximate_tokens(prompt))
+    if isinstance(prompt, list) and prompt:
+        first = prompt[0]
+        if isinstance(first, int):
+            return [t for t in prompt if isinstance(t, int)]
+        if isinstance(first, str):
+            return list(approximate_tokens(first))
+        if isinstance(first, list):
+            return [t for t in first if isinstance(t, int)]
+    return []
+
+
+def block_hashes(tokens: Sequence[Token], block_size: int) -> tuple[int, ...]:
+    """Chained 64-bit hashes of every full block of ``tokens``."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    hashes: list[int] = []
+    parent = b"\x00" * 8
+    for start in range(0, len(tokens) - block_size + 1, block_size):
+        h = hashlib.blake2b(parent, digest_size=8)
+        for token in tokens[start : start + block_size]:
+            h.update(repr(token).encode("utf-8"))
+            h.update(b"\x1f")
+        parent = h.digest()
+        hashes.append(int.from_bytes(parent, "big"))
+    return tuple(hashes)

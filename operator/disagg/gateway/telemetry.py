@@ -1,0 +1,111 @@
+"""Periodic scrape of every worker's ``/metrics`` for the load scorers and passive health.
+
+The scorers need each worker's queue (``vllm:num_requests_waiting``), running count and KV-cache
+usage.  The gateway reads them itself rather than from Prometheus: fresher (default every second)
+and no dependency on a monitoring stack on the request path.  Only those three families are
+needed, so the text is scanned line by line instead of parsed in full; values are summed over the
+``engine`` label (data parallelism), KV usage takes the max.  A failed scrape marks the worker
+unhealthy (the ``healthy`` filter then avoids it); the next good one clears the mark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+from dataclasses import dataclass
+
+from disagg.gateway.pools import Pool
+from disagg.gateway.upstream import UpstreamClient, UpstreamError
+
+log = logging.getLogger(__name__)
+
+WAITING = "vllm:num_requests_waiting"
+RUNNING = "vllm:num_requests_running"
+KV_USAGE = "vllm:kv_cache_usage_perc"
+
+
+@dataclass(frozen=True)
+class WorkerLoad:
+    waiting: float = 0.0
+    running: float = 0.0
+    kv_cache_usage: float = 0.0
+
+
+def parse_load(text: str) -> WorkerLoad:
+    """Sum waiting/running over engines and take the max KV usage from Prometheus text."""
+    waiting = running = kv = 0.0
+    for line in text.splitlines():
+        if not line.startswith("vllm:"):
+            continue
+        name_end = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
+        if name_end < 0:
+            continue
+        name = line[:name_end]
+        if name not in (WAITING, RUNNING, KV_USAGE):
+            continue
+        parts = line[line.rfind("}") + 1 :].split() if "{" in line else line.split()[1:]
+        if not parts:
+            continue
+        try:
+            value = float(parts[0])
+        except ValueError:
+            continue
+        if math.isnan(value):
+            continue
+        if name == WAITING:
+            waiting += value
+        elif name == RUNNING:
+            running += value
+        else:
+            kv = max(kv, value)
+    return WorkerLoad(waiting, running, kv)
+
+
+class Telemetry:
+    def __init__(
+        self,
+        client: UpstreamClient,
+        pools: list[Pool],
+        interval_seconds: float,
+        timeout_seconds: float = 2.0,
+    ) -> None:
+        self.client = client
+        self.pools = pools
+        self.interval = interval_seconds
+        self.timeout = min(timeout_seconds, max(0.2, interval_seconds * 2))
+
+    async def scrape_once(self) -> None:
+        jobs = [(pool, url) for pool in self.pools for url in pool.urls()]
+        await asyncio.gather(*(self._scrape(pool, url) for pool, url in jobs))
+
+    async def _scrape(self, pool: Pool, url: str) -> None:
+        try:
+            response = await self.client.get(f"{url}/metrics", self.timeout)
+            if response.status != 200:
+                raise UpstreamError("status", f"HTTP {response.status}", response.status)
+            load = parse_load(response.body.decode("utf-8", errors="replace"))
+        except UpstreamError as exc:
+            if pool.workers.get(url) is not None and pool.workers[url].healthy:
+                log.warning("scrape of %s failed: %s", url, exc)
+            pool.mark(url, healthy=False)
+            return
+        worker = pool.workers.get(url)
+        if worker is None:  # removed while we were scraping
+            return
+        worker.waiting, worker.running, worker.kv_cache_usage = (
+            load.waiting,
+            load.running,
+            load.kv_cache_usage,
+        )
+        pool.mark(url, healthy=True)
+
+    async def run(self) -> None:
+        while True:
+            try:
+                await self.scrape_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # a scrape bug must not stop telemetry for good
+                log.exception("telemetry round failed")
+            await asyncio.sleep(self.interval)
