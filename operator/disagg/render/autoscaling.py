@@ -1,0 +1,133 @@
+"""Autoscalers of a pool: an autoscaling/v2 HPA (or a KEDA ScaledObject).
+
+Both target the InferencePool's ``/scale`` subresource, never the Deployment:
+the autoscaler's desire lands in the pool's ``spec.replicas``, and the operator
+applies the DisaggDeployment's cross-pool guards before the Deployment changes.
+
+Metric names are what prometheus-adapter exposes with the rules we ship
+(``:`` in vLLM's names becomes ``_``): prefill follows the gateway's per-pool
+queue (External metric, selected by the ``pool`` label), decode follows vLLM's
+own waiting queue and KV-cache usage (Pods metrics).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from disagg.api.common import AutoscalingSpec, ScalingMetric
+from disagg.api.versions import API_VERSION
+
+#: Our metric name -> (HPA metric type, adapter-exposed metric name).
+METRICS: dict[str, tuple[str, str]] = {
+    "gatewayQueueDepth": ("External", "disagg_gateway_queue_depth"),
+    "waitingRequests": ("Pods", "vllm_num_requests_waiting"),
+    "runningRequests": ("Pods", "vllm_num_requests_running"),
+    "kvCacheUsage": ("Pods", "vllm_kv_cache_usage_perc"),
+}
+
+#: Role defaults when ``autoscaling.metrics`` is empty.
+DEFAULT_METRICS: dict[str, list[ScalingMetric]] = {
+    "prefill": [ScalingMetric(name="gatewayQueueDepth", target=4)],
+    "decode": [
+        ScalingMetric(name="waitingRequests", target=2),
+        ScalingMetric(name="kvCacheUsage", target=0.8),
+    ],
+    "aggregated": [ScalingMetric(name="waitingRequests", target=4)],
+}
+
+
+def _quantity(value: float) -> str:
+    """A target as a Kubernetes quantity: integers plain, fractions in milli-units."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{round(value * 1000)}m"
+
+
+def effective_metrics(spec: AutoscalingSpec, role: str) -> list[ScalingMetric]:
+    return list(spec.metrics) or DEFAULT_METRICS[role]
+
+
+def _hpa_metric(metric: ScalingMetric, pool: str) -> dict[str, Any]:
+    kind, name = METRICS[metric.name]
+    target = {"type": "AverageValue", "averageValue": _quantity(metric.target)}
+    if kind == "External":
+        return {
+            "type": "External",
+            "external": {
+                "metric": {"name": name, "selector": {"matchLabels": {"pool": pool}}},
+                "target": target,
+            },
+        }
+    return {"type": "Pods", "pods": {"metric": {"name": name}, "target": target}}
+
+
+def render_hpa(
+    *, pool: str, namespace: str, role: str, spec: AutoscalingSpec, labels: dict[str, str]
+) -> dict[str, Any]:
+    """The HorizontalPodAutoscaler of a pool, scaling its InferencePool's ``/scale``."""
+    hpa_spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": API_VERSION, "kind": "InferencePool", "name": pool},
+        "minReplicas": spec.min_replicas,
+        "maxReplicas": spec.max_replicas,
+        "metrics": [_hpa_metric(m, pool) for m in effective_metrics(spec, role)],
+    }
+    if spec.behavior:
+        hpa_spec["behavior"] = spec.behavior
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": pool, "namespace": namespace, "labels": labels},
+        "spec": hpa_spec,
+    }
+
+
+#: PromQL per metric for KEDA's Prometheus scaler (it queries Prometheus directly).
+_KEDA_QUERIES = {
+    "gatewayQueueDepth": 'sum(disagg_gateway_queue_depth{{pool="{pool}"}})',
+    "waitingRequests": 'sum(vllm:num_requests_waiting{{namespace="{ns}",pod=~"{pool}-.*"}})',
+    "runningRequests": 'sum(vllm:num_requests_running{{namespace="{ns}",pod=~"{pool}-.*"}})',
+    "kvCacheUsage": 'avg(vllm:kv_cache_usage_perc{{namespace="{ns}",pod=~"{pool}-.*"}})',
+}
+
+
+def render_scaled_object(
+    *,
+    pool: str,
+    namespace: str,
+    role: str,
+    spec: AutoscalingSpec,
+    labels: dict[str, str],
+    prometheus_url: str,
+) -> dict[str, Any]:
+    """A KEDA ScaledObject (keda.sh/v1alpha1) for ``autoscaling.engine: keda``."""
+    triggers = []
+    for metric in effective_metrics(spec, role):
+        query = _KEDA_QUERIES[metric.name].format(pool=pool, ns=namespace)
+        # KEDA divides the query's result by the threshold to get replicas, so sums match
+        # the HPA's AverageValue semantics; the average KV usage is compared as it is.
+        metric_type = "Value" if metric.name == "kvCacheUsage" else "AverageValue"
+        triggers.append(
+            {
+                "type": "prometheus",
+                "metricType": metric_type,
+                "metadata": {
+                    "serverAddress": prometheus_url,
+                    "query": query,
+                    "threshold": str(metric.target),
+                },
+            }
+        )
+    so_spec: dict[str, Any] = {
+        "scaleTargetRef": {"apiVersion": API_VERSION, "kind": "InferencePool", "name": pool},
+        "minReplicaCount": spec.min_replicas,
+        "maxReplicaCount": spec.max_replicas,
+        "triggers": triggers,
+    }
+    if spec.behavior:
+        so_spec["advanced"] = {"horizontalPodAutoscalerConfig": {"behavior": spec.behavior}}
+    return {
+        "apiVersion": "keda.sh/v1alpha1",
+        "kind": "ScaledObject",
+        "metadata": {"name": pool, "namespace": namespace, "labels": labels},
+        "spec": so_spec,
+    }

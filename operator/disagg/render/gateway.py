@@ -1,0 +1,225 @@
+"""The gateway's children: routing ConfigMap, Deployment, Service and its RBAC.
+
+The ConfigMap holds the gateway's configuration (``disagg.gateway.config``
+schema, checked by a test so the two cannot drift) rendered from the
+DisaggDeployment's ``gateway`` section.  Workers are discovered from the pools'
+EndpointSlices, so the gateway gets a ServiceAccount allowed to read exactly
+those and nothing else.  A hash of the configuration is a pod-template
+annotation: a routing change rolls the gateway pods, nothing else does.  The pod
+passes Pod Security "restricted".
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from disagg.api.disaggdeployment import DisaggDeploymentSpec
+from disagg.render import names
+
+CONFIG_DIR = "/etc/disagg-gateway"
+CONFIG_FILE = "config.json"
+API_KEY_DIR = f"{CONFIG_DIR}/api-key"
+
+#: API scorer names -> the gateway's plugin registry names.
+_SCORER_PLUGINS = {
+    "roundRobin": "round-robin",
+    "leastLoaded": "least-loaded",
+    "kvCacheUsage": "kv-cache-usage",
+    "prefixAffinity": "prefix-affinity",
+}
+
+
+def render_gateway_config(name: str, namespace: str, spec: DisaggDeploymentSpec) -> dict[str, Any]:
+    """The gateway configuration (the ConfigMap's ``config.json``)."""
+    routing = spec.gateway.routing
+    prefill, decode = names.pool_name(name, "prefill"), names.pool_name(name, "decode")
+
+    def scorers(items: list[Any]) -> list[dict[str, Any]]:
+        return [{"type": _SCORER_PLUGINS[s.type], "weight": s.weight} for s in items if s.weight]
+
+    config: dict[str, Any] = {
+        "pools": {"prefill": prefill, "decode": decode},
+        "discovery": {
+            "kubernetes": {
+                "namespace": namespace,
+                "prefillSelector": f"kubernetes.io/service-name={prefill}",
+                "decodeSelector": f"kubernetes.io/service-name={decode}",
+                "port": spec.engine.port,
+                "portName": "http",
+            }
+        },
+        "routing": {
+            "prefill": {"scorers": scorers(routing.prefill_scorers)},
+            "decode": {"scorers": scorers(routing.decode_scorers)},
+            "blockSize": spec.engine.block_size,
+        },
+        "selective": {"minUncachedPromptTokens": routing.selective.min_uncached_prompt_tokens},
+        "retries": {
+            "prefillAttempts": 1 + routing.prefill_retries,
+            "decodeLocalFallback": routing.fallback_to_local_prefill,
+        },
+        "timeouts": {
+            "prefillSeconds": routing.request_timeout_seconds,
+            "firstByteSeconds": routing.request_timeout_seconds,
+        },
+        "queue": {
+            "prefill": {"maxQueued": routing.max_queued_per_pool},
+            "decode": {"maxQueued": routing.max_queued_per_pool},
+        },
+    }
+    if spec.gateway.api_key_secret_ref is not None:
+        config["apiKeyFile"] = f"{API_KEY_DIR}/{spec.gateway.api_key_secret_ref.key}"
+    return config
+
+
+def _meta(
+    name: str, namespace: str, labels: dict[str, str], owner: dict[str, Any] | None
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
+    if owner:
+        meta["ownerReferences"] = [owner]
+    return meta
+
+
+def render_gateway_children(
+    name: str, namespace: str, spec: DisaggDeploymentSpec, owner: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    """ConfigMap, ServiceAccount, Role, RoleBinding, Deployment and Service of the gateway."""
+    gw = spec.gateway
+    gw_name = names.gateway_name(name)
+    labels = names.gateway_labels(name)
+    selector = names.gateway_selector(name)
+    config_json = json.dumps(render_gateway_config(name, namespace, spec), indent=2, sort_keys=True)
+    config_hash = hashlib.sha256(config_json.encode()).hexdigest()[:16]
+
+    def meta() -> dict[str, Any]:
+        return _meta(gw_name, namespace, labels, owner)
+
+    configmap = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": meta(),
+        "data": {CONFIG_FILE: config_json},
+    }
+    account = {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": meta(),
+        "automountServiceAccountToken": True,
+    }
+    role = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "Role",
+        "metadata": meta(),
+        "rules": [
+            {
+                "apiGroups": ["discovery.k8s.io"],
+                "resources": ["endpointslices"],
+                "verbs": ["get", "list", "watch"],
+            }
+        ],
+    }
+    binding = {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "RoleBinding",
+        "metadata": meta(),
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": gw_name},
+        "subjects": [{"kind": "ServiceAccount", "name": gw_name, "namespace": namespace}],
+    }
+    volumes: list[dict[str, Any]] = [
+        {"name": "config", "configMap": {"name": gw_name}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}},
+    ]
+    mounts: list[dict[str, Any]] = [
+        {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
+    ]
+    if gw.api_key_secret_ref is not None:
+        volumes.append(
+            {
+                "name": "api-key",
+                "secret": {
+                    "secretName": gw.api_key_secret_ref.name,
+                    "items": [
+                        {"key": gw.api_key_secret_ref.key, "path": gw.api_key_secret_ref.key}
+                    ],
+                },
+            }
+        )
+        mounts.append({"name": "api-key", "mountPath": API_KEY_DIR, "readOnly": True})
+    container = {
+        "name": "gateway",
+        "image": gw.image,
+        "command": ["disagg", "gateway"],
+        "args": [
+            "--config",
+            f"{CONFIG_DIR}/{CONFIG_FILE}",
+            "--host",
+            "0.0.0.0",
+            "--port",
+            str(gw.port),
+        ],
+        "ports": [{"name": "http", "containerPort": gw.port, "protocol": "TCP"}],
+        "resources": {
+            "requests": {"cpu": gw.cpu, "memory": gw.memory},
+            "limits": {"memory": gw.memory},
+        },
+        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "periodSeconds": 10,
+            "failureThreshold": 3,
+        },
+        "volumeMounts": mounts,
+        "securityContext": {
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "runAsNonRoot": True,
+            "capabilities": {"drop": ["ALL"]},
+        },
+    }
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": meta(),
+        "spec": {
+            "replicas": gw.replicas,
+            "selector": {"matchLabels": selector},
+            "template": {
+                "metadata": {
+                    "labels": dict(labels),
+                    "annotations": {
+                        "disagg.dev/config-hash": config_hash,
+                        "prometheus.io/scrape": "true",
+                        "prometheus.io/port": str(gw.port),
+                        "prometheus.io/path": "/metrics",
+                    },
+                },
+                "spec": {
+                    "serviceAccountName": gw_name,
+                    "enableServiceLinks": False,
+                    "securityContext": {
+                        "runAsNonRoot": True,
+                        "runAsUser": 65532,
+                        "runAsGroup": 65532,
+                        "seccompProfile": {"type": "RuntimeDefault"},
+                    },
+                    "containers": [container],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+    service = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": meta(),
+        "spec": {
+            "type": gw.service_type,
+            "selector": selector,
+            "ports": [{"name": "http", "port": gw.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+    return [configmap, account, role, binding, deployment, service]

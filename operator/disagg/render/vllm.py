@@ -1,0 +1,125 @@
+"""The vLLM worker's command line and environment.
+
+The rendered argv is exactly what ``vllm serve`` accepts (checked against vLLM's
+own parser in the conformance tier); the simulator accepts the same argv, which
+is how the local cluster runs these pods without GPUs.  ``--kv-transfer-config``
+is compact JSON with sorted keys so that the rendered Deployment is byte-stable
+and a re-render never triggers a rollout.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from disagg.api.common import EngineSpec, KVTransferSpec, ModelSpec, ParallelismSpec
+
+#: Pool role -> vLLM ``kv_role``.  With NIXL the role is a placeholder (the proxy decides
+#: who prefills), but producer/consumer documents intent and is what other connectors need.
+KV_ROLE = {"prefill": "kv_producer", "decode": "kv_consumer", "aggregated": "kv_both"}
+
+#: vLLM closes idle HTTP connections after 5 s by default; we keep them for this long so the
+#: gateway's pool (which expires idle connections after 4 s) never races the server's close.
+HTTP_KEEP_ALIVE_SECONDS = 30
+
+
+def kv_transfer_config(kv: KVTransferSpec, role: str) -> dict[str, Any] | None:
+    """The ``--kv-transfer-config`` object for a pool's role, or None without a connector."""
+    if kv.connector == "None":
+        return None
+    config: dict[str, Any] = {
+        "kv_connector": kv.connector,
+        "kv_role": KV_ROLE[role],
+        "kv_buffer_device": kv.buffer_device,
+    }
+    if kv.load_failure_policy:
+        config["kv_load_failure_policy"] = kv.load_failure_policy
+    if kv.extra_config:
+        config["kv_connector_extra_config"] = kv.extra_config
+    return config
+
+
+def model_path(model: ModelSpec) -> str:
+    """What vLLM loads: a path under the volume mount, or the hub id."""
+    if model.volume is not None:
+        return f"{model.volume.mount_path.rstrip('/')}/{model.name.lstrip('/')}"
+    return model.name
+
+
+def served_model_name(model: ModelSpec) -> str:
+    return model.served_name or model.name
+
+
+def vllm_command(engine: EngineSpec, model: ModelSpec) -> list[str]:
+    """The container command: ``vllm serve`` or the api_server module of older images."""
+    if engine.entrypoint == "apiServer":
+        return ["python3", "-m", "vllm.entrypoints.openai.api_server", "--model", model_path(model)]
+    return ["vllm", "serve", model_path(model)]
+
+
+def vllm_args(
+    *,
+    model: ModelSpec,
+    engine: EngineSpec,
+    parallelism: ParallelismSpec,
+    kv: KVTransferSpec,
+    role: str,
+    extra_args: list[str],
+) -> list[str]:
+    """The container args (flags after the model)."""
+    args = [
+        "--served-model-name",
+        served_model_name(model),
+        "--host",
+        "0.0.0.0",
+        "--port",
+        str(engine.port),
+        "--tensor-parallel-size",
+        str(parallelism.tensor),
+    ]
+    if parallelism.pipeline > 1:
+        args += ["--pipeline-parallel-size", str(parallelism.pipeline)]
+    if parallelism.data > 1:
+        args += ["--data-parallel-size", str(parallelism.data)]
+    args += ["--block-size", str(engine.block_size)]
+    if model.revision:
+        args += ["--revision", model.revision]
+    if engine.max_model_len is not None:
+        args += ["--max-model-len", str(engine.max_model_len)]
+    if engine.max_num_seqs is not None:
+        args += ["--max-num-seqs", str(engine.max_num_seqs)]
+    if engine.gpu_memory_utilization is not None:
+        args += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
+    config = kv_transfer_config(kv, role)
+    if config is not None:
+        args += ["--kv-transfer-config", json.dumps(config, sort_keys=True, separators=(",", ":"))]
+    return args + list(engine.extra_args) + list(extra_args)
+
+
+def vllm_env(*, model: ModelSpec, engine: EngineSpec, kv: KVTransferSpec) -> list[dict[str, Any]]:
+    """Environment of the worker container (RDMA/UCX variables are added by ``rdma``)."""
+    env: list[dict[str, Any]] = []
+    if kv.connector == "NixlConnector":
+        # Decode workers dial this address: it must be the pod IP, not vLLM's "localhost".
+        env.append(
+            {
+                "name": "VLLM_NIXL_SIDE_CHANNEL_HOST",
+                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+            }
+        )
+        env.append({"name": "VLLM_NIXL_SIDE_CHANNEL_PORT", "value": str(kv.side_channel_port)})
+    env.append({"name": "VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "value": str(HTTP_KEEP_ALIVE_SECONDS)})
+    if model.token_secret_ref is not None:
+        env.append(
+            {
+                "name": "HF_TOKEN",
+                "valueFrom": {
+                    "secretKeyRef": {
+                        "name": model.token_secret_ref.name,
+                        "key": model.token_secret_ref.key,
+                    }
+                },
+            }
+        )
+    env += [e.to_wire() for e in engine.env]
+    return env
