@@ -1,0 +1,178 @@
+"""``disagg sim``: vLLM's server command line in, a simulated vLLM server out.
+
+The operator renders pods that run ``vllm serve <model> ...`` or
+``python3 -m vllm.entrypoints.openai.api_server --model <model> ...``; the simulator image runs
+the same argv through this parser.  So it accepts a leading ``serve``, the model as a positional
+or ``--model``, models the engine flags that change behaviour, and accepts (and logs) every other
+flag rather than failing the pod.  Its own knobs are ``--sim-*`` flags, each also settable as an
+environment variable (``--sim-speedup`` <- ``DISAGG_SIM_SPEEDUP``) for pods whose argv is fixed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from disagg.sim.config import ConfigError, FaultConfig, KVTransferConfig, SimConfig
+
+log = logging.getLogger("disagg.sim")
+
+
+def _length(text: str) -> int:
+    """vLLM accepts ``32768``, ``32k`` or ``1m`` for token counts."""
+    t = text.strip().lower()
+    scale = {"k": 1024, "m": 1024 * 1024}.get(t[-1:], 1)
+    try:
+        return int(float(t[:-1] if scale > 1 else t) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a token count: {text!r}") from None
+
+
+def _sim_flag(
+    parser: argparse.ArgumentParser, name: str, kind: Callable[[str], Any], default: Any, help_: str
+) -> None:
+    env = "DISAGG_SIM_" + name.upper().replace("-", "_")
+    value = os.environ.get(env)
+    parser.add_argument(
+        f"--sim-{name}",
+        type=kind,
+        default=kind(value) if value is not None else default,
+        help=f"{help_} (env {env}; default {default})",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="disagg sim",
+        description="A vLLM-compatible engine simulator. Accepts vLLM's server flags; "
+        "flags it does not model are accepted and logged.",
+    )
+    p.add_argument("model_tag", nargs="?", help="the model (as `vllm serve MODEL`)")
+    p.add_argument("--model", help="the model (as the api_server module takes it)")
+    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--served-model-name", nargs="+", default=None)
+    p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    p.add_argument("--kv-transfer-config", default=None, help="JSON, as vLLM takes it")
+    p.add_argument("--block-size", type=int, default=16)
+    p.add_argument("--max-num-seqs", type=int, default=256)
+    p.add_argument("--max-num-batched-tokens", type=_length, default=8192)
+    p.add_argument("--max-model-len", type=_length, default=None)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--num-gpu-blocks-override", type=int, default=None)
+    _sim_flag(p, "gpu", str, "h100-sxm", "GPU preset of disagg.planner to time steps with")
+    _sim_flag(p, "model-spec", str, None, "model preset of disagg.planner (default: from MODEL)")
+    _sim_flag(p, "speedup", float, 1.0, "simulated seconds per wall second")
+    _sim_flag(p, "link-gbps", float, 100.0, "P->D KV link bandwidth, Gbit/s")
+    _sim_flag(p, "kv-lease", float, 30.0, "seconds a prefill holds un-pulled KV blocks")
+    _sim_flag(p, "default-max-tokens", int, 16, "output tokens when a request sets no max_tokens")
+    _sim_flag(p, "record", int, 1000, "recent requests kept for GET /sim/requests")
+    _sim_flag(p, "failure-rate", float, 0.0, "fraction of requests answered with an error")
+    _sim_flag(p, "failure-status", int, 500, "HTTP status of injected errors")
+    _sim_flag(p, "slowdown", float, 1.0, "multiplier on every engine step (a slow GPU)")
+    _sim_flag(p, "extra-latency", float, 0.0, "seconds added before each request starts")
+    _sim_flag(p, "die-after-tokens", int, -1, "streams die after this many tokens (-1: never)")
+    _sim_flag(p, "die-rate", float, 1.0, "fraction of streams --sim-die-after-tokens applies to")
+    _sim_flag(p, "die-mode", str, "abort", "abort (drop the connection) or exit (the process)")
+    _sim_flag(p, "log-level", str, "info", "log level")
+    return p
+
+
+def parse_config(argv: list[str]) -> SimConfig:
+    """A :class:`SimConfig` from a vLLM-style argv; raises ``ConfigError`` on bad values."""
+    args = list(argv)
+    if args and args[0] == "serve":
+        args = args[1:]
+    ns, unknown = build_parser().parse_known_args(args)
+    model = ns.model or ns.model_tag
+    if not model:
+        raise ConfigError("no model given: pass it as `disagg sim MODEL` or `--model MODEL`")
+    if ns.model and ns.model_tag and ns.model != ns.model_tag:
+        raise ConfigError(f"two different models given: {ns.model_tag!r} and {ns.model!r}")
+    for name in ("tensor_parallel_size", "block_size", "max_num_seqs", "max_num_batched_tokens"):
+        if getattr(ns, name) < 1:
+            raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
+    if ns.sim_speedup <= 0:
+        raise ConfigError("--sim-speedup must be positive")
+    if not 0 < ns.gpu_memory_utilization <= 1:
+        raise ConfigError("--gpu-memory-utilization must be in (0, 1]")
+    kv = (
+        KVTransferConfig.parse(ns.kv_transfer_config)
+        if ns.kv_transfer_config
+        else KVTransferConfig()
+    )
+    port_env = os.environ.get("VLLM_NIXL_SIDE_CHANNEL_PORT")
+    try:
+        side_port = int(port_env) if port_env else None
+    except ValueError:
+        raise ConfigError(f"VLLM_NIXL_SIDE_CHANNEL_PORT is not a port: {port_env!r}") from None
+    faults = FaultConfig(
+        error_rate=ns.sim_failure_rate,
+        error_status=ns.sim_failure_status,
+        slowdown=ns.sim_slowdown,
+        extra_latency_s=ns.sim_extra_latency,
+        die_after_tokens=ns.sim_die_after_tokens,
+        die_rate=ns.sim_die_rate,
+        die_mode=ns.sim_die_mode,
+    ).validate()
+    return SimConfig(
+        model=model,
+        served_model_names=tuple(ns.served_model_name or [model]),
+        host=ns.host,
+        port=ns.port,
+        tensor_parallel_size=ns.tensor_parallel_size,
+        block_size=ns.block_size,
+        max_num_seqs=ns.max_num_seqs,
+        max_num_batched_tokens=ns.max_num_batched_tokens,
+        max_model_len=ns.max_model_len,
+        gpu_memory_utilization=ns.gpu_memory_utilization,
+        num_gpu_blocks_override=ns.num_gpu_blocks_override,
+        kv_transfer=kv,
+        side_channel_host=os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or "localhost",
+        side_channel_port=side_port,
+        side_channel_port_explicit=port_env is not None,
+        gpu=ns.sim_gpu,
+        model_spec=ns.sim_model_spec,
+        speedup=ns.sim_speedup,
+        link_gbps=ns.sim_link_gbps,
+        kv_lease_s=ns.sim_kv_lease,
+        default_max_tokens=ns.sim_default_max_tokens,
+        record_limit=ns.sim_record,
+        faults=faults,
+        ignored_args=tuple(unknown),
+    )
+
+
+def main(argv: list[str]) -> int:
+    try:
+        config = parse_config(argv)
+    except (ConfigError, KeyError) as exc:
+        print(f"disagg sim: {exc}", file=sys.stderr)
+        return 2
+    level = os.environ.get("DISAGG_SIM_LOG_LEVEL", "info").upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if config.ignored_args:
+        log.info("accepted vLLM arguments the simulator does not model: %s", config.ignored_args)
+
+    import uvicorn
+
+    from disagg.sim.app import Simulator
+
+    try:
+        simulator = Simulator(config)
+    except (KeyError, ValueError) as exc:
+        print(f"disagg sim: {exc}", file=sys.stderr)
+        return 2
+    uvicorn.run(
+        simulator.app(),
+        host=config.host,
+        port=config.port,
+        log_level=level.lower() if level.lower() != "info" else "warning",
+        timeout_keep_alive=5,  # vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE
+        access_log=False,
+    )
+    return 0

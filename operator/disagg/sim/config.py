@@ -1,0 +1,158 @@
+"""The simulator's settings: vLLM's engine arguments it models, plus its own ``--sim-*`` knobs.
+
+One frozen value object, built by :mod:`disagg.sim.cli` from a vLLM command line and handed to the
+engine and the HTTP app; nothing else reads argv or the environment.  The vLLM-named fields keep
+vLLM's defaults so a pod spec rendered for vLLM means the same thing here.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+KNOWN_CONNECTORS = frozenset(
+    {
+        "NixlConnector",
+        "NixlPushConnector",
+        "MooncakeConnector",
+        "LMCacheConnectorV1",
+        "MultiConnector",
+        "OffloadingConnector",
+        "ExampleConnector",
+    }
+)
+KV_ROLES = frozenset({"kv_producer", "kv_consumer", "kv_both"})
+
+
+class ConfigError(ValueError):
+    """A command-line value the simulator cannot run with (the message says which and why)."""
+
+
+@dataclass(frozen=True)
+class KVTransferConfig:
+    """The parsed ``--kv-transfer-config`` JSON (only the fields the simulator acts on)."""
+
+    connector: str = "NixlConnector"
+    """``kv_connector``; the simulator speaks the NIXL pull protocol whatever is named here."""
+    role: str = "kv_both"
+    """``kv_role``; like NIXL, the simulator lets the request decide who prefills."""
+    engine_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    """``engine_id``; vLLM makes a random one when absent, so do we."""
+    load_failure_policy: str = "recompute"
+    """``kv_load_failure_policy``: ``recompute`` falls back to a local prefill when a pull fails;
+    ``fail`` answers the request with an error instead."""
+    extra: dict[str, Any] = field(default_factory=dict)
+    """``kv_connector_extra_config``, kept for the record."""
+
+    @classmethod
+    def parse(cls, text: str) -> KVTransferConfig:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--kv-transfer-config is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("--kv-transfer-config must be a JSON object")
+        connector = raw.get("kv_connector")
+        if not isinstance(connector, str) or connector not in KNOWN_CONNECTORS:
+            known = ", ".join(sorted(KNOWN_CONNECTORS))
+            raise ConfigError(f"--kv-transfer-config: unknown kv_connector {connector!r} ({known})")
+        role = raw.get("kv_role", "kv_both")
+        if role not in KV_ROLES:
+            raise ConfigError(f"--kv-transfer-config: kv_role must be one of {sorted(KV_ROLES)}")
+        policy = raw.get("kv_load_failure_policy", "recompute")
+        if policy not in ("recompute", "fail"):
+            raise ConfigError("--kv-transfer-config: kv_load_failure_policy is recompute or fail")
+        extra = raw.get("kv_connector_extra_config") or {}
+        engine_id = raw.get("engine_id") or str(uuid.uuid4())
+        return cls(
+            connector=connector,
+            role=role,
+            engine_id=str(engine_id),
+            load_failure_policy=policy,
+            extra=dict(extra),
+        )
+
+
+@dataclass(frozen=True)
+class FaultConfig:
+    """Injected failures; the same fields are read and written by ``POST /sim/faults``."""
+
+    error_rate: float = 0.0
+    """Fraction (0..1) of completion requests answered at once with ``error_status``."""
+    error_status: int = 500
+    """HTTP status of an injected error (500, 503, 429, ...)."""
+    slowdown: float = 1.0
+    """Multiplier (>= 1) on every engine step: a slow, overloaded or throttled GPU."""
+    extra_latency_s: float = 0.0
+    """Wall seconds added before a request enters the engine (a slow front end)."""
+    die_after_tokens: int = -1
+    """After this many generated tokens a stream dies (-1: never).  Applies to ``die_rate`` of
+    streams."""
+    die_rate: float = 1.0
+    """Fraction (0..1) of streams ``die_after_tokens`` applies to."""
+    die_mode: str = "abort"
+    """``abort``: cut the HTTP connection without ``[DONE]``; ``exit``: the whole process exits
+    (a crashed pod)."""
+    unhealthy: bool = False
+    """``/health`` answers 503 (a dead engine) while set."""
+
+    def validate(self) -> FaultConfig:
+        if not 0.0 <= self.error_rate <= 1.0 or not 0.0 <= self.die_rate <= 1.0:
+            raise ConfigError("error_rate and die_rate are fractions in [0, 1]")
+        if not 400 <= self.error_status <= 599:
+            raise ConfigError("error_status must be an HTTP error status (400..599)")
+        if self.slowdown < 1.0 or self.extra_latency_s < 0.0:
+            raise ConfigError("slowdown must be >= 1 and extra_latency_s >= 0")
+        if self.die_mode not in ("abort", "exit"):
+            raise ConfigError("die_mode is abort or exit")
+        return self
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything one simulator process runs with."""
+
+    model: str
+    """The model argument as vLLM got it (HF id or path)."""
+    served_model_names: tuple[str, ...]
+    """Names clients may use in ``model``; defaults to ``(model,)`` like vLLM."""
+    host: str = "0.0.0.0"
+    port: int = 8000
+    tensor_parallel_size: int = 1
+    block_size: int = 16
+    """Tokens per KV block (vLLM ``--block-size``)."""
+    max_num_seqs: int = 256
+    """Most requests in the running batch; the rest wait (vLLM ``--max-num-seqs``)."""
+    max_num_batched_tokens: int = 8192
+    """Token budget of one engine step; longer prompts are prefilled in chunks."""
+    max_model_len: int | None = None
+    """Context limit; ``None`` means the model's own."""
+    gpu_memory_utilization: float = 0.9
+    num_gpu_blocks_override: int | None = None
+    """KV capacity in blocks; ``None`` derives it from GPU memory minus the weights."""
+    kv_transfer: KVTransferConfig = field(default_factory=KVTransferConfig)
+    side_channel_host: str = "localhost"
+    """``VLLM_NIXL_SIDE_CHANNEL_HOST``: what we advertise as ``remote_host``."""
+    side_channel_port: int | None = 5600
+    """``VLLM_NIXL_SIDE_CHANNEL_PORT``; ``None`` (env unset) tries 5600, then any free port;
+    0 always picks a free port."""
+    side_channel_port_explicit: bool = False
+    gpu: str = "h100-sxm"
+    """``--sim-gpu``: the planner's GPU preset to time steps with."""
+    model_spec: str | None = None
+    """``--sim-model-spec``: the planner's model preset; ``None`` guesses from ``model``."""
+    speedup: float = 1.0
+    """``--sim-speedup``: simulated seconds per wall second (tests use 50-1000)."""
+    link_gbps: float = 100.0
+    """``--sim-link-gbps``: the P->D KV link, Gbit/s (100 ~ one 100G RDMA NIC)."""
+    kv_lease_s: float = 30.0
+    """``--sim-kv-lease``: wall seconds a prefill holds blocks nobody pulled."""
+    default_max_tokens: int = 16
+    """``--sim-default-max-tokens``: output length when a request sets no ``max_tokens``."""
+    record_limit: int = 1000
+    """``--sim-record``: how many recent requests ``GET /sim/requests`` keeps."""
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    ignored_args: tuple[str, ...] = ()
+    """vLLM flags the simulator accepted without modelling them."""

@@ -1,0 +1,109 @@
+"""vLLM's Prometheus metrics, same names, labels and buckets style, on a private registry.
+
+Names follow the v1 engine (see VLLM.md): every series carries ``model_name`` and ``engine``
+(the engine index, always ``"0"`` here).  A private ``CollectorRegistry`` per simulator lets
+several simulators run in one test process.  Latencies are wall-clock seconds, i.e. simulated
+seconds divided by ``--sim-speedup``, because that is what a client of the simulator observes.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+_LATENCY_BUCKETS = (
+    0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+    20.0, 40.0, 80.0, 160.0, 640.0, 2560.0,
+)  # fmt: skip
+_ITL_BUCKETS = (
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5, 5.0,
+    7.5, 10.0, 20.0, 40.0, 80.0,
+)  # fmt: skip
+_BYTES_BUCKETS = tuple(float(2**k) for k in range(16, 36, 2))
+
+
+class SimMetrics:
+    """The registry and every series the simulator exports."""
+
+    def __init__(self, model_name: str, engine: str = "0") -> None:
+        self.registry = CollectorRegistry()
+        self.labels = {"model_name": model_name, "engine": engine}
+        names = list(self.labels)
+        reg = self.registry
+
+        def gauge(name: str, doc: str) -> Gauge:
+            return Gauge(name, doc, names, registry=reg)
+
+        def counter(name: str, doc: str, extra: tuple[str, ...] = ()) -> Counter:
+            return Counter(name, doc, [*names, *extra], registry=reg)
+
+        def histogram(name: str, doc: str, buckets: tuple[float, ...]) -> Histogram:
+            return Histogram(name, doc, names, buckets=buckets, registry=reg)
+
+        self.num_requests_waiting = gauge("vllm:num_requests_waiting", "Requests waiting.")
+        self.num_requests_running = gauge("vllm:num_requests_running", "Requests running.")
+        self.kv_cache_usage_perc = gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 0..1.")
+        self.prefix_cache_queries = counter(
+            "vllm:prefix_cache_queries", "Prefix-cache queries, in tokens."
+        )
+        self.prefix_cache_hits = counter("vllm:prefix_cache_hits", "Prefix-cache hits, in tokens.")
+        self.num_preemptions = counter("vllm:num_preemptions", "Preemptions (recompute).")
+        self.prompt_tokens = counter("vllm:prompt_tokens", "Prefill tokens processed.")
+        self.generation_tokens = counter("vllm:generation_tokens", "Generation tokens produced.")
+        self.request_success = counter(
+            "vllm:request_success", "Finished requests.", ("finished_reason",)
+        )
+        self.ttft = histogram(
+            "vllm:time_to_first_token_seconds", "Time to first token.", _LATENCY_BUCKETS
+        )
+        self.itl = histogram(
+            "vllm:inter_token_latency_seconds", "Inter-token latency.", _ITL_BUCKETS
+        )
+        self.e2e = histogram(
+            "vllm:e2e_request_latency_seconds", "End-to-end latency.", _LATENCY_BUCKETS
+        )
+        self.queue_time = histogram(
+            "vllm:request_queue_time_seconds", "Time in the waiting queue.", _LATENCY_BUCKETS
+        )
+        self.prefill_time = histogram(
+            "vllm:request_prefill_time_seconds", "Time in the prefill phase.", _LATENCY_BUCKETS
+        )
+        self.decode_time = histogram(
+            "vllm:request_decode_time_seconds", "Time in the decode phase.", _LATENCY_BUCKETS
+        )
+        self.nixl_xfer_time = histogram(
+            "vllm:nixl_xfer_time_seconds", "KV transfer time per NIXL pull.", _LATENCY_BUCKETS
+        )
+        self.nixl_bytes = histogram(
+            "vllm:nixl_bytes_transferred", "Bytes per NIXL pull.", _BYTES_BUCKETS
+        )
+        self.nixl_failures = counter(
+            "vllm:nixl_num_failed_transfers", "NIXL pulls that failed (local prefill followed)."
+        )
+
+        for metric in (
+            self.num_requests_waiting, self.num_requests_running, self.kv_cache_usage_perc,
+            self.prefix_cache_queries, self.prefix_cache_hits, self.num_preemptions,
+            self.prompt_tokens, self.generation_tokens, self.ttft, self.itl, self.e2e,
+            self.queue_time, self.prefill_time, self.decode_time, self.nixl_xfer_time,
+            self.nixl_bytes, self.nixl_failures,
+        ):  # fmt: skip
+            metric.labels(**self.labels)  # export every series from the start, at zero
+        for reason in ("stop", "length", "abort"):
+            self.request_success.labels(**self.labels, finished_reason=reason)
+
+    def observe(self, histogram: Histogram, value: float) -> None:
+        histogram.labels(**self.labels).observe(value)
+
+    def inc(self, counter: Counter, amount: float = 1.0) -> None:
+        counter.labels(**self.labels).inc(amount)
+
+    def set_load(self, waiting: int, running: int, kv_usage: float) -> None:
+        self.num_requests_waiting.labels(**self.labels).set(waiting)
+        self.num_requests_running.labels(**self.labels).set(running)
+        self.kv_cache_usage_perc.labels(**self.labels).set(kv_usage)
+
+    def success(self, reason: str) -> None:
+        self.request_success.labels(**self.labels, finished_reason=reason).inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

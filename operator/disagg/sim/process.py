@@ -1,0 +1,92 @@
+"""Run a simulator as a real child process, for tests, benchmarks and local demos.
+
+``SimProcess`` starts ``python -m disagg.cli sim ...`` on a free loopback port, waits until
+``GET /health`` answers 200 (polling, with a deadline; it fails fast with the log tail if the
+process exits), and stops it -- terminate, then kill -- on exit.  The NIXL side channel gets a
+free port too (``VLLM_NIXL_SIDE_CHANNEL_PORT=0``) unless the caller's ``env`` says otherwise, so
+any number of simulators can run side by side::
+
+    with SimProcess("--model", "m", "--sim-speedup", "100") as sim:
+        httpx.get(sim.url + "/v1/models")
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from types import TracebackType
+
+import httpx
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+class SimProcess:
+    def __init__(
+        self,
+        *args: str,
+        env: dict[str, str] | None = None,
+        port: int | None = None,
+        startup_timeout_s: float = 20.0,
+    ) -> None:
+        self.args = list(args)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.env = {**os.environ, "VLLM_NIXL_SIDE_CHANNEL_PORT": "0", **(env or {})}
+        self.startup_timeout_s = startup_timeout_s
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log = tempfile.NamedTemporaryFile(  # noqa: SIM115 - lives as long as the process
+            prefix="disagg-sim-", suffix=".log", delete=False
+        )
+
+    def start(self) -> SimProcess:
+        cmd = [sys.executable, "-m", "disagg.cli", "sim", *self.args]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
+        self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + self.startup_timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"simulator exited with {self.proc.returncode}:\n{self.log()}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(self.url + "/health", timeout=1.0).status_code == 200:
+                    return self
+            time.sleep(0.05)
+        self.stop()
+        raise TimeoutError(f"simulator not healthy after {self.startup_timeout_s}s:\n{self.log()}")
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=5)
+
+    def log(self) -> str:
+        self._log.flush()
+        with open(self._log.name, encoding="utf-8", errors="replace") as f:
+            return f.read()[-4000:]
+
+    def __enter__(self) -> SimProcess:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+        self._log.close()
+        with contextlib.suppress(OSError):
+            os.unlink(self._log.name)

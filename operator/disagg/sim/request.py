@@ -1,0 +1,87 @@
+"""One request's life inside the engine, and the events it sends to its HTTP handler.
+
+The HTTP layer builds a :class:`Request`, submits it and then only reads ``events``; the engine
+owns every other field.  Keeping the two apart this way means a client disconnect is one
+``engine.abort(request)`` call and the engine never touches HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class RemotePrefill:
+    """Validated ``kv_transfer_params`` of a decode-leg request: where to pull the KV from."""
+
+    engine_id: str
+    request_id: str
+    block_ids: tuple[int, ...]
+    host: str
+    port: int
+    tp_size: int = 1
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    text: str
+    token_id: int
+
+
+@dataclass(frozen=True)
+class FinishEvent:
+    reason: str
+    """``length`` (max_tokens or context limit) or ``stop`` (the simulated end of text)."""
+
+
+@dataclass(frozen=True)
+class ErrorEvent:
+    status: int
+    message: str
+    type: str = "InternalServerError"
+
+
+Event = TokenEvent | FinishEvent | ErrorEvent
+
+
+@dataclass(eq=False)
+class Request:
+    request_id: str
+    prompt_ids: list[int]
+    max_tokens: int
+    length_finish: str = "length"
+    """Finish reason once ``max_tokens`` are out: ``length`` when the client set max_tokens,
+    ``stop`` when the simulator picked the output length (a natural end of text)."""
+    max_model_len: int = 1 << 30
+    hold_for_remote_decode: bool = False
+    """Prefill leg: keep the blocks after finishing until a decode worker pulls them."""
+    remote: RemotePrefill | None = None
+    """Decode leg: pull the prompt's KV from this prefill worker instead of computing it."""
+    arrival: float = field(default_factory=time.monotonic)
+    events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
+
+    # -- engine-owned progress --------------------------------------------------------------
+    state: str = "waiting"
+    """waiting -> (loading ->) running -> finished | aborted | failed."""
+    output_ids: list[int] = field(default_factory=list)
+    blocks: list[int] = field(default_factory=list)
+    computed: int = 0
+    cached_tokens: int = 0
+    prefill_source: str = "local"
+    """``local``, ``remote`` (KV pulled) or ``fallback`` (pull failed, prefilled locally)."""
+    pull_error: str = ""
+    pulled_bytes: int = 0
+    scheduled_at: float | None = None
+    first_token_at: float | None = None
+    last_token_at: float | None = None
+    finish_reason: str = ""
+
+    @property
+    def all_ids(self) -> list[int]:
+        return self.prompt_ids + self.output_ids
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_ids)

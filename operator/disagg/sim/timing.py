@@ -1,0 +1,83 @@
+"""How long an engine step takes: the planner's roofline, applied to one continuous batch.
+
+The simulator owns no performance arithmetic of its own; it asks :mod:`disagg.planner.roofline`
+(prefill is compute-bound, decode is memory-bound) and composes the answer for a *mixed* step the
+way vLLM's unified scheduler runs one: every prefill chunk in the step plus one decode pass over
+the running streams.  Summing the two is what makes a long prompt stall every running stream of an
+aggregated worker -- the interference disaggregation removes.  (It slightly over-counts the weight
+read a mixed step shares; a real mixed step is a little faster.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from disagg.planner import roofline
+from disagg.planner.hardware import GPUSpec, get_gpu
+from disagg.planner.models import DEFAULT_MODEL, MODELS, ModelSpec, get_model, kv_bytes_per_token
+
+
+def resolve_model(model_arg: str, preset: str | None) -> ModelSpec:
+    """The planner preset named by ``--sim-model-spec``, else the one the served model's name
+    matches (``meta-llama/Llama-3.1-8B-Instruct`` -> ``llama-3.1-8b``), else the default."""
+    if preset:
+        return get_model(preset)
+    try:
+        return get_model(model_arg)
+    except (LookupError, ValueError, OSError):
+        return MODELS[DEFAULT_MODEL]
+
+
+@dataclass(frozen=True)
+class StepTimer:
+    """Seconds (simulated) for the work the scheduler packs into one step."""
+
+    model: ModelSpec
+    gpu: GPUSpec
+    tp: int = 1
+    link_gbps: float = 100.0
+
+    @classmethod
+    def build(
+        cls, model_arg: str, preset: str | None, gpu: str, tp: int, link_gbps: float
+    ) -> StepTimer:
+        return cls(resolve_model(model_arg, preset), get_gpu(gpu), tp, link_gbps)
+
+    def step_seconds(
+        self,
+        prefill_chunks: Sequence[tuple[int, int]],
+        decode_batch: int,
+        decode_context_tokens: int,
+    ) -> float:
+        """``prefill_chunks``: ``(new_tokens, tokens_already_in_cache)`` per prefilling request;
+        ``decode_batch`` streams that each add one token over ``decode_context_tokens`` of KV in
+        total."""
+        seconds = 0.0
+        for new, cached in prefill_chunks:
+            seconds += roofline.prefill_time_s(
+                self.model, self.gpu, new, tp=self.tp, cached_tokens=cached
+            )
+        if decode_batch:
+            per_sequence = decode_context_tokens / decode_batch
+            seconds += roofline.decode_step_time_s(
+                self.model, self.gpu, decode_batch, per_sequence, tp=self.tp
+            )
+        return seconds
+
+    def kv_bytes(self, num_tokens: int) -> int:
+        return kv_bytes_per_token(self.model) * num_tokens
+
+    def transfer_seconds(self, num_bytes: int) -> float:
+        return roofline.transfer_time_s(num_bytes, self.link_gbps)
+
+    def num_gpu_blocks(self, block_size: int, gpu_memory_utilization: float) -> int:
+        """KV capacity the way vLLM sizes it: the memory budget minus the weights (per GPU,
+        times tensor parallelism), divided by the bytes of one block."""
+        budget = self.gpu.memory_bytes * gpu_memory_utilization * self.tp
+        free = budget - self.model.weight_bytes * 1.05  # activations and CUDA graphs take a bit
+        per_block = kv_bytes_per_token(self.model) * block_size
+        return max(1, int(free // per_block))
+
+
+__all__ = ["DEFAULT_MODEL", "StepTimer", "resolve_model"]
