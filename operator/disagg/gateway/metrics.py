@@ -12,7 +12,10 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+# ``*_created`` series double the exposition for no use to an HPA or a dashboard.
+disable_created_metrics()
 
 _LATENCY_BUCKETS = (
     0.005,

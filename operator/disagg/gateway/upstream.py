@@ -14,6 +14,7 @@ connection reused just as the server closes it fails the request, so ours expire
 
 from __future__ import annotations
 
+import logging
 import ssl
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
@@ -107,7 +108,10 @@ class UpstreamClient:
             ),
             transport=transport,
             trust_env=False,
+            # Streams are relayed byte for byte: never let a worker compress them.
+            headers={"Accept-Encoding": "identity"},
         )
+        logging.getLogger("httpx").setLevel(logging.WARNING)  # no line per request
 
     def _timeout(self, total: float) -> httpx.Timeout:
         return httpx.Timeout(
@@ -140,7 +144,10 @@ class UpstreamClient:
             content=body,
             headers=dict(headers),
             timeout=httpx.Timeout(
-                connect=self._connect, read=max(first_byte_seconds, self._idle), write=60.0
+                connect=self._connect,
+                read=max(first_byte_seconds, self._idle),
+                write=60.0,
+                pool=None,
             ),
         )
         try:
