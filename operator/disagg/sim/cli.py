@@ -48,10 +48,10 @@ def _sim_flag(
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="disagg sim",
+        usage="disagg sim [serve] [MODEL] [--model MODEL] [vLLM flags] [--sim-* flags]",
         description="A vLLM-compatible engine simulator. Accepts vLLM's server flags; "
         "flags it does not model are accepted and logged.",
     )
-    p.add_argument("model_tag", nargs="?", help="the model (as `vllm serve MODEL`)")
     p.add_argument("--model", help="the model (as the api_server module takes it)")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=8000)
@@ -87,12 +87,15 @@ def parse_config(argv: list[str]) -> SimConfig:
     args = list(argv)
     if args and args[0] == "serve":
         args = args[1:]
+    # The model positional comes first (``vllm serve MODEL ...``).  It is taken here, not by
+    # argparse, so that the value of an unknown flag (``--revision abc``) is never mistaken for it.
+    model_tag = args.pop(0) if args and not args[0].startswith("-") else None
     ns, unknown = build_parser().parse_known_args(args)
-    model = ns.model or ns.model_tag
+    model = ns.model or model_tag
     if not model:
         raise ConfigError("no model given: pass it as `disagg sim MODEL` or `--model MODEL`")
-    if ns.model and ns.model_tag and ns.model != ns.model_tag:
-        raise ConfigError(f"two different models given: {ns.model_tag!r} and {ns.model!r}")
+    if ns.model and model_tag and ns.model != model_tag:
+        raise ConfigError(f"two different models given: {model_tag!r} and {ns.model!r}")
     for name in ("tensor_parallel_size", "block_size", "max_num_seqs", "max_num_batched_tokens"):
         if getattr(ns, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
@@ -147,6 +150,15 @@ def parse_config(argv: list[str]) -> SimConfig:
     )
 
 
+def _keep_alive_s() -> int:
+    """vLLM's ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE`` (seconds, default 5): idle HTTP connections close
+    after it, and a client pool must expire its idle connections sooner."""
+    try:
+        return int(os.environ.get("VLLM_HTTP_TIMEOUT_KEEP_ALIVE", "5"))
+    except ValueError:
+        return 5
+
+
 def main(argv: list[str]) -> int:
     try:
         config = parse_config(argv)
@@ -172,7 +184,7 @@ def main(argv: list[str]) -> int:
         host=config.host,
         port=config.port,
         log_level=level.lower() if level.lower() != "info" else "warning",
-        timeout_keep_alive=5,  # vLLM's VLLM_HTTP_TIMEOUT_KEEP_ALIVE
+        timeout_keep_alive=_keep_alive_s(),
         access_log=False,
     )
     return 0
