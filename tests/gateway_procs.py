@@ -135,14 +135,18 @@ def clear(sim: Proc) -> None:
 
 
 def metric(gateway: Proc, name: str, **labels: str) -> float:
-    """One sample's value from the gateway's /metrics (0 when absent)."""
+    """One sample's value from the gateway's /metrics (0 when absent); label order is free."""
     text = httpx.get(gateway.url + "/metrics").text
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     for line in text.splitlines():
-        if line.startswith("#"):
+        if line.startswith("#") or not line.startswith(name):
             continue
         series, _, value = line.rpartition(" ")
-        if series == (f"{name}{{{want}}}" if want else name):
+        found, _, rest = series.partition("{")
+        pairs = dict(
+            (k, v.strip('"'))
+            for k, _, v in (p.partition("=") for p in rest.rstrip("}").split(",") if p)
+        )
+        if found == name and pairs == labels:
             return float(value)
     return 0.0
 

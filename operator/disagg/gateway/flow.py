@@ -178,7 +178,8 @@ class Flow:
                         return Reply(
                             answer.status, answer.body, headers={"X-Request-Id": routing.request_id}
                         )
-                    self._failed("prefill", self.prefill, url, UpstreamError("status", "", 0))
+                    error = UpstreamError("status", f"HTTP {answer.status}", answer.status)
+                    self._failed("prefill", self.prefill, url, error)
                     continue
                 params = _kv_params(answer.body)
                 if params is None:
