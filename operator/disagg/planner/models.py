@@ -174,17 +174,43 @@ MODELS: dict[str, ModelSpec] = {
 DEFAULT_MODEL = "llama-3.1-8b"
 
 
+#: The Hugging Face repository a preset's shape comes from (for emitted manifests).
+HF_REPOS: dict[str, str] = {
+    "llama-3.1-8b": "meta-llama/Llama-3.1-8B-Instruct",
+    "llama-3.1-70b": "meta-llama/Llama-3.1-70B-Instruct",
+    "llama-3.1-405b": "meta-llama/Llama-3.1-405B-Instruct",
+    "qwen2.5-7b": "Qwen/Qwen2.5-7B-Instruct",
+    "qwen2.5-72b": "Qwen/Qwen2.5-72B-Instruct",
+    "qwen3-32b": "Qwen/Qwen3-32B",
+    "qwen3-30b-a3b": "Qwen/Qwen3-30B-A3B",
+    "mixtral-8x7b": "mistralai/Mixtral-8x7B-Instruct-v0.1",
+    "deepseek-v3": "deepseek-ai/DeepSeek-V3",
+}
+
+
+def preset_for_model_name(name: str) -> str | None:
+    """The preset whose shape a served model name has, or None.
+
+    Accepts preset keys and Hugging Face ids in their usual spellings
+    (``meta-llama/Llama-3.1-70B-Instruct``, ``Meta-Llama-3.1-8B``, ``Qwen/Qwen3-32B``); the
+    operator uses it when a DisaggDeployment gives no ``model.architecture``.
+    """
+    key = name.strip().lower().rstrip("/")
+    key = key.rsplit("/", 1)[-1].removeprefix("meta-")
+    for suffix in ("-instruct", "-fp8", "-v0.1", "-instruct", "-chat", "-base"):
+        key = key.removesuffix(suffix)
+    return key if key in MODELS else None
+
+
 def get_model(name_or_path: str = DEFAULT_MODEL) -> ModelSpec:
     """A preset by name (case-insensitive), or the model described by a Hugging Face
     ``config.json`` (a path to the file, or to a folder holding one).
 
     Raises :class:`UnknownPresetError` listing the presets when the name is neither.
     """
-    key = name_or_path.strip().lower()
-    key = key.rsplit("/", 1)[-1] if "/" in key and not Path(name_or_path).exists() else key
-    key = key.removesuffix("-instruct")
-    if key in MODELS:
-        return MODELS[key]
+    preset = preset_for_model_name(name_or_path)
+    if preset is not None and not Path(name_or_path).exists():
+        return MODELS[preset]
     path = Path(name_or_path)
     if path.is_dir():
         path = path / "config.json"
