@@ -1,0 +1,90 @@
+"""The operator under test, as a real process against the e2e cluster.
+
+``E2E_OPERATOR=process`` (default) runs ``disagg operator`` from this checkout as
+a subprocess with the cluster's kubeconfig: the fast loop while developing.
+``E2E_OPERATOR=pod`` expects the operator already installed in the cluster (by
+the Helm chart, see e2e/test_chart.py) and only checks that it runs.  Logs of the
+process go to ``$DISAGG_CACHE/logs/operator-e2e.log``.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from e2e.cluster.config import Settings
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class OperatorProcess:
+    kubeconfig: Path
+    log_path: Path
+    proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("ab")
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "disagg.cli",
+                "operator",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--liveness",
+                "http://127.0.0.1:0/healthz",
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
+        )
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+    def restart(self) -> None:
+        self.stop(signal.SIGKILL)
+        self.start()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+@pytest.fixture(scope="session")
+def operator(cluster, crds) -> Iterator[OperatorProcess]:  # type: ignore[no-untyped-def]
+    """A running operator (a process from this checkout, or the one installed in the cluster)."""
+    log = Settings.from_env().cache / "logs" / "operator-e2e.log"
+    op = OperatorProcess(Path(cluster.kubeconfig), log)
+    if os.environ.get("E2E_OPERATOR", "process") == "pod":
+        yield op
+        return
+    op.start()
+    try:
+        yield op
+    finally:
+        op.stop()
