@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import os
 import random
+import statistics
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -333,7 +335,13 @@ class Simulator:
             self.engine.abort(req)
 
     def _record_done(self, req: Request, outcome: dict[str, Any], completion_tokens: int) -> None:
+        gaps = [b - a for a, b in itertools.pairwise(req.token_sim_times)]
+        now = time.monotonic()
         outcome.update(
+            queue_time_s=(req.scheduled_at or now) - req.arrival,
+            ttft_s=(req.first_token_at or now) - req.arrival,
+            e2e_s=now - req.arrival,
+            itl_sim_s={"median": statistics.median(gaps), "max": max(gaps)} if gaps else None,
             status=200,
             prefill=req.prefill_source,
             pull_error=req.pull_error or None,

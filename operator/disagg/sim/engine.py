@@ -69,6 +69,8 @@ class Engine:
         self.loading: set[Request] = set()
         self.held: dict[str, HeldKV] = {}
         self.steps = 0
+        self.sim_time_s = 0.0
+        """Simulated seconds the engine has spent in steps (idle time excluded)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._pulls: set[asyncio.Task[None]] = set()
@@ -173,6 +175,7 @@ class Engine:
                 chunks.append((take, request.computed))
         seconds = self.timer.step_seconds(chunks, batch, context) * self.faults.slowdown
         await self.sleep_simulated(seconds)
+        self.sim_time_s += seconds
 
     async def sleep_simulated(self, seconds: float) -> None:
         """Sleep ``seconds`` of simulated time against a running deadline, so asyncio's
@@ -252,6 +255,7 @@ class Engine:
         elif request.last_token_at is not None:
             m.observe(m.itl, now - request.last_token_at)
         request.last_token_at = now
+        request.token_sim_times.append(self.sim_time_s)
         m.inc(m.generation_tokens)
         request.events.put_nowait(TokenEvent(text, token))
         if len(request.output_ids) >= request.max_tokens:
@@ -337,5 +341,6 @@ class Engine:
             "kv_blocks_used": self.kv.used_blocks,
             "kv_cache_usage": self.kv.usage,
             "steps": self.steps,
+            "sim_time_s": self.sim_time_s,
             "faults": vars(replace(self.faults)),
         }

@@ -8,7 +8,18 @@ seconds divided by ``--sim-speedup``, because that is what a client of the simul
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Callable
+
+import prometheus_client
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+_disable_created_metrics: Callable[[], None] = prometheus_client.disable_created_metrics
 
 _LATENCY_BUCKETS = (
     0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
@@ -25,6 +36,7 @@ class SimMetrics:
     """The registry and every series the simulator exports."""
 
     def __init__(self, model_name: str, engine: str = "0") -> None:
+        _disable_created_metrics()  # vLLM exports no ``*_created`` series either
         self.registry = CollectorRegistry()
         self.labels = {"model_name": model_name, "engine": engine}
         names = list(self.labels)

@@ -77,6 +77,8 @@ class Request:
     first_token_at: float | None = None
     last_token_at: float | None = None
     finish_reason: str = ""
+    token_sim_times: list[float] = field(default_factory=list)
+    """The engine's simulated clock at each sampled token (immune to wall-clock noise)."""
 
     @property
     def all_ids(self) -> list[int]:
