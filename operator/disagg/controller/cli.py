@@ -30,8 +30,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--prometheus-url",
         default=None,
-        help="Prometheus base URL for observed metrics and KEDA triggers "
-        "(default: http://prometheus.monitoring.svc:9090)",
+        help="Prometheus base URL: observed queue depth and disaggregated share in status, and "
+        "KEDA triggers (default: no observed metrics; KEDA uses "
+        "http://prometheus.monitoring.svc:9090)",
     )
     parser.add_argument(
         "--liveness",

@@ -25,6 +25,12 @@ from disagg.api.inferencepool import InferencePoolSpec
 from disagg.api.versions import API_VERSION
 from disagg.controller.conditions import condition, merge_conditions
 from disagg.controller.kube import Invalid, Kube, NotFound
+from disagg.controller.observe import (
+    MetricsReader,
+    effectiveness,
+    pool_kv_usage_query,
+    pool_queue_query,
+)
 from disagg.controller.status import disagg_status, pool_status
 from disagg.render import names
 from disagg.render.disaggdeployment import render_disaggdeployment_children
@@ -60,9 +66,12 @@ def _meta(body: dict[str, Any]) -> tuple[str, str, str, int | None]:
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, prometheus_url: str = DEFAULT_PROMETHEUS_URL) -> None:
+    def __init__(self, kube: Kube, prometheus_url: str | None = None) -> None:
+        """``prometheus_url``: where observed load is read from (None: not read) and what
+        KEDA ScaledObjects query."""
         self.kube = kube
-        self.prometheus_url = prometheus_url
+        self.prometheus_url = prometheus_url or DEFAULT_PROMETHEUS_URL
+        self.metrics = MetricsReader(prometheus_url)
 
     # ---------------------------------------------------------------- pools
 
@@ -123,6 +132,8 @@ class Reconciler:
         live = self.kube.get_or_none("apps/v1", "Deployment", namespace, name)
         pods = self.kube.list("v1", "Pod", namespace, names.pool_selector(name))
         fields, conds = pool_status(spec, replicas, live, pods, selector, clamp_reason)
+        fields["queueDepth"] = self.metrics.scalar(pool_queue_query(namespace, name))
+        fields["kvCacheUsage"] = self.metrics.scalar(pool_kv_usage_query(namespace, name))
         self._write_status(body, "InferencePool", fields, conds, old_conditions, generation)
         return outcome
 
@@ -194,6 +205,9 @@ class Reconciler:
         guard = apply_guards(spec, requested["prefill"], requested["decode"])
         desired = {"prefill": guard.prefill, "decode": guard.decode}
         fields, conds = disagg_status(name, namespace, spec, pools, gateway, desired)
+        share, effective = effectiveness(self.metrics.decisions(namespace, name))
+        fields["disaggregatedShare"] = None if share is None else round(share, 4)
+        conds.append(effective)
         if guard.clamped:
             conds.append(
                 condition("ScalingLimited", True, "GuardsApplied", "; ".join(guard.reasons))
