@@ -61,6 +61,7 @@ class PoolPlan:
     """Decode: the batch cap (max-num-seqs or KV cache, whichever is smaller)."""
     kv_capacity_tokens: int | None = None
     utilization: float | None = None
+    """Prefill: share of the pool's time busy prefilling."""
     prefill_stall_ms: float | None = None
     """Aggregated: how long a decode step carrying a prefill chunk is stalled."""
     stalled_step_share: float | None = None
@@ -262,9 +263,9 @@ def size_aggregated(inp: Inputs, tp: int) -> PoolPlan:
     prefill_p99 = inp.prefill_s(w.prompt_p99, tp)
     rate = w.arrival_rate * w.output_tokens
 
-    def evaluate(n: int) -> tuple[float, float, float, float, float] | None:
-        """(batch, ttft p99 s, itl p99 s, utilisation, stalled step share) at n replicas, or
-        None if n replicas cannot carry the load."""
+    def evaluate(n: int) -> tuple[float, float, float, float] | None:
+        """(batch, ttft p99 s, itl p99 s, stalled step share) at n replicas, or None if n
+        replicas cannot carry the load (decode fills whatever time prefill leaves)."""
         share = w.arrival_rate / n * prefill
         if share >= MAX_UTILIZATION:
             return None
@@ -277,7 +278,7 @@ def size_aggregated(inp: Inputs, tp: int) -> PoolPlan:
         service = prefill + chunks * step
         p99_chunks = math.ceil((w.prompt_p99 - w.cached_tokens(w.prompt_p99)) / chunk)
         ttft = wait_percentile_s(n, w.arrival_rate, service) + prefill_p99 + p99_chunks * step
-        return b, ttft, itl, share + rate / n * step / b, stalled
+        return b, ttft, itl, stalled
 
     def meets(n: int) -> bool:
         r = evaluate(n)
@@ -299,7 +300,7 @@ def size_aggregated(inp: Inputs, tp: int) -> PoolPlan:
             f"stalls ({stall * 1e3:.0f} ms per chunk) out of the ITL tail"
         )
     r = evaluate(n)
-    b, ttft, itl, util, stalled = r if r is not None else (cap, math.inf, math.inf, 1.0, 1.0)
+    b, ttft, itl, stalled = r if r is not None else (cap, math.inf, math.inf, 1.0)
     return PoolPlan(
         replicas=n,
         feasible=feasible,
@@ -308,7 +309,6 @@ def size_aggregated(inp: Inputs, tp: int) -> PoolPlan:
         itl_p99_ms=itl * 1e3,
         batch_per_replica=b,
         max_batch=cap,
-        utilization=min(util, 1.0),
         prefill_stall_ms=stall * 1e3,
         stalled_step_share=min(stalled, 1.0),
         role="aggregated",
