@@ -13,7 +13,7 @@ from disagg.planner.sizing import PoolPlan
 
 def _bytes(n: float) -> str:
     for unit, size in (("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if n >= size:
+        if n >= size / 10:
             return f"{n / size:.2f} {unit}"
     return f"{n:.0f} B"
 
