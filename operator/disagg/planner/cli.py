@@ -70,30 +70,48 @@ def build_parser() -> argparse.ArgumentParser:
         help="calibration JSON from bench/calibrate_gpu.py (must match --gpu)",
     )
     w = p.add_argument_group("workload")
-    w.add_argument("--prompt-tokens", type=int, default=4096, help="mean prompt length (4096)")
-    w.add_argument("--prompt-tokens-p99", type=int, default=0, help="p99 prompt length (= mean)")
-    w.add_argument("--output-tokens", type=int, default=256, help="mean output length (256)")
-    w.add_argument("--output-tokens-p99", type=int, default=0, help="p99 output length (= mean)")
+    w.add_argument(
+        "--prompt-tokens", type=int, metavar="N", default=4096, help="mean prompt length (4096)"
+    )
+    w.add_argument(
+        "--prompt-tokens-p99", type=int, metavar="N", default=0, help="p99 prompt length (= mean)"
+    )
+    w.add_argument(
+        "--output-tokens", type=int, metavar="N", default=256, help="mean output length (256)"
+    )
+    w.add_argument(
+        "--output-tokens-p99", type=int, metavar="N", default=0, help="p99 output length (= mean)"
+    )
     w.add_argument(
         "--rate",
         "--arrival-rate",
         dest="rate",
         type=float,
         default=1.0,
+        metavar="RPS",
         help="arrival rate, requests/s (1.0)",
     )
     w.add_argument(
         "--prefix-hit-rate",
         type=float,
         default=0.0,
+        metavar="X",
         help="share of prompt tokens already in a prefix cache, 0..1 (0)",
     )
     s = p.add_argument_group("SLOs")
-    s.add_argument("--ttft-p99-ms", type=float, default=2000.0, help="TTFT p99 objective (2000)")
-    s.add_argument("--itl-p99-ms", type=float, default=50.0, help="ITL p99 objective (50)")
+    s.add_argument(
+        "--ttft-p99-ms", type=float, metavar="X", default=2000.0, help="TTFT p99 objective (2000)"
+    )
+    s.add_argument(
+        "--itl-p99-ms", type=float, metavar="X", default=50.0, help="ITL p99 objective (50)"
+    )
     d = p.add_argument_group("deployment")
     d.add_argument(
-        "--link-gbps", type=float, default=100.0, help="KV link speed per replica, Gb/s (100)"
+        "--link-gbps",
+        type=float,
+        metavar="X",
+        default=100.0,
+        help="KV link speed per replica, Gb/s (100)",
     )
     d.add_argument(
         "--transport",
@@ -101,27 +119,38 @@ def build_parser() -> argparse.ArgumentParser:
         default="ib",
         help="KV fabric: RDMA (ib, roce, efa) or tcp (default ib)",
     )
-    d.add_argument("--prefill-tp", type=int, default=0, help="pin prefill tensor parallelism")
-    d.add_argument("--decode-tp", type=int, default=0, help="pin decode tensor parallelism")
+    d.add_argument(
+        "--prefill-tp", type=int, metavar="N", default=0, help="pin prefill tensor parallelism"
+    )
+    d.add_argument(
+        "--decode-tp", type=int, metavar="N", default=0, help="pin decode tensor parallelism"
+    )
     d.add_argument(
         "--aggregated-tp",
         type=int,
         default=0,
+        metavar="N",
         help="pin the aggregated baseline's tensor parallelism",
     )
-    d.add_argument("--gpu-memory-utilization", type=float, default=0.9, help="vLLM's (0.9)")
-    d.add_argument("--max-num-seqs", type=int, default=256, help="vLLM's (256)")
+    d.add_argument(
+        "--gpu-memory-utilization", type=float, metavar="X", default=0.9, help="vLLM's (0.9)"
+    )
+    d.add_argument("--max-num-seqs", type=int, metavar="N", default=256, help="vLLM's (256)")
     d.add_argument(
         "--chunk-tokens",
         type=int,
         default=0,
+        metavar="N",
         help="aggregated chunked-prefill budget per step (vLLM's default)",
     )
-    d.add_argument("--gpu-budget", type=int, default=0, help="most GPUs allowed (no limit)")
+    d.add_argument(
+        "--gpu-budget", type=int, metavar="N", default=0, help="most GPUs allowed (no limit)"
+    )
     d.add_argument(
         "--min-uncached-prompt-tokens",
         type=int,
         default=256,
+        metavar="N",
         help="selective-disaggregation threshold (256)",
     )
     o = p.add_argument_group("output").add_mutually_exclusive_group()
