@@ -70,7 +70,7 @@ def admit(obj: dict[str, Any]) -> list[Rejection]:
     """Every reason the API server would reject ``obj``; empty when it would admit it."""
     schema = crd_schema_for(obj["kind"])
     obj = apply_defaults(schema, copy.deepcopy(obj))
-    validator = jsonschema.Draft7Validator(schema)
+    validator = jsonschema.Draft4Validator(schema)  # OpenAPI v3.0 bounds are draft-4 style
     errors = [
         Rejection("." + ".".join(str(p) for p in e.absolute_path), e.message)
         for e in validator.iter_errors(obj)

@@ -236,7 +236,6 @@ class DisaggDeployment(ApiModel):
                 "size(self.metadata.name) <= 52",
                 "metadata.name must be a DNS-1035 label of at most 52 characters "
                 "(children are named <name>-prefill, <name>-decode, <name>-gateway)",
-                ".metadata.name",
             ),
         )
     )

@@ -142,7 +142,6 @@ class InferencePool(ApiModel):
                 "size(self.metadata.name) <= 63",
                 "metadata.name must be a DNS-1035 label of at most 63 characters "
                 "(it names the pool's Service)",
-                ".metadata.name",
             ),
         )
     )

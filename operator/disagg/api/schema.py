@@ -51,6 +51,15 @@ def _collapse_optional(node: Schema, defs: dict[str, Schema]) -> tuple[Schema, b
     return rest, True
 
 
+def defaults_of(schema: Schema) -> dict[str, Any]:
+    """The object the API server would build from ``{}`` by structural defaulting."""
+    out: dict[str, Any] = {}
+    for name, sub in schema.get("properties", {}).items():
+        if "default" in sub:
+            out[name] = copy.deepcopy(sub["default"])
+    return out
+
+
 def structural(node: Schema, defs: dict[str, Schema], *, in_status: bool = False) -> Schema:
     """Convert one pydantic schema node (recursively) to a structural schema node."""
     node = _resolve(node, defs)
@@ -78,7 +87,9 @@ def structural(node: Schema, defs: dict[str, Schema], *, in_status: bool = False
                     and name not in required
                     and "default" not in converted
                 ):
-                    converted["default"] = {}
+                    # Filled in, not {}: the API server checks a default against the CEL
+                    # rules without defaulting inside it first.
+                    converted["default"] = defaults_of(converted)
                 props[name] = converted
             out[key] = props
         elif key == "items" or (key == "additionalProperties" and isinstance(value, dict)):
@@ -87,6 +98,10 @@ def structural(node: Schema, defs: dict[str, Schema], *, in_status: bool = False
             out[key] = [structural(b, defs, in_status=in_status) for b in value]
         elif key == "$defs":
             continue
+        elif key in ("exclusiveMinimum", "exclusiveMaximum") and not isinstance(value, bool):
+            # JSON Schema's numeric form -> OpenAPI v3.0's boolean flag on minimum/maximum.
+            out["minimum" if key == "exclusiveMinimum" else "maximum"] = value
+            out[key] = True
         else:
             out[key] = copy.deepcopy(value)
     if "properties" in out and "type" not in out:

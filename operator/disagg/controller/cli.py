@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 
 
 def main(argv: list[str]) -> int:
@@ -41,6 +42,10 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    if args.kubeconfig:
+        # Before anything imports the Kubernetes client: it reads KUBECONFIG at import time,
+        # and kopf's login handler relies on that default.
+        os.environ["KUBECONFIG"] = args.kubeconfig
 
     import kopf
 
@@ -55,10 +60,6 @@ def main(argv: list[str]) -> int:
     kube = Kube.from_environment(args.kubeconfig)
     reconciler = Reconciler(kube, args.prometheus_url) if args.prometheus_url else Reconciler(kube)
     handlers.configure(reconciler)
-    if args.kubeconfig:
-        import os
-
-        os.environ["KUBECONFIG"] = args.kubeconfig
     asyncio.run(
         kopf.operator(
             standalone=True,

@@ -57,12 +57,17 @@ class Decisions:
         return self.disaggregated + self.decode_only + self.fallback
 
 
-def effectiveness(decisions: Decisions | None) -> tuple[float | None, Condition]:
+def effectiveness(
+    decisions: Decisions | None, configured: bool = True
+) -> tuple[float | None, Condition]:
     """The disaggregated share and the ``DisaggregationEffective`` condition."""
     if decisions is None:
-        return None, condition(
-            "DisaggregationEffective", None, "MetricsUnavailable", "Prometheus did not answer"
+        why = (
+            "Prometheus did not answer"
+            if configured
+            else "the operator runs without --prometheus-url, so it cannot tell"
         )
+        return None, condition("DisaggregationEffective", None, "MetricsUnavailable", why)
     if decisions.total < 1:
         return None, condition(
             "DisaggregationEffective", None, "NoTraffic", f"no requests in the last {WINDOW}"

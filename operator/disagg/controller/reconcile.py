@@ -205,7 +205,9 @@ class Reconciler:
         guard = apply_guards(spec, requested["prefill"], requested["decode"])
         desired = {"prefill": guard.prefill, "decode": guard.decode}
         fields, conds = disagg_status(name, namespace, spec, pools, gateway, desired)
-        share, effective = effectiveness(self.metrics.decisions(namespace, name))
+        share, effective = effectiveness(
+            self.metrics.decisions(namespace, name), configured=bool(self.metrics.url)
+        )
         fields["disaggregatedShare"] = None if share is None else round(share, 4)
         conds.append(effective)
         if guard.clamped:

@@ -189,7 +189,15 @@ def disagg_status(
         ),
     )
     if spec.rdma.enabled:
-        conds.append(condition("RDMAReady", True, "RDMAConfigured", f"{spec.rdma.transport}"))
+        conds.append(
+            condition(
+                "RDMAReady",
+                True,
+                "RDMAConfigured",
+                f"{spec.rdma.count} x {spec.rdma.resource_name} per worker, "
+                f"transport {spec.rdma.transport}, {spec.rdma.link_gbps:g} Gb/s",
+            )
+        )
     else:
         conds.append(condition("RDMAReady", False, "RDMADisabled", _TCP_WARNING))
     fields.update(kv_estimates(spec))
