@@ -38,6 +38,15 @@ def pool_kv_usage_query(namespace: str, pool: str) -> str:
     return f'avg(vllm:kv_cache_usage_perc{{namespace="{namespace}",pod=~"{pool}-.+"}})'
 
 
+def pod_load_query(namespace: str, pool: str) -> str:
+    """Requests running or waiting on each worker of a pool."""
+    selector = f'namespace="{namespace}",pod=~"{pool}-.+"'
+    return (
+        f"sum by (pod) (vllm:num_requests_running{{{selector}}})"
+        f" + sum by (pod) (vllm:num_requests_waiting{{{selector}}})"
+    )
+
+
 def decisions_query(namespace: str, deployment: str) -> str:
     selector = f'namespace="{namespace}",pod=~"{deployment}-gateway-.+"'
     return (
@@ -130,6 +139,18 @@ class MetricsReader:
             return float(result[0]["value"][1])
         except (KeyError, IndexError, ValueError):
             return None
+
+    def per_pod(self, promql: str) -> dict[str, float] | None:
+        result = self._query(promql)
+        if result is None:
+            return None
+        out: dict[str, float] = {}
+        for row in result:
+            try:
+                out[row["metric"]["pod"]] = float(row["value"][1])
+            except (KeyError, IndexError, ValueError):
+                continue
+        return out
 
     def decisions(self, namespace: str, deployment: str) -> Decisions | None:
         result = self._query(decisions_query(namespace, deployment))

@@ -28,6 +28,7 @@ from disagg.controller.kube import Invalid, Kube, NotFound
 from disagg.controller.observe import (
     MetricsReader,
     effectiveness,
+    pod_load_query,
     pool_kv_usage_query,
     pool_queue_query,
 )
@@ -38,6 +39,9 @@ from disagg.render.guards import GuardResult, apply_guards
 from disagg.render.pool import DEFAULT_PROMETHEUS_URL, owner_reference, render_pool_children
 
 log = logging.getLogger(__name__)
+
+#: Pod annotation the ReplicaSet controller reads to pick which pods go first on scale-down.
+DELETION_COST = "controller.kubernetes.io/pod-deletion-cost"
 
 #: Children kinds that come and go with the spec (others always exist while the owner does).
 PRUNABLE = (
@@ -134,6 +138,7 @@ class Reconciler:
         fields, conds = pool_status(spec, replicas, live, pods, selector, clamp_reason)
         fields["queueDepth"] = self.metrics.scalar(pool_queue_query(namespace, name))
         fields["kvCacheUsage"] = self.metrics.scalar(pool_kv_usage_query(namespace, name))
+        self._set_deletion_costs(namespace, name, pods)
         self._write_status(body, "InferencePool", fields, conds, old_conditions, generation)
         return outcome
 
@@ -148,6 +153,25 @@ class Reconciler:
         ]
         old = body.get("status", {}).get("conditions", [])
         self._write_status(body, "InferencePool", {"selector": selector}, conds, old, generation)
+
+    def _set_deletion_costs(self, namespace: str, pool: str, pods: list[dict[str, Any]]) -> None:
+        """Busy workers cost more to delete, so scale-down removes the least busy first."""
+        load = self.metrics.per_pod(pod_load_query(namespace, pool))
+        if not load:
+            return
+        for pod in pods:
+            meta = pod["metadata"]
+            if meta.get("deletionTimestamp") or meta["name"] not in load:
+                continue
+            cost = str(int(load[meta["name"]] * 100))
+            if meta.get("annotations", {}).get(DELETION_COST) != cost:
+                self.kube.merge_patch(
+                    "v1",
+                    "Pod",
+                    namespace,
+                    meta["name"],
+                    {"metadata": {"annotations": {DELETION_COST: cost}}},
+                )
 
     # ------------------------------------------------------ disagg deployments
 
