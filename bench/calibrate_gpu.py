@@ -50,7 +50,11 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--gpu", default="h100-sxm", help="GPU preset the device is (default h100-sxm)")
     p.add_argument("--model", default="llama-3.1-8b", help="model whose layer shape to time")
     p.add_argument("--layers", type=int, default=4, help="distinct layers per timed forward")
-    p.add_argument("--prefill-tokens", type=_ints, default=_ints("512,1024,2048,4096,8192"))
+    # 16k and 32k on top of the 512..8192 range: there attention is a large share of the FLOPs,
+    # which is what lets the fit tell attention efficiency from GEMM efficiency.
+    p.add_argument(
+        "--prefill-tokens", type=_ints, default=_ints("512,1024,2048,4096,8192,16384,32768")
+    )
     p.add_argument("--decode-batches", type=_ints, default=_ints("1,2,4,8,16,32,64,128,256"))
     p.add_argument("--decode-context", type=int, default=2048, help="KV tokens per sequence")
     p.add_argument("--long-context", type=int, default=8192, help="second decode context")
@@ -97,7 +101,8 @@ def measure(args: argparse.Namespace) -> tuple[list[Measurement], dict[str, Any]
     def matmul_flops_per_s(n: int = 8192) -> float:
         a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
         b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-        return 2 * n**3 / time_fn(lambda: a @ b)
+        # A long warm-up lets the clocks ramp before timing (boost clock, power state).
+        return 2 * n**3 / time_fn(lambda: a @ b, min_time=1.0, warmup=50)
 
     def copy_bytes_per_s(size: int = 2 * 1024**3) -> float:
         src = torch.empty(size, device=dev, dtype=torch.uint8)
