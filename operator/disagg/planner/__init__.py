@@ -8,7 +8,14 @@ the same functions the ``disagg plan`` CLI prints, so there is one timing model 
 
 from disagg.planner.errors import PlannerError, UnknownPresetError
 from disagg.planner.hardware import GPUS, GPUSpec, get_gpu
-from disagg.planner.models import MODELS, ModelSpec, get_model, kv_bytes_per_token
+from disagg.planner.models import (
+    MODELS,
+    ModelSpec,
+    get_model,
+    kv_bytes_per_token,
+    preset_for_model_name,
+)
+from disagg.planner.plan import Plan, make_plan
 from disagg.planner.roofline import (
     DEFAULT_EFFICIENCY,
     Efficiency,
@@ -16,20 +23,27 @@ from disagg.planner.roofline import (
     prefill_time_s,
     transfer_time_s,
 )
+from disagg.planner.workload import SLO, Deployment, Workload
 
 __all__ = [
     "DEFAULT_EFFICIENCY",
     "GPUS",
     "MODELS",
+    "SLO",
+    "Deployment",
     "Efficiency",
     "GPUSpec",
     "ModelSpec",
+    "Plan",
     "PlannerError",
     "UnknownPresetError",
+    "Workload",
     "decode_step_time_s",
     "get_gpu",
     "get_model",
     "kv_bytes_per_token",
+    "make_plan",
     "prefill_time_s",
+    "preset_for_model_name",
     "transfer_time_s",
 ]

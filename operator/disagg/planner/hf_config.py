@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -89,12 +90,6 @@ def model_from_config(config: Mapping[str, Any], name: str = "custom") -> ModelS
         display_name=str(config.get("_name_or_path") or name),
     )
     total, active = estimate_params(spec)
-    return _replace_params(spec, total, active)
-
-
-def _replace_params(spec: ModelSpec, total: int, active: int) -> ModelSpec:
-    from dataclasses import replace
-
     return replace(spec, num_params=total, active_params=active if spec.is_moe else 0)
 
 
