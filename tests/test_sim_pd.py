@@ -112,6 +112,9 @@ def test_decode_leg_pulls_over_the_side_channel_then_decodes(
     per_token = kv_bytes_per_token(MODELS["llama-3.1-8b"])
     assert seen["pulled_bytes"] == per_token * seen["prompt_tokens"]
     assert "cmpl-pd-2" not in held(prefill)  # freed once pulled
+    on_prefill = outcome(prefill, "pd-2")
+    assert on_prefill["kv_hold"] == "pulled" and on_prefill["pulled_by"].startswith("127.0.0.1:")
+    assert on_prefill["kv_transfer_params"]["remote_request_id"] == "cmpl-pd-2"
     nixl = [
         line
         for line in httpx.get(decode.url + "/metrics").text.splitlines()
@@ -154,6 +157,7 @@ def test_expired_lease_means_local_prefill(
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 8
     seen = outcome(decode, "pd-5")
     assert seen["prefill"] == "fallback" and "lease expired" in seen["pull_error"]
+    assert outcome(short_lease_prefill, "pd-5")["kv_hold"] == "expired"
 
 
 @pytest.mark.parametrize(

@@ -40,6 +40,8 @@ from disagg.sim.timing import StepTimer
 
 log = logging.getLogger("disagg.sim.app")
 SIM_VERSION = "0.11.0+disagg.sim"
+DISCONNECT_POLL_S = 0.5
+"""How often a non-streaming handler checks whether its client left (vLLM aborts those)."""
 
 
 class _DyingResponse:
@@ -246,6 +248,7 @@ class Simulator:
             max_model_len=self.max_model_len,
             hold_for_remote_decode=parsed.remote_decode,
             remote=parsed.remote,
+            notes=outcome,
         )
         outcome.update(request_id=response_id, prompt_tokens=len(parsed.prompt_ids))
         if parsed.remote_invalid:
@@ -269,9 +272,16 @@ class Simulator:
                 if len(text) == die_at:
                     self.engine.abort(req)
                     outcome["injected"] = "died"
-                    _die(faults.die_mode) if faults.die_mode == "exit" else None
+                    if faults.die_mode == "exit":
+                        _die("exit")
                     return _DyingResponse()  # type: ignore[return-value]
-                event = await req.events.get()
+                try:
+                    event = await asyncio.wait_for(req.events.get(), DISCONNECT_POLL_S)
+                except TimeoutError:
+                    if await http.is_disconnected():
+                        outcome["status"] = 499  # nginx's "client closed request"
+                        return Response(b"", status_code=499)  # nobody reads it; frees blocks
+                    continue
                 if isinstance(event, TokenEvent):
                     text.append(event.text)
                 elif isinstance(event, FinishEvent):

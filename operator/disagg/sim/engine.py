@@ -133,9 +133,11 @@ class Engine:
             raise PullError(f"block ids do not match those held for {request_id!r}")
         return held.request
 
-    def release_held(self, request_id: str) -> None:
+    def release_held(self, request_id: str, why: str = "pulled") -> None:
+        """Free a held prefill's blocks; ``why`` (pulled, expired, replaced) goes to its notes."""
         held = self.held.pop(request_id, None)
         if held is not None:
+            held.request.notes["kv_hold"] = why
             self.kv.release(held.request.blocks)
             held.request.blocks = []
             self._publish_load()
@@ -271,9 +273,10 @@ class Engine:
         m.observe(m.decode_time, now - (request.first_token_at or now))
         m.success(reason)
         if request.hold_for_remote_decode:
-            self.release_held(request.request_id)  # a retried request id replaces the old hold
+            self.release_held(request.request_id, "replaced")  # a retried id replaces the hold
             self.kv.commit(request.blocks, request.prompt_ids)
             self.held[request.request_id] = HeldKV(request, now + self.config.kv_lease_s)
+            request.notes["kv_hold"] = "held"
         else:
             self.kv.release(request.blocks)
             request.blocks = []
@@ -283,7 +286,7 @@ class Engine:
         now = time.monotonic()
         for request_id in [r for r, h in self.held.items() if h.deadline <= now]:
             log.info("KV lease of %s expired; freeing its blocks", request_id)
-            self.release_held(request_id)
+            self.release_held(request_id, "expired")
 
     # -- remote prefill ------------------------------------------------------------------------
     def _start_pull(self, request: Request) -> None:

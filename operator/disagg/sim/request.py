@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,10 @@ class Request:
     """Prefill leg: keep the blocks after finishing until a decode worker pulls them."""
     remote: RemotePrefill | None = None
     """Decode leg: pull the prompt's KV from this prefill worker instead of computing it."""
+    notes: dict[str, Any] = field(default_factory=dict)
+    """Where the engine and side channel note what happened to the request's held KV
+    (``kv_hold``: held, pulled, expired, replaced; ``pulled_by``); the app passes its recorder
+    entry's outcome here."""
     arrival: float = field(default_factory=time.monotonic)
     events: asyncio.Queue[Event] = field(default_factory=asyncio.Queue)
 

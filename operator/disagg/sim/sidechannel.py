@@ -120,9 +120,11 @@ class SideChannelServer:
                     "bytes_per_token": self.engine.timer.kv_bytes(1),
                 },
             )
+            peer = writer.get_extra_info("peername")
+            held.notes["pulled_by"] = f"{peer[0]}:{peer[1]}" if peer else "?"
             done = await _recv(reader)
             if done.get("op") == "done" and done.get("request_id") == request_id:
-                self.engine.release_held(request_id)
+                self.engine.release_held(request_id, "pulled")
                 await _send(writer, {"ok": True})
         except (ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
             log.info("side-channel peer dropped: %s", exc)
