@@ -129,7 +129,10 @@ def test_openai_client_completions(sims: dict[str, Proc], client: openai.OpenAI)
 
 
 def test_openai_client_chat(client: openai.OpenAI) -> None:
-    messages = [{"role": "system", "content": long_prompt(seed="och")}, {"role": "user", "content": "hi"}]
+    messages = [
+        {"role": "system", "content": long_prompt(seed="och")},
+        {"role": "user", "content": "hi"},
+    ]
     out = client.chat.completions.create(model="m", messages=messages, max_tokens=4)  # type: ignore[arg-type]
     assert out.choices[0].message.role == "assistant" and out.choices[0].message.content
     stream = client.chat.completions.create(

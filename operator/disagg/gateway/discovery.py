@@ -121,6 +121,7 @@ class EndpointSliceDiscovery:
                     else:
                         continue
                     last = self._report(role, slices, last, on_change)
+                await asyncio.sleep(0.5)  # the watch ended (timeout or error): relist, calmly
             except asyncio.CancelledError:
                 raise
             except (UpstreamError, ValueError, KeyError, TypeError) as exc:

@@ -15,7 +15,7 @@ import contextlib
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
 # ``*_created`` series double the exposition for no use to an HPA or a dashboard.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 _LATENCY_BUCKETS = (
     0.005,

@@ -235,7 +235,9 @@ class KubeApiClient:
                 path,
                 params=dict(params),
                 headers=self._headers(),
-                timeout=httpx.Timeout(connect=5.0, read=timeout_seconds + 10.0, write=10.0),
+                timeout=httpx.Timeout(
+                    connect=5.0, read=timeout_seconds + 10.0, write=10.0, pool=10.0
+                ),
             ) as response:
                 if response.status_code != 200:
                     raise UpstreamError(

@@ -1,0 +1,232 @@
+"""Single-function tests of the gateway's parts: config, discovery, pools, telemetry parsing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client import generate_latest
+from pydantic import ValidationError
+
+from disagg.gateway.cli import build_parser, resolve
+from disagg.gateway.config import GatewayConfig, KubernetesDiscovery, PoolQueueConfig, load_config
+from disagg.gateway.discovery import EndpointSliceDiscovery, ready_urls
+from disagg.gateway.metrics import GatewayMetrics
+from disagg.gateway.pools import Pool, QueueFull
+from disagg.gateway.requests import decode_body, prefill_body
+from disagg.gateway.telemetry import parse_load
+from disagg.gateway.upstream import KubeApiClient
+
+# -- config ------------------------------------------------------------------------------------
+
+
+def test_config_defaults_and_yaml(tmp_path: Path) -> None:
+    default = GatewayConfig()
+    assert default.selective.min_uncached_prompt_tokens > 0
+    assert default.timeouts.keep_alive_expiry_seconds < 5
+    path = tmp_path / "routing.yaml"
+    path.write_text(
+        "pools: {prefill: llama-prefill, decode: llama-decode}\n"
+        "selective: {minUncachedPromptTokens: 512}\n"
+        "routing:\n  prefill:\n    scorers: [{type: least-loaded, weight: 3}]\n"
+        "discovery:\n  kubernetes:\n    namespace: ml\n"
+        "    prefillSelector: kubernetes.io/service-name=llama-prefill\n"
+        "    decodeSelector: kubernetes.io/service-name=llama-decode\n"
+    )
+    config = load_config(path)
+    assert config.pools.decode == "llama-decode"
+    assert config.selective.min_uncached_prompt_tokens == 512
+    assert config.routing.prefill.scorers[0].weight == 3
+    assert config.discovery.kubernetes is not None and config.discovery.kubernetes.port == 8000
+    assert config.routing.decode.scorers  # untouched defaults stay
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ({"selective": {"minUncachedPromtTokens": 5}}, "Extra inputs"),
+        ({"timeouts": {"keepAliveExpirySeconds": 5}}, "less than 5"),
+        ({"routing": {"prefill": {"scorers": [{"type": "x", "weight": 0}]}}}, "greater than 0"),
+        ({"discovery": {"static": {}, "kubernetes": {"namespace": "a", "prefillSelector": "x",
+                                                     "decodeSelector": "y"}}}, "not both"),
+    ],
+)  # fmt: skip
+def test_config_rejects_mistakes(data: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        GatewayConfig.model_validate(data)
+
+
+def test_config_file_must_be_a_mapping(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text("[1]")
+    with pytest.raises(ValueError, match="mapping"):
+        load_config(path)
+
+
+def test_cli_flags_override_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"selective": {"minUncachedPromptTokens": 9}}))
+    args = build_parser().parse_args(
+        ["--config", str(path), "--decode", "http://127.0.0.1:1/", "--min-uncached-prompt-tokens",
+         "3"]
+    )  # fmt: skip
+    config, _ = resolve(args)
+    assert config.selective.min_uncached_prompt_tokens == 3
+    assert config.discovery.static is not None
+    assert config.discovery.static.decode == ["http://127.0.0.1:1"]
+    with pytest.raises(ValueError, match="no decode workers"):
+        resolve(build_parser().parse_args(["--prefill", "http://127.0.0.1:2"]))
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--decode", "localhost:8000"])
+
+
+# -- leg bodies ---------------------------------------------------------------------------------
+
+
+def test_prefill_and_decode_bodies_leave_the_original_untouched() -> None:
+    original = {"model": "m", "prompt": "p", "stream": True, "min_tokens": 3,
+                "stream_options": {"include_usage": True}, "max_tokens": 9}  # fmt: skip
+    snapshot = json.loads(json.dumps(original))
+    leg = prefill_body(original)
+    assert leg["max_tokens"] == 1 and "max_completion_tokens" not in leg
+    assert original == snapshot
+    params = {"remote_block_ids": [[1]], "future_field": {"x": 1}}
+    assert decode_body(original, params) == {**snapshot, "kv_transfer_params": params}
+
+
+# -- discovery ----------------------------------------------------------------------------------
+
+
+def _slice(name: str, endpoints: list[dict[str, Any]], port: int = 8000) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "ports": [{"name": "http", "port": port}],
+            "endpoints": endpoints}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("endpoints", "expected"),
+    [
+        ([{"addresses": ["10.0.0.1"], "conditions": {"ready": True}}], ["http://10.0.0.1:8000"]),
+        ([{"addresses": ["10.0.0.1"], "conditions": {}}], ["http://10.0.0.1:8000"]),  # unset
+        ([{"addresses": ["10.0.0.1"], "conditions": {"ready": False}}], []),
+        ([{"addresses": ["10.0.0.1"],
+           "conditions": {"ready": False, "serving": True, "terminating": True}}], []),
+        ([{"addresses": ["fd00::5"], "conditions": {"ready": True}}], ["http://[fd00::5]:8000"]),
+        ([{"addresses": ["10.0.0.2"]}, {"addresses": ["10.0.0.1"]}],
+         ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]),
+    ],
+)  # fmt: skip
+def test_ready_urls(endpoints: list[dict[str, Any]], expected: list[str]) -> None:
+    assert ready_urls([_slice("s", endpoints)], 8000) == expected
+
+
+def test_ready_urls_prefers_the_named_port() -> None:
+    s = _slice("s", [{"addresses": ["10.0.0.1"]}], port=9000)
+    assert ready_urls([s], 8000, port_name="http") == ["http://10.0.0.1:9000"]
+
+
+async def test_endpoint_slice_discovery_lists_then_follows_the_watch() -> None:
+    """A transport plays the API server: a list, then a watch that adds, drains and deletes."""
+    first = _slice("pool-a", [{"addresses": ["10.0.0.1"], "conditions": {"ready": True}}])
+    added = _slice("pool-b", [{"addresses": ["10.0.0.2"], "conditions": {"ready": True}}])
+    gone = {"ready": False, "terminating": True}
+    draining = _slice("pool-a", [{"addresses": ["10.0.0.1"], "conditions": gone}])
+    events = [{"type": "ADDED", "object": added}, {"type": "BOOKMARK", "object": {}},
+              {"type": "MODIFIED", "object": draining},
+              {"type": "DELETED", "object": added}]  # fmt: skip
+    seen_requests: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen_requests.append(request)
+        if request.url.params.get("watch") == "true":
+            body = "".join(json.dumps(e) + "\n" for e in events)
+            return httpx.Response(200, content=body.encode())
+        return httpx.Response(200, json={"metadata": {"resourceVersion": "42"}, "items": [first]})
+
+    token = Path(__file__)  # any readable file stands in for the token
+    api = KubeApiClient("https://api.test", token_path=token, ca_path=None,
+                        transport=httpx.MockTransport(handler))  # fmt: skip
+    config = KubernetesDiscovery(namespace="ml", prefill_selector="role=prefill",
+                                 decode_selector="role=decode", resync_seconds=30)  # fmt: skip
+    changes: list[tuple[str, list[str]]] = []
+    discovery = EndpointSliceDiscovery(config, api)
+    task = asyncio.create_task(discovery._follow("decode", "role=decode",
+                                                 lambda r, u: changes.append((r, u))))  # fmt: skip
+    for _ in range(200):
+        if len(changes) >= 4:
+            break
+        await asyncio.sleep(0.01)
+    task.cancel()
+    await api.aclose()
+    assert changes[:4] == [
+        ("decode", ["http://10.0.0.1:8000"]),
+        ("decode", ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]),
+        ("decode", ["http://10.0.0.2:8000"]),  # draining pod dropped at once
+        ("decode", []),
+    ]
+    listing, watch = seen_requests[0], seen_requests[1]
+    assert listing.url.path == "/apis/discovery.k8s.io/v1/namespaces/ml/endpointslices"
+    assert listing.url.params["labelSelector"] == "role=decode"
+    assert watch.url.params["resourceVersion"] == "42"
+    assert listing.headers["authorization"].startswith("Bearer ")
+
+
+# -- pools ----------------------------------------------------------------------------------
+
+
+def _pool(inflight: int = 1, queued: int = 1) -> Pool:
+    queue = PoolQueueConfig(max_inflight_per_worker=inflight, max_queued=queued)
+    return Pool("dec", "decode", queue, max_wait_seconds=0.3, metrics=GatewayMetrics())
+
+
+def test_pool_sync_removes_series_of_workers_that_went_away() -> None:
+    pool = _pool()
+    pool.sync(["http://a", "http://b"])
+    pool.start("http://b")
+    text = generate_latest(pool.metrics.registry).decode()
+    assert 'worker="http://b"' in text
+    assert pool.sync(["http://a"]) == ["http://b"]
+    text = generate_latest(pool.metrics.registry).decode()
+    assert 'worker="http://b"' not in text and 'worker="http://a"' in text
+    assert 'disagg_gateway_ready_workers{pool="dec",role="decode"} 1.0' in text
+
+
+async def test_pool_admission_is_fifo_bounded_and_times_out() -> None:
+    pool = _pool(inflight=1, queued=1)
+    pool.sync(["http://a"])
+    await pool.admit()  # takes the only slot
+    waiter = asyncio.create_task(pool.admit())
+    await asyncio.sleep(0.01)
+    assert pool.metrics.queue_depth.labels("dec", "decode")._value.get() == 1
+    with pytest.raises(QueueFull, match="already queued"):
+        await pool.admit()
+    pool.release()  # hands the slot to the waiter
+    await waiter
+    assert pool.admitted == 1
+    with pytest.raises(QueueFull, match="waited"):
+        await pool.admit()  # nobody releases: times out after max_wait_seconds
+    pool.release()
+    assert pool.admitted == 0 and pool.metrics.queue_depth.labels("dec", "decode")._value.get() == 0
+
+
+# -- telemetry ----------------------------------------------------------------------------------
+
+
+def test_parse_load_sums_engines_and_ignores_the_rest() -> None:
+    text = "\n".join([
+        "# HELP vllm:num_requests_waiting Number of requests waiting.",
+        'vllm:num_requests_waiting{engine="0",model_name="m"} 3.0',
+        'vllm:num_requests_waiting{engine="1",model_name="m"} 2.0',
+        'vllm:num_requests_running{engine="0",model_name="m"} 7.0',
+        'vllm:kv_cache_usage_perc{engine="0",model_name="m"} 0.25',
+        'vllm:kv_cache_usage_perc{engine="1",model_name="m"} 0.5',
+        'vllm:num_requests_waiting_total{engine="0"} 99',
+        'vllm:prefix_cache_hits_total{engine="0",model_name="m"} 12.0',
+        "vllm:num_requests_running NaN",
+    ])  # fmt: skip
+    load = parse_load(text)
+    assert (load.waiting, load.running, load.kv_cache_usage) == (5.0, 7.0, 0.5)
+    assert parse_load("garbage\nvllm:num_requests_waiting{x} notanumber") == parse_load("")
