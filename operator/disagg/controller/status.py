@@ -13,7 +13,7 @@ from typing import Any
 from disagg.api.disaggdeployment import DisaggDeploymentSpec
 from disagg.api.inferencepool import InferencePoolSpec
 from disagg.controller.conditions import Condition, condition, is_true
-from disagg.planner.models import MODELS, kv_bytes_per_token
+from disagg.planner.models import MODELS, kv_bytes_per_token, preset_for_model_name
 from disagg.planner.roofline import transfer_time_s
 
 TYPICAL_PROMPT_TOKENS = 4096
@@ -108,13 +108,8 @@ def pool_status(
 
 
 def guess_architecture(spec: DisaggDeploymentSpec) -> str | None:
-    """The planner preset for the model: explicit, else the longest preset name in the id."""
-    if spec.model.architecture:
-        key = spec.model.architecture.lower()
-        return key if key in MODELS else None
-    name = spec.model.name.lower().rsplit("/", 1)[-1]
-    matches = [key for key in MODELS if key in name]
-    return max(matches, key=len) if matches else None
+    """The planner preset for the model: ``model.architecture``, else guessed from its name."""
+    return preset_for_model_name(spec.model.architecture or spec.model.name)
 
 
 def kv_estimates(spec: DisaggDeploymentSpec) -> dict[str, Any]:
