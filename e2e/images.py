@@ -16,10 +16,10 @@ When no Docker daemon answers, one is started in the background (``dockerd``) wi
 containerd, so image builds never depend on -- or disturb -- the cluster's containerd, and with
 ``--iptables=false`` so Docker leaves the host firewall (and the cluster's pod traffic) alone.
 
-    python e2e/images.py build             # base + wheels + disagg/{operator,gateway,sim}
-    python e2e/images.py load              # docker save | ctr -n k8s.io images import -
-    python e2e/images.py all               # both; "not loaded" is a notice, not an error
-    python e2e/images.py status | stop     # show / stop the dockerd this script started
+    python -m e2e.images build             # base + wheels + disagg/{operator,gateway,sim}
+    python -m e2e.images load              # docker save | ctr -n k8s.io images import -
+    python -m e2e.images all               # both; "not loaded" is a notice, not an error
+    python -m e2e.images status | stop     # show / stop the dockerd this script started
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from images_docker import (
+from e2e.images_docker import (
     Docker,
     ImageError,
     containerd_address,
@@ -291,7 +291,9 @@ def report_sizes(docker: Docker, refs: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="e2e/images.py", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m e2e.images", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("command", choices=["build", "load", "all", "status", "stop"])
     parser.add_argument("--component", action="append", choices=COMPONENTS, dest="components")
     parser.add_argument("--base-image", help="skip debootstrap; build FROM this image instead")

@@ -27,8 +27,6 @@ from pathlib import Path
 #: Short paths for sockets (a unix socket path must stay under 108 bytes).
 RUN_DIR = Path("/run/disagg-images")
 DOCKERD_CONTAINERD = RUN_DIR / "containerd.sock"
-#: Where the cluster's containerd listens unless told otherwise (containerd's own default).
-DEFAULT_CONTAINERD = "/run/containerd/containerd.sock"
 
 
 class ImageError(RuntimeError):
@@ -223,8 +221,12 @@ def _ctr_answers(ctr: str, address: str) -> bool:
 
 
 def containerd_address() -> str:
-    """The cluster's containerd: ``$DISAGG_CONTAINERD_ADDRESS``, else containerd's default."""
-    return os.environ.get("DISAGG_CONTAINERD_ADDRESS") or DEFAULT_CONTAINERD
+    """The cluster's containerd: ``$DISAGG_CONTAINERD_ADDRESS``, else the local cluster's socket."""
+    if address := os.environ.get("DISAGG_CONTAINERD_ADDRESS"):
+        return address
+    from e2e.cluster.config import Settings
+
+    return str(Settings.from_env().containerd_socket)
 
 
 def load_into_containerd(docker: Docker, refs: list[str], address: str, logs: Path) -> bool:
@@ -235,12 +237,12 @@ def load_into_containerd(docker: Docker, refs: list[str], address: str, logs: Pa
     if not _ctr_answers(ctr, address):
         print(
             f"    NOT LOADED: no containerd answers at {address}. The images are built; start the"
-            " cluster, then run `python e2e/images.py load` (or pass --containerd-address)."
+            " cluster, then run `python -m e2e.images load` (or pass --containerd-address)."
         )
         return False
     ids = {ref: docker.image_id(ref) for ref in refs}
     if missing := [ref for ref, image_id in ids.items() if image_id is None]:
-        raise ImageError(f"not built yet: {', '.join(missing)} (run `python e2e/images.py build`)")
+        raise ImageError(f"not built yet: {', '.join(missing)} (run `python -m e2e.images build`)")
     stamp = logs.parent / "loaded" / (address.strip("/").replace("/", "_") + ".json")
     listed = subprocess.run(
         [ctr, "--address", address, "-n", "k8s.io", "images", "ls", "-q"],
