@@ -70,6 +70,16 @@ def test_a_stream_dies_after_n_tokens_without_done(sim: SimProcess) -> None:
     assert httpx.get(sim.url + "/sim/state").json()["running"] == 0
 
 
+def test_die_mode_error_reports_the_failure_in_band(sim: SimProcess) -> None:
+    set_faults(sim, die_after_tokens=3, die_mode="error")
+    r = httpx.post(sim.url + "/v1/completions", json={**BODY, "stream": True})
+    frames = [f for f in r.text.split("\n\n") if f]
+    assert len(frames) == 5 and frames[-1] == "data: [DONE]"
+    assert '"error"' in frames[3] and '"code":500' in frames[3]
+    plain = httpx.post(sim.url + "/v1/completions", json=BODY)
+    assert plain.status_code == 500 and plain.json()["error"]["type"] == "InternalServerError"
+
+
 def test_a_non_streaming_response_is_cut_off(sim: SimProcess) -> None:
     set_faults(sim, die_after_tokens=1)
     with pytest.raises(httpx.RemoteProtocolError):

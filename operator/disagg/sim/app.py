@@ -40,6 +40,7 @@ from disagg.sim.timing import StepTimer
 
 log = logging.getLogger("disagg.sim.app")
 SIM_VERSION = "0.11.0+disagg.sim"
+ENGINE_DIED = "EngineCore encountered an issue (simulated by fault injection)"
 DISCONNECT_POLL_S = 0.5
 """How often a non-streaming handler checks whether its client left (vLLM aborts those)."""
 
@@ -254,6 +255,9 @@ class Simulator:
         if parsed.remote_invalid:
             outcome["remote_invalid"] = parsed.remote_invalid
             log.warning("%s: %s; prefilling locally", response_id, parsed.remote_invalid)
+        if not self.engine.alive:
+            outcome["status"] = 503
+            return _error("the engine is not running", 503)
         try:
             self.engine.submit(req)
         except CapacityError as exc:
@@ -272,6 +276,9 @@ class Simulator:
                 if len(text) == die_at:
                     self.engine.abort(req)
                     outcome["injected"] = "died"
+                    if faults.die_mode == "error":
+                        outcome["status"] = 500
+                        return _error(ENGINE_DIED, 500)
                     if faults.die_mode == "exit":
                         _die("exit")
                     return _DyingResponse()  # type: ignore[return-value]
@@ -318,6 +325,11 @@ class Simulator:
                 if sent == die_at:
                     outcome["injected"] = "died"
                     self.engine.abort(req)
+                    if die_mode == "error":
+                        outcome["status"] = 500
+                        yield _sse(protocol.error_body(ENGINE_DIED, 500))
+                        yield "data: [DONE]\n\n"
+                        return
                     _die(die_mode)
                 event: Event = await req.events.get()
                 if isinstance(event, ErrorEvent):

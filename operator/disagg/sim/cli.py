@@ -77,7 +77,13 @@ def build_parser() -> argparse.ArgumentParser:
     _sim_flag(p, "extra-latency", float, 0.0, "seconds added before each request starts")
     _sim_flag(p, "die-after-tokens", int, -1, "streams die after this many tokens (-1: never)")
     _sim_flag(p, "die-rate", float, 1.0, "fraction of streams --sim-die-after-tokens applies to")
-    _sim_flag(p, "die-mode", str, "abort", "abort (drop the connection) or exit (the process)")
+    _sim_flag(
+        p,
+        "die-mode",
+        str,
+        "abort",
+        "abort (drop the connection), exit (the process), error (SSE error frame)",
+    )
     _sim_flag(p, "log-level", str, "info", "log level")
     return p
 

@@ -94,7 +94,8 @@ class FaultConfig:
     """Fraction (0..1) of streams ``die_after_tokens`` applies to."""
     die_mode: str = "abort"
     """``abort``: cut the HTTP connection without ``[DONE]``; ``exit``: the whole process exits
-    (a crashed pod)."""
+    (a crashed pod); ``error``: the engine fails the request in-band, as vLLM does when its
+    engine dies (an SSE ``error`` frame then ``[DONE]``, or a 500 body when not streaming)."""
     unhealthy: bool = False
     """``/health`` answers 503 (a dead engine) while set."""
 
@@ -105,8 +106,8 @@ class FaultConfig:
             raise ConfigError("error_status must be an HTTP error status (400..599)")
         if self.slowdown < 1.0 or self.extra_latency_s < 0.0:
             raise ConfigError("slowdown must be >= 1 and extra_latency_s >= 0")
-        if self.die_mode not in ("abort", "exit"):
-            raise ConfigError("die_mode is abort or exit")
+        if self.die_mode not in ("abort", "exit", "error"):
+            raise ConfigError("die_mode is abort, exit or error")
         return self
 
 
