@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test lint unit crds clean
+.PHONY: install test lint unit crds images clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -34,6 +34,11 @@ unit: $(STAMP)
 
 crds: $(STAMP)
 	$(BIN)/disagg crds
+
+## Container images (docs/images.md): disagg/{operator,gateway,sim}:<version> and :dev, built
+## offline from a debootstrapped base, then loaded into the local cluster's containerd if it is up.
+images: $(STAMP)
+	$(BIN)/python -m e2e.images all
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
