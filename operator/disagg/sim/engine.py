@@ -163,7 +163,7 @@ class Engine:
                 request.computed += take
                 if request.computed == request.num_prompt_tokens:
                     self.kv.commit(request.blocks, request.prompt_ids)
-                if request.computed >= len(request.all_ids):
+                if request.computed >= request.num_tokens:
                     self._sample(request, now)
 
     async def _run_step(self, work: list[tuple[Request, int]]) -> None:
@@ -199,7 +199,7 @@ class Engine:
         for request in list(self.running):
             if request.state != "running" or budget <= 0:
                 continue
-            take = min(len(request.all_ids) - request.computed, budget)
+            take = min(request.num_tokens - request.computed, budget)
             if take <= 0:
                 continue
             while not self.kv.grow(request.blocks, request.computed + take):
@@ -245,7 +245,7 @@ class Engine:
         self.metrics.inc(self.metrics.num_preemptions)
 
     def _sample(self, request: Request, now: float) -> None:
-        text = tokenizer.output_token(request.prompt_ids, len(request.output_ids))
+        text = tokenizer.output_token_from_seed(request.output_seed, len(request.output_ids))
         token = tokenizer.token_id(text)
         request.output_ids.append(token)
         m = self.metrics
@@ -262,7 +262,7 @@ class Engine:
         request.events.put_nowait(TokenEvent(text, token))
         if len(request.output_ids) >= request.max_tokens:
             self._finish(request, request.length_finish, now)
-        elif len(request.all_ids) >= request.max_model_len:
+        elif request.num_tokens >= request.max_model_len:
             self._finish(request, "length", now)
 
     def _finish(self, request: Request, reason: str, now: float) -> None:

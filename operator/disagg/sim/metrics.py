@@ -9,6 +9,7 @@ seconds divided by ``--sim-speedup``, because that is what a client of the simul
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import prometheus_client
 from prometheus_client import (
@@ -39,6 +40,7 @@ class SimMetrics:
         _disable_created_metrics()  # vLLM exports no ``*_created`` series either
         self.registry = CollectorRegistry()
         self.labels = {"model_name": model_name, "engine": engine}
+        self._children: dict[int, Any] = {}
         names = list(self.labels)
         reg = self.registry
 
@@ -104,15 +106,22 @@ class SimMetrics:
             self.request_success.labels(**self.labels, finished_reason=reason)
 
     def observe(self, histogram: Histogram, value: float) -> None:
-        histogram.labels(**self.labels).observe(value)
+        self._child(histogram).observe(value)
 
     def inc(self, counter: Counter, amount: float = 1.0) -> None:
-        counter.labels(**self.labels).inc(amount)
+        self._child(counter).inc(amount)
+
+    def _child(self, metric: Any) -> Any:
+        """The labelled series of ``metric``, looked up once (``labels()`` is slow per token)."""
+        child = self._children.get(id(metric))
+        if child is None:
+            child = self._children[id(metric)] = metric.labels(**self.labels)
+        return child
 
     def set_load(self, waiting: int, running: int, kv_usage: float) -> None:
-        self.num_requests_waiting.labels(**self.labels).set(waiting)
-        self.num_requests_running.labels(**self.labels).set(running)
-        self.kv_cache_usage_perc.labels(**self.labels).set(kv_usage)
+        self._child(self.num_requests_waiting).set(waiting)
+        self._child(self.num_requests_running).set(running)
+        self._child(self.kv_cache_usage_perc).set(kv_usage)
 
     def success(self, reason: str) -> None:
         self.request_success.labels(**self.labels, finished_reason=reason).inc()

@@ -8,9 +8,12 @@ owns every other field.  Keeping the two apart this way means a client disconnec
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 from dataclasses import dataclass, field
 from typing import Any
+
+from disagg.sim import tokenizer
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,15 @@ class Request:
     finish_reason: str = ""
     token_sim_times: list[float] = field(default_factory=list)
     """The engine's simulated clock at each sampled token (immune to wall-clock noise)."""
+
+    @functools.cached_property
+    def output_seed(self) -> int:
+        return tokenizer.output_seed(self.prompt_ids)
+
+    @property
+    def num_tokens(self) -> int:
+        """Prompt plus generated tokens (``len(all_ids)`` without building the list)."""
+        return len(self.prompt_ids) + len(self.output_ids)
 
     @property
     def all_ids(self) -> list[int]:

@@ -18,6 +18,7 @@ decode worker) produce identical text for the same request.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from collections.abc import Sequence
@@ -43,6 +44,7 @@ def split(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
+@functools.lru_cache(maxsize=65536)
 def token_id(piece: str) -> int:
     digest = hashlib.blake2b(piece.encode("utf-8"), digest_size=4).digest()
     return int.from_bytes(digest, "big") % VOCAB_SIZE
@@ -77,11 +79,15 @@ def render_chat(messages: Sequence[dict[str, Any]]) -> str:
 def output_token(prompt_ids: Sequence[int], position: int) -> str:
     """The ``position``-th generated token's text: a leading space and a common English word,
     chosen by a hash of the prompt so different prompts read differently."""
-    seed = _seed(prompt_ids)
+    return output_token_from_seed(output_seed(prompt_ids), position)
+
+
+def output_token_from_seed(seed: int, position: int) -> str:
+    """:func:`output_token` with the prompt's :func:`output_seed` computed once per request."""
     return " " + _WORDS[(seed + position * 7919) % len(_WORDS)]
 
 
-def _seed(prompt_ids: Sequence[int]) -> int:
+def output_seed(prompt_ids: Sequence[int]) -> int:
     h = hashlib.blake2b(digest_size=8)
     for tid in prompt_ids[-64:]:
         h.update(tid.to_bytes(4, "big"))
