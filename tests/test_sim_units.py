@@ -65,6 +65,7 @@ def test_bad_command_lines_say_what_is_wrong(argv: list[str], message: str) -> N
 
 
 def test_environment_side_channel_and_sim_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VLLM_NIXL_ABORT_REQUEST_TIMEOUT", "120")
     monkeypatch.setenv("VLLM_NIXL_SIDE_CHANNEL_HOST", "10.1.2.3")
     monkeypatch.setenv("VLLM_NIXL_SIDE_CHANNEL_PORT", "5601")
     monkeypatch.setenv("DISAGG_SIM_SPEEDUP", "25")
@@ -73,6 +74,15 @@ def test_environment_side_channel_and_sim_knobs(monkeypatch: pytest.MonkeyPatch)
     assert (config.side_channel_host, config.side_channel_port) == ("10.1.2.3", 5601)
     assert config.side_channel_port_explicit and config.speedup == 25
     assert config.kv_transfer.engine_id == "e1" and config.kv_transfer.role == "kv_producer"
+    assert config.kv_lease_s == 120
+
+
+def test_max_model_len_beyond_the_kv_cache_is_refused_at_startup() -> None:
+    from disagg.sim.app import Simulator
+
+    config = parse_config(["m", "--max-model-len", "4096", "--num-gpu-blocks-override", "100"])
+    with pytest.raises(ConfigError, match="larger than the 1600 tokens"):
+        Simulator(config)
 
 
 def test_model_presets_follow_the_served_model() -> None:

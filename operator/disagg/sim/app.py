@@ -98,6 +98,12 @@ class Simulator:
         )
         self.recorder = Recorder(config.record_limit)
         capacity = self.engine.kv.num_blocks * config.block_size
+        if config.max_model_len is not None and config.max_model_len > capacity:
+            raise ConfigError(  # vLLM refuses to start in this case too
+                f"--max-model-len {config.max_model_len} is larger than the {capacity} tokens "
+                f"the KV cache holds ({self.engine.kv.num_blocks} blocks of {config.block_size}); "
+                "lower it or raise --gpu-memory-utilization / --num-gpu-blocks-override"
+            )
         self.max_model_len = config.max_model_len or min(131_072, capacity)
 
     # -- lifecycle -------------------------------------------------------------------------

@@ -45,6 +45,15 @@ def _sim_flag(
     )
 
 
+def _vllm_lease_s() -> float:
+    """vLLM's own knob for how long a prefill keeps blocks nobody pulled, if the pod sets it."""
+    value = os.environ.get("VLLM_NIXL_ABORT_REQUEST_TIMEOUT", "")
+    try:
+        return float(value) if value else 30.0
+    except ValueError:
+        raise ConfigError(f"VLLM_NIXL_ABORT_REQUEST_TIMEOUT is not a number: {value!r}") from None
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="disagg sim",
@@ -68,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     _sim_flag(p, "model-spec", str, None, "model preset of disagg.planner (default: from MODEL)")
     _sim_flag(p, "speedup", float, 1.0, "simulated seconds per wall second")
     _sim_flag(p, "link-gbps", float, 100.0, "P->D KV link bandwidth, Gbit/s")
-    _sim_flag(p, "kv-lease", float, 30.0, "seconds a prefill holds un-pulled KV blocks")
+    _sim_flag(p, "kv-lease", float, _vllm_lease_s(), "seconds a prefill holds un-pulled KV blocks")
     _sim_flag(p, "default-max-tokens", int, 16, "output tokens when a request sets no max_tokens")
     _sim_flag(p, "record", int, 1000, "recent requests kept for GET /sim/requests")
     _sim_flag(p, "failure-rate", float, 0.0, "fraction of requests answered with an error")
