@@ -78,7 +78,9 @@ def test_pool_becomes_deployment_service_and_pdb(operator: OperatorProcess, kube
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["vllm", "serve", "meta-llama/Llama-3.1-8B-Instruct"]
     assert container["args"][:2] == ["--served-model-name", "llama"]
-    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert (
+        container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    )  # quantities come back as strings
     owner = deployment["metadata"]["ownerReferences"][0]
     assert (owner["kind"], owner["name"], owner["controller"]) == ("InferencePool", "solo", True)
     service = kube.wait_for(lambda: kube.get("service", "solo"), 30, "Service solo")
