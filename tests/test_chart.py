@@ -401,3 +401,60 @@ def test_dashboard_queries_only_series_that_exist() -> None:
         "disaggregated share",
     ):
         assert topic in titles
+
+
+# ---------------------------------------------------------------- deploy/ for kubectl users
+
+DEPLOY = ROOT / "deploy" / "disagg-operator.yaml"
+DEPLOY_HEADER = (
+    "# Generated from charts/disagg (helm template, default values, release `disagg` in\n"
+    "# disagg-system, without CRDs, adapter rules and dashboard) by tests/test_chart.py;\n"
+    "# regenerate with UPDATE_GOLDEN=1. Apply after crds/: kubectl apply -f deploy/\n"
+)
+_HELM_ONLY_LABELS = ("helm.sh/chart", "app.kubernetes.io/managed-by")
+
+
+def _without_helm_labels(doc: dict[str, Any]) -> dict[str, Any]:
+    template = doc.get("spec", {}).get("template", {})
+    for meta in (doc["metadata"], template.get("metadata", {})):
+        for key in _HELM_ONLY_LABELS:
+            meta.get("labels", {}).pop(key, None)
+    return doc
+
+
+def render_deploy_manifests() -> str:
+    done = helm(
+        "template", "disagg", str(CHART), "--namespace", "disagg-system",
+        "--kube-version", K8S_VERSION, "--set", "crds.install=false",
+        "--set", "prometheusAdapter.rules.enabled=false", "--set", "dashboard.enabled=false",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": "disagg-system",
+            "labels": {
+                "app.kubernetes.io/part-of": "disagg",
+                "pod-security.kubernetes.io/enforce": "restricted",
+            },
+        },
+    }
+    docs = [namespace] + [_without_helm_labels(d) for d in yaml.safe_load_all(done.stdout) if d]
+    return DEPLOY_HEADER + yaml.safe_dump_all(docs, sort_keys=False, width=100)
+
+
+def test_deploy_manifests_match_the_chart() -> None:
+    fresh = render_deploy_manifests()
+    if os.environ.get("UPDATE_GOLDEN"):
+        DEPLOY.parent.mkdir(exist_ok=True)
+        DEPLOY.write_text(fresh)
+    assert DEPLOY.exists(), f"no {DEPLOY}; run with UPDATE_GOLDEN=1"
+    assert DEPLOY.read_text() == fresh, f"{DEPLOY} differs from the chart; UPDATE_GOLDEN=1"
+    docs = list(yaml.safe_load_all(fresh))
+    assert docs[0]["kind"] == "Namespace"
+    assert {d["kind"] for d in docs} == {
+        "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
+    }  # fmt: skip
+    for doc in docs:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
