@@ -225,3 +225,24 @@ def test_metrics_use_vllm_names_and_labels(sim: SimProcess) -> None:
         if line.startswith("vllm:request_success_total") and 'finished_reason="length"' in line
     ]
     assert success and float(success[0].split()[-1]) >= 1
+
+
+async def test_many_concurrent_streams_each_get_every_token(sim: SimProcess) -> None:
+    """48 streams batched together: each gets all of its own tokens, in order."""
+    import asyncio
+
+    body = {"model": "llama", "max_tokens": 50, "stream": True}
+
+    async def one(client: httpx.AsyncClient, i: int) -> tuple[str, list[dict[str, object]]]:
+        prompt = f"concurrent {i}"
+        r = await client.post(sim.url + "/v1/completions", json={**body, "prompt": prompt})
+        return prompt, [json.loads(p) for p in sse_events(r.text)[:-1]]
+
+    limits = httpx.Limits(max_connections=48)
+    async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+        results = await asyncio.gather(*(one(client, i) for i in range(48)))
+    for prompt, chunks in results:
+        assert len(chunks) == 50
+        text = "".join(str(c["choices"][0]["text"]) for c in chunks)  # type: ignore[index]
+        ids = tokenizer.encode(prompt)
+        assert text == "".join(tokenizer.output_token(ids, i) for i in range(50))

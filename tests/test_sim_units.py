@@ -3,6 +3,7 @@ operator's rendered worker argv run as a simulator."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -214,3 +215,30 @@ def test_rendered_prefill_and_decode_pods_run_p_d() -> None:
         assert r.status_code == 200
         entries = httpx.get(d.url + "/sim/requests", params={"x_request_id": "rendered"}).json()
         assert entries["requests"][0]["outcome"]["prefill"] == "remote"
+
+
+# -- streaming from the engine's events -------------------------------------------------------
+async def test_a_stream_keeps_every_token_a_slow_reader_let_queue_up() -> None:
+    from disagg.sim import protocol
+    from disagg.sim.config import SimConfig
+    from disagg.sim.engine import Engine
+    from disagg.sim.metrics import SimMetrics
+    from disagg.sim.recorder import Recorder
+    from disagg.sim.request import FinishEvent, Request, TokenEvent
+    from disagg.sim.serving import CompletionService
+    from disagg.sim.timing import StepTimer
+
+    config = SimConfig(model="m", served_model_names=("m",), num_gpu_blocks_override=100)
+    engine = Engine(config, StepTimer.build("m", None, "h100-sxm", 1, 100.0), SimMetrics("m"))
+    service = CompletionService(config, engine, Recorder(10), 1600, lambda: 0)
+    body = {"model": "m", "prompt": "x", "max_tokens": 5, "stream": True}
+    parsed = protocol.parse_request(body, False, ("m",), 1600, 16)
+    request = Request("cmpl-x", parsed.prompt_ids, 5)
+    for i in range(5):  # the engine ran five steps before the reader came back
+        request.events.put_nowait(TokenEvent(f" t{i}", i))
+    request.events.put_nowait(FinishEvent("length"))
+    frames = [f async for f in service._stream(request, parsed, "cmpl-x", {}, -1, "abort")]
+    assert frames[-1] == "data: [DONE]\n\n"
+    chunks = [json.loads(f.removeprefix("data: ")) for f in frames[:-1]]
+    assert [c["choices"][0]["text"] for c in chunks] == [f" t{i}" for i in range(5)]
+    assert [c["choices"][0]["finish_reason"] for c in chunks] == [None] * 4 + ["length"]

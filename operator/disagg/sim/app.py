@@ -1,23 +1,17 @@
 """The simulator's HTTP surface: vLLM's OpenAI server routes plus ``/sim/*`` admin routes.
 
-Handlers translate HTTP to engine requests and back and hold no scheduling logic.  Failure
-injection lives here because the failures are HTTP-visible: an error status before anything is
-sent, a delayed start, or a connection that dies after N tokens without ``[DONE]`` (or a process
-that exits, like a crashed pod).
+:class:`Simulator` wires one engine, its side channel, metrics and request recorder together
+and owns the process lifecycle; the completion routes are :mod:`disagg.sim.serving`.  The admin
+routes change only what a test needs to steer (faults) or read (requests, state), never the
+engine's configuration, so a simulator under test stays the worker its command line describes.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import itertools
 import json
 import logging
-import os
-import random
-import statistics
 import time
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import asdict, fields, replace
 from typing import Any
@@ -25,54 +19,19 @@ from typing import Any
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.requests import Request as HTTPRequest
-from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
-from disagg.sim import protocol
 from disagg.sim.config import ConfigError, FaultConfig, SimConfig
-from disagg.sim.engine import CapacityError, Engine
+from disagg.sim.engine import Engine
 from disagg.sim.metrics import SimMetrics
 from disagg.sim.recorder import Recorder
-from disagg.sim.request import ErrorEvent, Event, FinishEvent, Request, TokenEvent
+from disagg.sim.serving import CompletionService, error_response
 from disagg.sim.sidechannel import SideChannelServer, make_puller
 from disagg.sim.timing import StepTimer
 
 log = logging.getLogger("disagg.sim.app")
 SIM_VERSION = "0.11.0+disagg.sim"
-ENGINE_DIED = "EngineCore encountered an issue (simulated by fault injection)"
-DISCONNECT_POLL_S = 0.5
-"""How often a non-streaming handler checks whether its client left (vLLM aborts those)."""
-
-
-class _DyingResponse:
-    """Starts a response, then drops the connection: a worker that died mid-answer."""
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
-            }
-        )
-        raise ConnectionAbortedError("simulated worker death (fault injection)")
-
-
-def _die(mode: str) -> None:
-    if mode == "exit":
-        log.error("fault injection: exiting mid-request")
-        logging.shutdown()
-        os._exit(1)
-    raise ConnectionAbortedError("simulated worker death (fault injection)")
-
-
-def _error(message: str, status: int, param: str | None = None) -> JSONResponse:
-    return JSONResponse(protocol.error_body(message, status, param), status_code=status)
-
-
-def _sse(payload: dict[str, Any]) -> str:
-    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
 
 
 class Simulator:
@@ -105,6 +64,9 @@ class Simulator:
                 "lower it or raise --gpu-memory-utilization / --num-gpu-blocks-override"
             )
         self.max_model_len = config.max_model_len or min(131_072, capacity)
+        self.service = CompletionService(
+            config, self.engine, self.recorder, self.max_model_len, lambda: self.side_channel.port
+        )
 
     # -- lifecycle -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
@@ -200,7 +162,7 @@ class Simulator:
                     raise ConfigError(f"unknown fault fields {unknown}; known: {sorted(known)}")
                 self.engine.set_faults(replace(self.engine.faults, **changes))
             except (ValueError, TypeError) as exc:
-                return _error(str(exc), 400)
+                return error_response(str(exc), 400)
         return JSONResponse(asdict(self.engine.faults))
 
     async def sim_state(self, _request: HTTPRequest) -> Response:
@@ -213,185 +175,10 @@ class Simulator:
 
     # -- completions -------------------------------------------------------------------------
     async def completions(self, request: HTTPRequest) -> Response:
-        return await self._complete(request, chat=False)
+        return await self.service.handle(request, chat=False)
 
     async def chat_completions(self, request: HTTPRequest) -> Response:
-        return await self._complete(request, chat=True)
-
-    async def _complete(self, http: HTTPRequest, chat: bool) -> Response:
-        raw = await http.body()
-        entry = self.recorder.start(http.method, http.url.path, dict(http.headers), raw)
-        outcome: dict[str, Any] = entry["outcome"]
-        faults = self.engine.faults
-        if faults.error_rate and random.random() < faults.error_rate:
-            outcome["status"] = faults.error_status
-            outcome["injected"] = "error"
-            return _error("simulated failure (fault injection)", faults.error_status)
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            outcome["status"] = 400
-            return _error(f"the request body is not valid JSON: {exc}", 400)
-        try:
-            parsed = protocol.parse_request(
-                body,
-                chat,
-                self.config.served_model_names,
-                self.max_model_len,
-                self.config.default_max_tokens,
-            )
-        except protocol.BadRequest as exc:
-            outcome["status"] = exc.status
-            return _error(str(exc), exc.status, exc.param)
-        if faults.extra_latency_s:
-            await asyncio.sleep(faults.extra_latency_s)
-        base = http.headers.get("x-request-id") or uuid.uuid4().hex
-        response_id = ("chatcmpl-" if chat else "cmpl-") + base
-        req = Request(
-            request_id=response_id,
-            prompt_ids=parsed.prompt_ids,
-            max_tokens=parsed.max_tokens,
-            length_finish="length" if parsed.max_tokens_given else "stop",
-            max_model_len=self.max_model_len,
-            hold_for_remote_decode=parsed.remote_decode,
-            remote=parsed.remote,
-            notes=outcome,
-        )
-        outcome.update(request_id=response_id, prompt_tokens=len(parsed.prompt_ids))
-        if parsed.remote_invalid:
-            outcome["remote_invalid"] = parsed.remote_invalid
-            log.warning("%s: %s; prefilling locally", response_id, parsed.remote_invalid)
-        if not self.engine.alive:
-            outcome["status"] = 503
-            return _error("the engine is not running", 503)
-        try:
-            self.engine.submit(req)
-        except CapacityError as exc:
-            outcome["status"] = 400
-            return _error(str(exc), 400, "prompt")
-        die_at = -1
-        if faults.die_after_tokens >= 0 and random.random() < faults.die_rate:
-            die_at = faults.die_after_tokens
-        headers = {"x-request-id": base}
-        if parsed.stream:
-            stream = self._stream(req, parsed, response_id, outcome, die_at, faults.die_mode)
-            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        try:
-            text: list[str] = []
-            while True:
-                if len(text) == die_at:
-                    self.engine.abort(req)
-                    outcome["injected"] = "died"
-                    if faults.die_mode == "error":
-                        outcome["status"] = 500
-                        return _error(ENGINE_DIED, 500)
-                    if faults.die_mode == "exit":
-                        _die("exit")
-                    return _DyingResponse()  # type: ignore[return-value]
-                try:
-                    event = await asyncio.wait_for(req.events.get(), DISCONNECT_POLL_S)
-                except TimeoutError:
-                    if await http.is_disconnected():
-                        outcome["status"] = 499  # nginx's "client closed request"
-                        return Response(b"", status_code=499)  # nobody reads it; frees blocks
-                    continue
-                if isinstance(event, TokenEvent):
-                    text.append(event.text)
-                elif isinstance(event, FinishEvent):
-                    break
-                else:
-                    outcome["status"] = event.status
-                    return _error(event.message, event.status)
-        finally:
-            self.engine.abort(req)  # no-op once finished; frees blocks if the client left
-        self._record_done(req, outcome, len(text))
-        kv_params = self._kv_transfer_params(req)
-        outcome["kv_transfer_params"] = kv_params
-        usage = protocol.usage(len(parsed.prompt_ids), len(text), req.cached_tokens)
-        body_out = protocol.response_body(
-            parsed, response_id, "".join(text), req.finish_reason, usage, kv_params
-        )
-        return JSONResponse(body_out, headers=headers)
-
-    async def _stream(
-        self,
-        req: Request,
-        parsed: protocol.ParsedRequest,
-        response_id: str,
-        outcome: dict[str, Any],
-        die_at: int,
-        die_mode: str,
-    ) -> AsyncIterator[str]:
-        created = int(time.time())
-        sent = 0
-        try:
-            if parsed.chat:
-                yield _sse(protocol.chunk_body(parsed, response_id, created, "", None, first=True))
-            while True:
-                if sent == die_at:
-                    outcome["injected"] = "died"
-                    self.engine.abort(req)
-                    if die_mode == "error":
-                        outcome["status"] = 500
-                        yield _sse(protocol.error_body(ENGINE_DIED, 500))
-                        yield "data: [DONE]\n\n"
-                        return
-                    _die(die_mode)
-                event: Event = await req.events.get()
-                if isinstance(event, ErrorEvent):
-                    outcome["status"] = event.status
-                    yield _sse(protocol.error_body(event.message, event.status))
-                    yield "data: [DONE]\n\n"
-                    return
-                if isinstance(event, FinishEvent):
-                    break  # only after an empty stream; normally consumed below
-                finish = None
-                if not req.events.empty():
-                    nxt = req.events.get_nowait()
-                    if isinstance(nxt, FinishEvent):
-                        finish = nxt.reason
-                sent += 1
-                yield _sse(protocol.chunk_body(parsed, response_id, created, event.text, finish))
-                if finish is not None:
-                    break
-            self._record_done(req, outcome, sent)
-            if parsed.include_usage:
-                usage = protocol.usage(len(parsed.prompt_ids), sent, req.cached_tokens)
-                yield _sse(protocol.usage_chunk(parsed, response_id, created, usage))
-            yield "data: [DONE]\n\n"
-        finally:
-            self.engine.abort(req)
-
-    def _record_done(self, req: Request, outcome: dict[str, Any], completion_tokens: int) -> None:
-        gaps = [b - a for a, b in itertools.pairwise(req.token_sim_times)]
-        now = time.monotonic()
-        outcome.update(
-            queue_time_s=(req.scheduled_at or now) - req.arrival,
-            ttft_s=(req.first_token_at or now) - req.arrival,
-            e2e_s=now - req.arrival,
-            itl_sim_s={"median": statistics.median(gaps), "max": max(gaps)} if gaps else None,
-            status=200,
-            prefill=req.prefill_source,
-            pull_error=req.pull_error or None,
-            pulled_bytes=req.pulled_bytes,
-            cached_tokens=req.cached_tokens,
-            completion_tokens=completion_tokens,
-            finish_reason=req.finish_reason,
-        )
-
-    def _kv_transfer_params(self, req: Request) -> dict[str, Any] | None:
-        if not req.hold_for_remote_decode or req.request_id not in self.engine.held:
-            return None
-        return {
-            "do_remote_prefill": True,
-            "do_remote_decode": False,
-            "remote_block_ids": [list(req.blocks)],
-            "remote_engine_id": self.config.kv_transfer.engine_id,
-            "remote_request_id": req.request_id,
-            "remote_host": self.config.side_channel_host,
-            "remote_port": self.side_channel.port,
-            "tp_size": self.config.tensor_parallel_size,
-        }
+        return await self.service.handle(request, chat=True)
 
 
 def create_app(config: SimConfig) -> Starlette:

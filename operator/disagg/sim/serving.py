@@ -1,0 +1,276 @@
+"""One completion request over HTTP: parse, submit to the engine, answer -- whole or as SSE.
+
+The engine emits token, finish and error events; this module turns them into vLLM's response
+bodies and stream frames, records what happened for ``GET /sim/requests``, and applies the
+HTTP-visible faults (an error status before anything is sent, a delayed start, a response that
+dies after N tokens).  A client that goes away aborts its request, freeing its KV blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import os
+import random
+import statistics
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from starlette.requests import Request as HTTPRequest
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from disagg.sim import protocol
+from disagg.sim.config import SimConfig
+from disagg.sim.engine import CapacityError, Engine
+from disagg.sim.recorder import Recorder
+from disagg.sim.request import ErrorEvent, Event, FinishEvent, Request, TokenEvent
+
+log = logging.getLogger("disagg.sim.serving")
+ENGINE_DIED = "EngineCore encountered an issue (simulated by fault injection)"
+DISCONNECT_POLL_S = 0.5
+"""How often a non-streaming handler checks whether its client left (vLLM aborts those)."""
+DONE = "data: [DONE]\n\n"
+
+
+def error_response(message: str, status: int, param: str | None = None) -> JSONResponse:
+    return JSONResponse(protocol.error_body(message, status, param), status_code=status)
+
+
+def _sse(payload: dict[str, Any]) -> str:
+    return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+class _DyingResponse(Response):
+    """Starts a response, then drops the connection: a worker that died mid-answer."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", b"4096")],
+            }
+        )
+        raise ConnectionAbortedError("simulated worker death (fault injection)")
+
+
+def _die(mode: str) -> None:
+    if mode == "exit":
+        log.error("fault injection: exiting mid-request")
+        logging.shutdown()
+        os._exit(1)
+    raise ConnectionAbortedError("simulated worker death (fault injection)")
+
+
+class CompletionService:
+    """``POST /v1/completions`` and ``/v1/chat/completions`` over one engine."""
+
+    def __init__(
+        self,
+        config: SimConfig,
+        engine: Engine,
+        recorder: Recorder,
+        max_model_len: int,
+        side_channel_port: Callable[[], int],
+    ) -> None:
+        self.config = config
+        self.engine = engine
+        self.recorder = recorder
+        self.max_model_len = max_model_len
+        self._side_channel_port = side_channel_port
+        """A callable returning the bound side-channel port (known only once it listens)."""
+
+    async def handle(self, http: HTTPRequest, chat: bool) -> Response:
+        raw = await http.body()
+        entry = self.recorder.start(http.method, http.url.path, dict(http.headers), raw)
+        outcome: dict[str, Any] = entry["outcome"]
+        faults = self.engine.faults
+        if faults.error_rate and random.random() < faults.error_rate:
+            outcome.update(status=faults.error_status, injected="error")
+            return error_response("simulated failure (fault injection)", faults.error_status)
+        try:
+            body = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            outcome["status"] = 400
+            return error_response(f"the request body is not valid JSON: {exc}", 400)
+        try:
+            parsed = protocol.parse_request(
+                body,
+                chat,
+                self.config.served_model_names,
+                self.max_model_len,
+                self.config.default_max_tokens,
+            )
+        except protocol.BadRequest as exc:
+            outcome["status"] = exc.status
+            return error_response(str(exc), exc.status, exc.param)
+        if faults.extra_latency_s:
+            await asyncio.sleep(faults.extra_latency_s)
+        base = http.headers.get("x-request-id") or uuid.uuid4().hex
+        response_id = ("chatcmpl-" if chat else "cmpl-") + base
+        req = Request(
+            request_id=response_id,
+            prompt_ids=parsed.prompt_ids,
+            max_tokens=parsed.max_tokens,
+            length_finish="length" if parsed.max_tokens_given else "stop",
+            max_model_len=self.max_model_len,
+            hold_for_remote_decode=parsed.remote_decode,
+            remote=parsed.remote,
+            notes=outcome,
+        )
+        outcome.update(request_id=response_id, prompt_tokens=len(parsed.prompt_ids))
+        if parsed.remote_invalid:
+            outcome["remote_invalid"] = parsed.remote_invalid
+            log.warning("%s: %s; prefilling locally", response_id, parsed.remote_invalid)
+        if not self.engine.alive:
+            outcome["status"] = 503
+            return error_response("the engine is not running", 503)
+        try:
+            self.engine.submit(req)
+        except CapacityError as exc:
+            outcome["status"] = 400
+            return error_response(str(exc), 400, "prompt")
+        die_at = -1
+        if faults.die_after_tokens >= 0 and random.random() < faults.die_rate:
+            die_at = faults.die_after_tokens
+        headers = {"x-request-id": base}
+        if parsed.stream:
+            stream = self._stream(req, parsed, response_id, outcome, die_at, faults.die_mode)
+            return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
+        return await self._whole(http, req, parsed, response_id, outcome, die_at, headers)
+
+    async def _whole(
+        self,
+        http: HTTPRequest,
+        req: Request,
+        parsed: protocol.ParsedRequest,
+        response_id: str,
+        outcome: dict[str, Any],
+        die_at: int,
+        headers: dict[str, str],
+    ) -> Response:
+        text: list[str] = []
+        try:
+            while True:
+                if len(text) == die_at:
+                    self.engine.abort(req)
+                    outcome["injected"] = "died"
+                    if self.engine.faults.die_mode == "error":
+                        outcome["status"] = 500
+                        return error_response(ENGINE_DIED, 500)
+                    if self.engine.faults.die_mode == "exit":
+                        _die("exit")
+                    return _DyingResponse()
+                try:
+                    event = await asyncio.wait_for(req.events.get(), DISCONNECT_POLL_S)
+                except TimeoutError:
+                    if await http.is_disconnected():
+                        outcome["status"] = 499  # nginx's "client closed request"
+                        return Response(b"", status_code=499)  # nobody reads it
+                    continue
+                if isinstance(event, TokenEvent):
+                    text.append(event.text)
+                elif isinstance(event, FinishEvent):
+                    break
+                else:
+                    outcome["status"] = event.status
+                    return error_response(event.message, event.status)
+        finally:
+            self.engine.abort(req)  # no-op once finished; frees the blocks if the client left
+        self._record_done(req, outcome, len(text))
+        kv_params = self._kv_transfer_params(req)
+        outcome["kv_transfer_params"] = kv_params
+        usage = protocol.usage(len(parsed.prompt_ids), len(text), req.cached_tokens)
+        body = protocol.response_body(
+            parsed, response_id, "".join(text), req.finish_reason, usage, kv_params
+        )
+        return JSONResponse(body, headers=headers)
+
+    async def _stream(
+        self,
+        req: Request,
+        parsed: protocol.ParsedRequest,
+        response_id: str,
+        outcome: dict[str, Any],
+        die_at: int,
+        die_mode: str,
+    ) -> AsyncIterator[str]:
+        created = int(time.time())
+        sent = 0
+        pending: Event | None = None
+        try:
+            if parsed.chat:
+                yield _sse(protocol.chunk_body(parsed, response_id, created, "", None, first=True))
+            while True:
+                if sent == die_at:
+                    outcome["injected"] = "died"
+                    self.engine.abort(req)
+                    if die_mode == "error":
+                        outcome["status"] = 500
+                        yield _sse(protocol.error_body(ENGINE_DIED, 500))
+                        yield DONE
+                        return
+                    _die(die_mode)
+                event = pending if pending is not None else await req.events.get()
+                pending = None
+                if isinstance(event, ErrorEvent):
+                    outcome["status"] = event.status
+                    yield _sse(protocol.error_body(event.message, event.status))
+                    yield DONE
+                    return
+                if isinstance(event, FinishEvent):
+                    break
+                # The last token's chunk carries finish_reason: look one event ahead.
+                finish = None
+                if not req.events.empty():
+                    pending = req.events.get_nowait()
+                    if isinstance(pending, FinishEvent):
+                        finish, pending = pending.reason, None
+                sent += 1
+                yield _sse(protocol.chunk_body(parsed, response_id, created, event.text, finish))
+                if finish is not None:
+                    break
+            self._record_done(req, outcome, sent)
+            if parsed.include_usage:
+                usage = protocol.usage(len(parsed.prompt_ids), sent, req.cached_tokens)
+                yield _sse(protocol.usage_chunk(parsed, response_id, created, usage))
+            yield DONE
+        finally:
+            self.engine.abort(req)
+
+    def _record_done(self, req: Request, outcome: dict[str, Any], completion_tokens: int) -> None:
+        gaps = [b - a for a, b in itertools.pairwise(req.token_sim_times)]
+        now = time.monotonic()
+        outcome.update(
+            queue_time_s=(req.scheduled_at or now) - req.arrival,
+            ttft_s=(req.first_token_at or now) - req.arrival,
+            e2e_s=now - req.arrival,
+            itl_sim_s={"median": statistics.median(gaps), "max": max(gaps)} if gaps else None,
+            status=200,
+            prefill=req.prefill_source,
+            pull_error=req.pull_error or None,
+            pulled_bytes=req.pulled_bytes,
+            cached_tokens=req.cached_tokens,
+            completion_tokens=completion_tokens,
+            finish_reason=req.finish_reason,
+        )
+
+    def _kv_transfer_params(self, req: Request) -> dict[str, Any] | None:
+        """vLLM's answer on a prefill leg: where and what a decode worker pulls."""
+        if not req.hold_for_remote_decode or req.request_id not in self.engine.held:
+            return None
+        return {
+            "do_remote_prefill": True,
+            "do_remote_decode": False,
+            "remote_block_ids": [list(req.blocks)],
+            "remote_engine_id": self.config.kv_transfer.engine_id,
+            "remote_request_id": req.request_id,
+            "remote_host": self.config.side_channel_host,
+            "remote_port": self._side_channel_port(),
+            "tp_size": self.config.tensor_parallel_size,
+        }
