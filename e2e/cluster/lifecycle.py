@@ -1,0 +1,417 @@
+"""``cluster up | down | status``: start the components in dependency order, stop them all.
+
+``up`` is idempotent (a running cluster is left alone; a half-started one is completed) and
+waits on real readiness signals — etcd /health, apiserver /readyz, the Node's Ready condition,
+the default ServiceAccount — each with a deadline, never a fixed sleep. It also advertises the
+fake GPU and RDMA devices: extended resources are PATCHed into the Node's status capacity (the
+documented way for resources no device plugin manages) after every kubelet start, because a
+restarted kubelet zeroes unknown extended resources.
+
+``down`` leaves nothing behind: processes (ours, found by pid file or by our containerd socket
+in their command line), container tasks, mounts under our state directories, pod network
+namespaces, the bridge and its veths, iptables chains, cgroups under ``kubepods``. Images
+imported into containerd and the certificates stay in the cache, which is what makes a warm
+``up`` fast.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from . import components, config, network, pki, procs
+from .apiclient import ApiClient, Deadline, wait_until
+from .config import Settings
+
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
+NODE = ("containerd", "kubelet", "kube-proxy")
+ALL = ("containerd", *CONTROL_PLANE, "kube-proxy", "kubelet")
+
+
+def kubectl(settings: Settings, *args: str, check: bool = True) -> str:
+    cmd = [str(settings.tool("kubectl")), f"--kubeconfig={settings.kubeconfig}", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if check and proc.returncode != 0:
+        raise RuntimeError(f"kubectl {' '.join(args)} failed: {proc.stderr.strip()}")
+    return proc.stdout
+
+
+def _say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def _log_tail(settings: Settings, name: str, lines: int = 25) -> str:
+    path = procs.log_path(settings, name)
+    if not path.exists():
+        return "(no log)"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+
+def _wait_component(settings: Settings, name: str, what: str, probe: Any, timeout: float) -> None:
+    def guarded() -> tuple[bool, object]:
+        if procs.pid_of(settings, name) is None:
+            raise RuntimeError(
+                f"{name} exited while waiting for {what}; log {procs.log_path(settings, name)}:\n"
+                + _log_tail(settings, name)
+            )
+        result: tuple[bool, object] = probe()
+        return result
+
+    try:
+        wait_until(what, guarded, timeout)
+    except Deadline as err:
+        raise RuntimeError(f"{err}\n--- {name} log tail:\n{_log_tail(settings, name)}") from err
+
+
+def _etcd_healthy(settings: Settings) -> tuple[bool, object]:
+    url = f"http://127.0.0.1:{settings.etcd_port}/health"
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            body = json.loads(resp.read())
+    except (OSError, ValueError) as err:
+        return False, err
+    return body.get("health") == "true", body
+
+
+def _node(api: ApiClient, settings: Settings) -> dict[str, Any] | None:
+    status, body = api.get(f"/api/v1/nodes/{settings.node_name}")
+    return body if status == 200 and isinstance(body, dict) else None
+
+
+def node_ready(node: dict[str, Any] | None) -> bool:
+    if not node:
+        return False
+    conditions = node.get("status", {}).get("conditions", [])
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+
+def _advertised(node: dict[str, Any] | None, settings: Settings) -> bool:
+    allocatable = (node or {}).get("status", {}).get("allocatable", {})
+    return allocatable.get("nvidia.com/gpu") == str(settings.gpus) and allocatable.get(
+        "rdma/ib"
+    ) == str(settings.rdma)
+
+
+def advertise_devices(api: ApiClient, settings: Settings) -> None:
+    """Label the node as a GPU node and add fake GPUs/RDMA devices to its capacity."""
+    labels = settings.node_labels()
+    status, body = api.request(
+        "PATCH",
+        f"/api/v1/nodes/{settings.node_name}",
+        {"metadata": {"labels": labels}},
+        "application/merge-patch+json",
+    )
+    if status != 200:
+        raise RuntimeError(f"labelling node failed ({status}): {body}")
+    resources = {"nvidia.com/gpu": str(settings.gpus), "rdma/ib": str(settings.rdma)}
+    status, body = api.request(
+        "PATCH",
+        f"/api/v1/nodes/{settings.node_name}/status",
+        {"status": {"capacity": resources, "allocatable": resources}},
+        "application/merge-patch+json",
+    )
+    if status != 200:
+        raise RuntimeError(f"patching node capacity failed ({status}): {body}")
+
+
+def is_up(settings: Settings) -> bool:
+    if any(procs.pid_of(settings, name) is None for name in ALL):
+        return False
+    if not (settings.pki / "admin.crt").exists():
+        return False
+    api = ApiClient(settings)
+    node = _node(api, settings)
+    return api.get("/readyz")[0] == 200 and node_ready(node) and _advertised(node, settings)
+
+
+def _ensure_pause_image(settings: Settings) -> None:
+    listed = subprocess.run(
+        components.ctr(settings, "images", "ls", "-q"), capture_output=True, text=True, check=False
+    ).stdout.split()
+    if any(name.endswith(config.PAUSE_IMAGE) for name in listed):
+        return
+    load_image(settings, components.image_archive(settings))
+
+
+def load_image(settings: Settings, archive: Path) -> None:
+    """Import an image archive (``docker save`` or OCI layout tar) into the node's containerd."""
+    if not archive.exists():
+        raise FileNotFoundError(f"image archive {archive} does not exist")
+    proc = subprocess.run(
+        components.ctr(settings, "images", "import", "--no-unpack=false", str(archive)),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"ctr images import {archive} failed: {proc.stderr.strip()}")
+
+
+@contextlib.contextmanager
+def exclusive(settings: Settings) -> Iterator[None]:
+    """Serialize up/down across processes (two test sessions may start at once)."""
+    settings.cache.mkdir(parents=True, exist_ok=True)
+    with (settings.cache / "cluster.lock").open("w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def up(settings: Settings) -> dict[str, float]:
+    """Bring the cluster up (binaries must be installed); returns seconds per phase."""
+    with exclusive(settings):
+        return _up(settings)
+
+
+def down(settings: Settings) -> list[str]:
+    """Stop everything; returns what was cleaned, for the caller to print."""
+    with exclusive(settings):
+        return _down(settings)
+
+
+def _up(settings: Settings) -> dict[str, float]:
+    marks: dict[str, float] = {}
+    started = last = time.monotonic()
+
+    def mark(phase: str) -> None:
+        nonlocal last
+        now = time.monotonic()
+        marks[phase] = round(now - last, 2)
+        last = now
+        _say(f"  {phase}: {marks[phase]}s")
+
+    missing = [
+        n
+        for n in ("etcd", "kubectl", *CONTROL_PLANE[1:], *NODE[1:])
+        if not settings.tool(n).exists()
+    ]
+    if missing:
+        raise RuntimeError(f"not installed: {missing}; run `python -m e2e.cluster install`")
+    if is_up(settings):
+        _say("cluster is already up")
+        return {"total": round(time.monotonic() - started, 2)}
+    for d in (settings.state, settings.logs, settings.run):
+        d.mkdir(parents=True, exist_ok=True)
+    pki.ensure(settings)
+    network.setup(settings)
+    mark("certificates + network")
+
+    procs.start(
+        settings, "containerd", components.containerd(settings), env=components.CONTAINERD_ENV
+    )
+    _wait_component(
+        settings,
+        "containerd",
+        "containerd socket",
+        lambda: (
+            subprocess.run(
+                components.ctr(settings, "version"), capture_output=True, check=False
+            ).returncode
+            == 0,
+            "ctr version",
+        ),
+        30,
+    )
+    _ensure_pause_image(settings)
+    mark("containerd + pause image")
+
+    procs.start(settings, "etcd", components.etcd(settings))
+    _wait_component(settings, "etcd", "etcd /health", lambda: _etcd_healthy(settings), 60)
+    mark("etcd")
+
+    api = ApiClient(settings)
+    procs.start(settings, "kube-apiserver", components.apiserver(settings))
+    _wait_component(
+        settings,
+        "kube-apiserver",
+        "apiserver /readyz",
+        lambda: (api.get("/readyz")[0] == 200, api.get("/readyz")),
+        90,
+    )
+    mark("kube-apiserver")
+
+    procs.start(settings, "kube-controller-manager", components.controller_manager(settings))
+    procs.start(settings, "kube-scheduler", components.scheduler(settings))
+    procs.start(settings, "kube-proxy", components.kube_proxy(settings))
+    procs.start(settings, "kubelet", components.kubelet(settings))
+    _wait_component(
+        settings,
+        "kubelet",
+        "node registered",
+        lambda: (_node(api, settings) is not None, "no node yet"),
+        90,
+    )
+    advertise_devices(api, settings)
+    _wait_component(
+        settings,
+        "kubelet",
+        "node Ready with GPUs/RDMA allocatable",
+        lambda: (
+            node_ready(n := _node(api, settings)) and _advertised(n, settings),
+            (n or {}).get("status", {}).get("conditions"),
+        ),
+        120,
+    )
+    mark("kubelet: node Ready")
+    _wait_component(
+        settings,
+        "kube-controller-manager",
+        "default ServiceAccount",
+        lambda: (api.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200, ""),
+        60,
+    )
+    mark("controllers")
+    marks["total"] = round(time.monotonic() - started, 2)
+    (settings.state / "up-times.json").write_text(json.dumps(marks))
+    return marks
+
+
+def _our_shims(settings: Settings) -> list[int]:
+    pids = []
+    needle = str(settings.containerd_socket).encode()
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"containerd-shim" in cmdline and needle in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def _kubepods_cgroups() -> list[Path]:
+    found: list[Path] = []
+    for hierarchy in Path("/sys/fs/cgroup").iterdir():
+        root = hierarchy / "kubepods"
+        if root.is_dir():
+            found += sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
+            found.append(root)
+    return found
+
+
+def _mounts_under(prefixes: list[Path]) -> list[str]:
+    points = []
+    with open("/proc/self/mountinfo") as info:
+        for line in info:
+            point = line.split()[4].replace("\\040", " ")
+            if any(point == str(p) or point.startswith(f"{p}/") for p in prefixes):
+                points.append(point)
+    return sorted(set(points), key=lambda p: -p.count("/"))
+
+
+def _down(settings: Settings) -> list[str]:
+    done: list[str] = []
+    for name in ("kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager"):
+        if procs.stop(settings, name):
+            done.append(f"stopped {name}")
+    if procs.pid_of(settings, "containerd"):
+        tasks = subprocess.run(
+            components.ctr(settings, "tasks", "ls", "-q"),
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        for task in tasks:
+            subprocess.run(
+                components.ctr(settings, "tasks", "kill", "-s", "SIGKILL", task),
+                capture_output=True,
+                check=False,
+            )
+        for task in tasks:
+            subprocess.run(
+                components.ctr(settings, "tasks", "delete", "-f", task),
+                capture_output=True,
+                check=False,
+            )
+        containers = subprocess.run(
+            components.ctr(settings, "containers", "ls", "-q"),
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
+        for container in containers:
+            subprocess.run(
+                components.ctr(settings, "containers", "delete", container),
+                capture_output=True,
+                check=False,
+            )
+        done.append(f"removed {len(tasks)} tasks, {len(containers)} containers")
+    for name in ("containerd", "kube-apiserver", "etcd"):
+        if procs.stop(settings, name):
+            done.append(f"stopped {name}")
+    for pid in _our_shims(settings):
+        procs.kill_and_wait(pid, 2)
+        done.append(f"killed shim {pid}")
+    for cgroup in _kubepods_cgroups():
+        for pid_text in (cgroup / "cgroup.procs").read_text().split():
+            try:
+                os.kill(int(pid_text), signal.SIGKILL)
+                done.append(f"killed pod process {pid_text}")
+            except ProcessLookupError:
+                pass
+    netns = sorted(Path("/run/netns").glob("cni-*")) if Path("/run/netns").is_dir() else []
+    roots = [settings.state, settings.run, settings.containerd_root, *netns]
+    for point in _mounts_under(roots):
+        if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
+            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
+        done.append(f"unmounted {point}")
+    for path in netns:
+        path.unlink(missing_ok=True)
+    if settings.tool("kube-proxy").exists():
+        subprocess.run(
+            [str(settings.tool("kube-proxy")), "--cleanup"], capture_output=True, check=False
+        )
+    network.teardown(settings)
+    for cgroup in _kubepods_cgroups():
+        with contextlib.suppress(OSError):
+            cgroup.rmdir()
+    left = _mounts_under([settings.state, settings.run])
+    if left:
+        raise RuntimeError(f"still mounted, not deleting state: {left}")
+    shutil.rmtree(settings.state, ignore_errors=True)
+    shutil.rmtree(settings.run, ignore_errors=True)
+    return done
+
+
+def status(settings: Settings) -> tuple[bool, list[str]]:
+    """Return (healthy, lines) describing each component, the apiserver and the node."""
+    lines = []
+    running = 0
+    for name in ALL:
+        pid = procs.pid_of(settings, name)
+        running += pid is not None
+        lines.append(f"{name:<24} {'running pid ' + str(pid) if pid else 'stopped'}")
+    if running == 0:
+        lines.append("cluster is down")
+        return False, lines
+    healthy = running == len(ALL)
+    if (settings.pki / "admin.crt").exists():
+        api = ApiClient(settings)
+        ready = api.get("/readyz")
+        lines.append(f"{'apiserver /readyz':<24} {ready[0]} {settings.server}")
+        node = _node(api, settings)
+        alloc = (node or {}).get("status", {}).get("allocatable", {})
+        lines.append(
+            f"{'node ' + settings.node_name:<24} ready={node_ready(node)} "
+            f"gpu={alloc.get('nvidia.com/gpu')} rdma={alloc.get('rdma/ib')} "
+            f"cpu={alloc.get('cpu')} memory={alloc.get('memory')}"
+        )
+        healthy = healthy and ready[0] == 200 and node_ready(node) and _advertised(node, settings)
+    lines.append(f"{'kubeconfig':<24} {settings.kubeconfig}")
+    lines.append(f"{'logs':<24} {settings.logs}")
+    return healthy, lines
