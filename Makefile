@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test lint unit crds images helm clean
+.PHONY: install test lint unit crds images helm clean cluster-up cluster-down cluster-status e2e
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -48,3 +48,17 @@ helm: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+
+## The local real cluster (e2e/cluster, docs/cluster.md): builds pinned components on first use.
+cluster-up: $(STAMP)
+	$(BIN)/python -m e2e.cluster up
+
+cluster-down: $(STAMP)
+	$(BIN)/python -m e2e.cluster down
+
+cluster-status: $(STAMP)
+	$(BIN)/python -m e2e.cluster status
+
+## End-to-end tests against the local cluster (or E2E_KUBECONFIG); reuses a running cluster.
+e2e: $(STAMP)
+	$(BIN)/pytest -q e2e
