@@ -12,6 +12,7 @@ restores the sysctls it changed.
 from __future__ import annotations
 
 import json
+import shlex
 import subprocess
 from pathlib import Path
 
@@ -115,7 +116,7 @@ def teardown(settings: Settings) -> None:
         pass
     _run("iptables", "-w", "-F", CHAIN, check=False)
     _run("iptables", "-w", "-X", CHAIN, check=False)
-    _remove_cni_chains()
+    _remove_chains()
     saved = settings.state / "sysctl-before.json"
     if saved.exists():
         for key, value in json.loads(saved.read_text()).items():
@@ -123,15 +124,24 @@ def teardown(settings: Settings) -> None:
         saved.unlink()
 
 
-def _remove_cni_chains() -> None:
-    """portmap's chains (only present if a hostPort pod ran and was not torn down)."""
-    for table in ("nat", "filter"):
-        rules = _run("iptables-save", "-t", table, check=False).stdout.splitlines()
-        chains = [r[1:].split()[0] for r in rules if r.startswith(":CNI-")]
-        for rule in rules:
-            if rule.startswith("-A ") and "-j CNI-" in rule:
-                _run("iptables", "-w", "-t", table, *("-D " + rule[3:]).split(), check=False)
-        for chain in chains:
-            _run("iptables", "-w", "-t", table, "-F", chain, check=False)
-        for chain in chains:
-            _run("iptables", "-w", "-t", table, "-X", chain, check=False)
+def _remove_chains(prefixes: tuple[str, ...] = ("CNI-", "KUBE-")) -> None:
+    """Chains left by the kubelet (canaries, KUBE-FIREWALL), kube-proxy and portmap.
+
+    Nothing else on these machines creates chains with these prefixes; every rule that jumps to
+    one is deleted first, then the chains are flushed and removed, for IPv4 and IPv6.
+    """
+    for tool in ("iptables", "ip6tables"):
+        for table in ("filter", "nat", "mangle"):
+            rules = _run(f"{tool}-save", "-t", table, check=False).stdout.splitlines()
+            chains = [r[1:].split()[0] for r in rules if r.startswith(":")]
+            ours = [c for c in chains if c.startswith(prefixes)]
+            for rule in rules:
+                words = shlex.split(rule)
+                if words[:1] == ["-A"] and any(
+                    words[i - 1] in ("-j", "-g") and words[i] in ours for i in range(1, len(words))
+                ):
+                    _run(tool, "-w", "-t", table, "-D", *words[1:], check=False)
+            for chain in ours:
+                _run(tool, "-w", "-t", table, "-F", chain, check=False)
+            for chain in ours:
+                _run(tool, "-w", "-t", table, "-X", chain, check=False)
