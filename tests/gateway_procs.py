@@ -31,8 +31,15 @@ def free_port() -> int:
 
 
 class Proc:
-    def __init__(self, name: str, argv: list[str], port: int, ready_path: str,
-                 env: dict[str, str] | None = None, timeout: float = 20.0) -> None:  # fmt: skip
+    def __init__(
+        self,
+        name: str,
+        argv: list[str],
+        port: int,
+        ready_path: str,
+        env: dict[str, str] | None = None,
+        timeout: float = 20.0,
+    ) -> None:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
@@ -86,10 +93,23 @@ class Proc:
 
 def start_sim(*extra: str, model: str = "m", env: dict[str, str] | None = None) -> Proc:
     port = free_port()
-    argv = [sys.executable, "-m", "disagg.cli", "sim", "--model", model, "--host", "127.0.0.1",
-            "--port", str(port), *extra]  # fmt: skip
-    side = {"VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1",
-            "VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port())}  # fmt: skip
+    argv = [
+        sys.executable,
+        "-m",
+        "disagg.cli",
+        "sim",
+        "--model",
+        model,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        *extra,
+    ]
+    side = {
+        "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1",
+        "VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port()),
+    }
     return Proc(f"sim-{port}", argv, port, "/health", {**side, **(env or {})})
 
 

@@ -74,8 +74,9 @@ def test_prefill_error_is_retried_on_another_prefill_worker(
     sims: dict[str, Proc], gateway: Proc
 ) -> None:
     set_faults(sims["p1"], error_rate=1.0)
-    errors_before = metric(gateway, "disagg_gateway_upstream_errors_total", role="prefill",
-                           kind="status")  # fmt: skip
+    errors_before = metric(
+        gateway, "disagg_gateway_upstream_errors_total", role="prefill", kind="status"
+    )
     replies = [_post(gateway, f"retry{i}") for i in range(2)]
     assert [r.status_code for r in replies] == [200, 200]
     assert any(e["outcome"].get("injected") == "error" for e in sim_requests(sims["p1"]))
@@ -85,8 +86,9 @@ def test_prefill_error_is_retried_on_another_prefill_worker(
         (decode,) = [e for n in ("d1", "d2") for e in sim_requests(sims[n], rid)]
         assert decode["body"]["kv_transfer_params"]["remote_engine_id"] == good
         assert decode["outcome"]["prefill"] == "remote"
-    errors_after = metric(gateway, "disagg_gateway_upstream_errors_total", role="prefill",
-                          kind="status")  # fmt: skip
+    errors_after = metric(
+        gateway, "disagg_gateway_upstream_errors_total", role="prefill", kind="status"
+    )
     assert errors_after > errors_before
 
 
@@ -118,8 +120,9 @@ def test_decode_error_before_first_byte_goes_to_another_decode_worker(
     for i in range(2):
         prompt = long_prompt(seed=f"dfail{stream}{i}")
         if stream:
-            chunks = list(client.completions.create(model="m", prompt=prompt, max_tokens=3,
-                                                    stream=True))  # fmt: skip
+            chunks = list(
+                client.completions.create(model="m", prompt=prompt, max_tokens=3, stream=True)
+            )
             assert sum(1 for c in chunks if c.choices and c.choices[0].text) == 3
         else:
             out = client.completions.create(model="m", prompt=prompt, max_tokens=3)
@@ -149,10 +152,15 @@ def test_decode_dying_mid_stream_ends_with_an_error_frame(
 
     client = openai.OpenAI(base_url=gateway.url + "/v1", api_key="x", max_retries=0)
     with pytest.raises(openai.APIError, match="mid-stream"):
-        list(client.completions.create(model="m", prompt=long_prompt(seed="die2"),
-                                       max_tokens=8, stream=True))  # fmt: skip
-    assert metric(gateway, "disagg_gateway_upstream_errors_total", role="decode",
-                  kind="midstream") >= 2  # fmt: skip
+        list(
+            client.completions.create(
+                model="m", prompt=long_prompt(seed="die2"), max_tokens=8, stream=True
+            )
+        )
+    assert (
+        metric(gateway, "disagg_gateway_upstream_errors_total", role="decode", kind="midstream")
+        >= 2
+    )
 
 
 def test_killing_a_prefill_sim_mid_flight() -> None:
@@ -190,13 +198,19 @@ def test_killing_a_prefill_sim_mid_flight() -> None:
         assert decoded["outcome"]["prefill"] == "remote"
         # with one prefill worker dead, later requests keep succeeding
         for i in range(3):
-            again = httpx.post(gateway.url + "/v1/completions",
-                               json={**body, "prompt": long_prompt(seed=f"after{i}")},
-                               timeout=30)  # fmt: skip
+            again = httpx.post(
+                gateway.url + "/v1/completions",
+                json={**body, "prompt": long_prompt(seed=f"after{i}")},
+                timeout=30,
+            )
             assert again.status_code == 200
-        assert metric(gateway, "disagg_gateway_upstream_errors_total", role="prefill",
-                      kind="protocol") + metric(gateway, "disagg_gateway_upstream_errors_total",
-                      role="prefill", kind="connect") >= 1  # fmt: skip
+        assert (
+            metric(gateway, "disagg_gateway_upstream_errors_total", role="prefill", kind="protocol")
+            + metric(
+                gateway, "disagg_gateway_upstream_errors_total", role="prefill", kind="connect"
+            )
+            >= 1
+        )
     finally:
         for proc in (gateway, *prefill, decode):
             proc.stop()
@@ -232,8 +246,10 @@ def test_queue_full_answers_429_with_retry_after() -> None:
         for t in threads:
             t.join(30)
         assert sorted(r.status_code for r in replies) == [200, 200]  # the queued one ran
-        assert metric(gateway, "disagg_gateway_rejected_requests_total", pool="decode",
-                      role="decode") == 1  # fmt: skip
+        assert (
+            metric(gateway, "disagg_gateway_rejected_requests_total", pool="decode", role="decode")
+            == 1
+        )
     finally:
         gateway.stop()
         decode.stop()

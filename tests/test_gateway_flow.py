@@ -119,9 +119,10 @@ def test_openai_client_completions(sims: dict[str, Proc], client: openai.OpenAI)
     out = client.completions.create(model="m", prompt=long_prompt(seed="oc"), max_tokens=6)
     assert out.choices[0].text and out.usage is not None and out.usage.completion_tokens == 6
     chunks = list(
-        client.completions.create(model="m", prompt=long_prompt(seed="s"), max_tokens=6,
-                                  stream=True)
-    )  # fmt: skip
+        client.completions.create(
+            model="m", prompt=long_prompt(seed="s"), max_tokens=6, stream=True
+        )
+    )
     assert "".join(c.choices[0].text for c in chunks if c.choices).split() != []
     assert sum(1 for c in chunks if c.choices and c.choices[0].text) == 6
     decoded = [e for n in ("d1", "d2") for e in sim_requests(sims[n])]
@@ -151,8 +152,10 @@ def test_openai_client_chat(client: openai.OpenAI) -> None:
 
 def test_selective_disaggregation(sims: dict[str, Proc], gateway: Proc) -> None:
     before = metric(gateway, "disagg_gateway_routing_decisions_total", decision="decode_only")
-    short = httpx.post(gateway.url + "/v1/completions",
-                       json={"model": "m", "prompt": "short prompt", "max_tokens": 3})  # fmt: skip
+    short = httpx.post(
+        gateway.url + "/v1/completions",
+        json={"model": "m", "prompt": "short prompt", "max_tokens": 3},
+    )
     assert short.status_code == 200
     prefill, (decode,) = _legs(sims, short.headers["x-request-id"])
     assert prefill == [] and decode["outcome"]["prefill"] == "local"
@@ -171,8 +174,10 @@ def test_selective_disaggregation(sims: dict[str, Proc], gateway: Proc) -> None:
 
 
 def test_metrics_export_queue_depth_and_latencies(gateway: Proc) -> None:
-    httpx.post(gateway.url + "/v1/completions",
-               json={"model": "m", "prompt": long_prompt(seed="q"), "max_tokens": 2})  # fmt: skip
+    httpx.post(
+        gateway.url + "/v1/completions",
+        json={"model": "m", "prompt": long_prompt(seed="q"), "max_tokens": 2},
+    )
     text = httpx.get(gateway.url + "/metrics").text
     for series in (
         'disagg_gateway_queue_depth{pool="prefill",role="prefill"} 0.0',

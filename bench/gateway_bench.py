@@ -1,0 +1,383 @@
+"""Gateway benchmark: our gateway vs going direct vs vllm-router, on the same simulators.
+
+Two parts, one run (``python bench/gateway_bench.py``; about 4 minutes on 2 cores):
+
+1. Overhead.  One prefill and two decode sims at ``--sim-speedup 100`` (engine time ~0), unique
+   ~400-token prompts, 8 output tokens, not streamed.  "direct" is this script doing the two P/D
+   legs itself (a zero-cost proxy); the routers do the same two legs.  Requests are interleaved
+   (direct, ours, vllm-router, direct, ...) so noise hits all alike.  Added latency = router
+   latency - direct latency of the same round.  Then a closed loop (32 in flight) per router,
+   with the router process's CPU time from /proc: requests per CPU-second = per core.
+2. Routing quality.  Four sims at real speed (Llama-3.1-8B on H100, the sim's defaults), one
+   seeded workload -- chat requests sharing a few long system prompts (Poisson arrivals) plus
+   bursts of long unique prompts -- replayed against (a) all four sims aggregated behind our
+   gateway in round-robin mode, (b) 2 prefill + 2 decode through our gateway (default config),
+   (c) the same 2 + 2 through vllm-router (prefill cache_aware, decode power_of_two).  Prefix
+   caches are reset between runs.  TTFT/ITL are measured by the client.
+
+Writes docs/benchmarks.md and docs/benchmarks-gateway.png; prints the tables.
+vllm-router: ``--vllm-router PATH`` or ``$VLLM_ROUTER`` or ``vllm-router`` on PATH (install it in
+its own virtualenv: ``python3 -m venv /tmp/vr && /tmp/vr/bin/pip install vllm-router``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import random
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "bench")]
+
+import httpx  # noqa: E402
+from tests.gateway_procs import Proc, clear, free_port, start_gateway, start_sim  # noqa: E402
+
+from disagg.gateway.requests import decode_body, prefill_body  # noqa: E402
+from loadgen import Result, Workload, percentile, run_workload, whole_request, words  # noqa: E402
+
+MODEL = "m"
+
+
+def find_vllm_router(explicit: str | None) -> str | None:
+    for candidate in (
+        explicit,
+        os.environ.get("VLLM_ROUTER"),
+        shutil.which("vllm-router"),
+        "/tmp/vr-venv/bin/vllm-router",
+    ):
+        if candidate and Path(candidate).exists():
+            return candidate
+    return None
+
+
+def vllm_router_version(binary: str) -> str:
+    python = Path(binary).parent / "python"
+    try:
+        out = subprocess.run(
+            [str(python), "-c", "import importlib.metadata as m;print(m.version('vllm-router'))"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+def start_vllm_router(binary: str, prefill: Sequence[str], decode: Sequence[str]) -> Proc:
+    port = free_port()
+    argv = [
+        binary,
+        "--vllm-pd-disaggregation",
+        "--prefill-policy",
+        "cache_aware",
+        "--decode-policy",
+        "power_of_two",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--max-concurrent-requests",
+        "1024",
+        "--queue-size",
+        "4096",
+        "--request-timeout-secs",
+        "600",
+    ]
+    for url in prefill:
+        argv += ["--prefill", url]
+    for url in decode:
+        argv += ["--decode", url]
+    return Proc(f"vllm-router-{port}", argv, port, "/health", timeout=60)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / ticks
+
+
+# -- part 1: overhead -------------------------------------------------------------------------
+
+
+def overhead_body(rng: random.Random) -> dict[str, Any]:
+    return {"model": MODEL, "prompt": words(rng, 200, "o"), "max_tokens": 8}
+
+
+async def direct_pd(
+    client: httpx.AsyncClient, prefill: str, decode: str, body: dict[str, Any]
+) -> Result:
+    """The two legs with no proxy in between: the latency floor of P/D."""
+    start = time.perf_counter()
+    first = await client.post(prefill + "/v1/completions", json=prefill_body(body))
+    params = first.json()["kv_transfer_params"]
+    second = await client.post(decode + "/v1/completions", json=decode_body(body, params))
+    return Result(second.status_code == 200, time.perf_counter() - start)
+
+
+async def closed_loop(
+    client: httpx.AsyncClient,
+    url: str,
+    bodies: list[dict[str, Any]],
+    seconds: float,
+    concurrency: int,
+) -> tuple[int, int]:
+    """``concurrency`` requests always in flight for ``seconds``: (completed, failed)."""
+    deadline = time.perf_counter() + seconds
+    counts = [0, 0]
+
+    async def worker() -> None:
+        while time.perf_counter() < deadline and bodies:
+            result = await whole_request(client, url, bodies.pop())
+            counts[0 if result.ok else 1] += 1
+
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    return counts[0], counts[1]
+
+
+@dataclass
+class Overhead:
+    name: str
+    latencies: list[float]
+    added: list[float]
+    rps: float = float("nan")
+    rps_per_core: float = float("nan")
+    errors: int = 0
+
+
+async def measure_overhead(
+    routers: dict[str, Proc], prefill: str, decode: str, rounds: int, loop_seconds: float
+) -> list[Overhead]:
+    rng = random.Random(11)
+    limits = httpx.Limits(max_connections=None, keepalive_expiry=4.0)
+    async with httpx.AsyncClient(limits=limits, timeout=60.0, trust_env=False) as client:
+        stats = {n: Overhead(n, [], []) for n in ["direct", *routers]}
+        for i in range(rounds + 10):
+            body = overhead_body(rng)
+            direct = await direct_pd(client, prefill, decode, body)
+            results = {"direct": direct}
+            for name, proc in routers.items():  # a fresh prompt each: no cache hits between paths
+                url = proc.url + "/v1/completions"
+                results[name] = await whole_request(client, url, overhead_body(rng))
+            if i < 10:
+                continue  # warm-up: connections, caches, JIT-less Python warm paths
+            for name, result in results.items():
+                stats[name].errors += 0 if result.ok else 1
+                stats[name].latencies.append(result.latency)
+                stats[name].added.append(result.latency - direct.latency)
+        for name, proc in routers.items():
+            bodies = [overhead_body(rng) for _ in range(4000)]
+            cpu0, t0 = cpu_seconds(proc.popen.pid), time.perf_counter()
+            done, errors = await closed_loop(
+                client, proc.url + "/v1/completions", bodies, loop_seconds, concurrency=32
+            )
+            cpu, wall = cpu_seconds(proc.popen.pid) - cpu0, time.perf_counter() - t0
+            stats[name].errors += errors
+            stats[name].rps = done / wall
+            stats[name].rps_per_core = done / cpu if cpu > 0 else float("nan")
+        return list(stats.values())
+
+
+# -- part 2: routing quality ------------------------------------------------------------------
+
+
+@dataclass
+class Quality:
+    name: str
+    results: list[Result]
+    decisions: str = ""
+
+    def ttft(self, q: float, kind: str | None = None) -> float:
+        return percentile(
+            [
+                r.ttft
+                for r in self.results
+                if r.ttft is not None and (kind is None or r.kind == kind)
+            ],
+            q,
+        )
+
+    def itl(self, q: float) -> float:
+        return percentile([g for r in self.results for g in r.itls], q)
+
+    @property
+    def errors(self) -> int:
+        return sum(1 for r in self.results if not r.ok)
+
+
+def wait_idle(sims: Sequence[Proc], timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        busy = 0.0
+        for sim in sims:
+            for line in httpx.get(sim.url + "/metrics").text.splitlines():
+                if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+                    busy += float(line.rsplit(" ", 1)[1])
+        if busy == 0:
+            return
+        time.sleep(0.2)
+
+
+def decisions_of(gateway: Proc) -> str:
+    counts = {}
+    for line in httpx.get(gateway.url + "/metrics").text.splitlines():
+        if line.startswith("disagg_gateway_routing_decisions_total{"):
+            counts[line.split('"')[1]] = int(float(line.rsplit(" ", 1)[1]))
+    return ", ".join(f"{k} {v}" for k, v in counts.items() if v)
+
+
+def run_quality(
+    name: str,
+    start: Callable[[], Proc],
+    sims: Sequence[Proc],
+    plan: list[tuple[float, str, dict[str, Any]]],
+) -> Quality:
+    for sim in sims:
+        clear(sim)
+    wait_idle(sims)
+    router = start()
+    try:
+        results = asyncio.run(run_workload(router.url, plan))
+        decisions = decisions_of(router) if name != "vllm-router" else ""
+    finally:
+        router.stop()
+    return Quality(name, results, decisions)
+
+
+# -- report -----------------------------------------------------------------------------------
+
+
+def ms(x: float) -> str:
+    return "n/a" if x != x else f"{x * 1000:.1f}"
+
+
+def ratio(ours: float, theirs: float) -> str:
+    return "n/a" if ours != ours or theirs != theirs or theirs == 0 else f"{ours / theirs:.2f}x"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--vllm-router", help="path to the vllm-router executable")
+    parser.add_argument("--rounds", type=int, default=150)
+    parser.add_argument("--loop-seconds", type=float, default=6.0)
+    parser.add_argument("--quality-seconds", type=float, default=30.0)
+    parser.add_argument("--out", type=Path, default=ROOT / "docs")
+    args = parser.parse_args(argv)
+    began = time.monotonic()
+    binary = find_vllm_router(args.vllm_router)
+    why_no_router = "" if binary else "vllm-router not found (see --vllm-router)"
+    env = {
+        "cpus": os.cpu_count(),
+        "load": os.getloadavg(),
+        "python": platform.python_version(),
+        "vllm_router": vllm_router_version(binary) if binary else "absent",
+    }
+    print(f"environment: {env}", flush=True)
+
+    # part 1
+    fast = [start_sim("--sim-speedup", "100") for _ in range(3)]
+    pre, dec = fast[0].url, [s.url for s in fast[1:]]
+    routers: dict[str, Proc] = {}
+    try:
+        routers["ours"] = start_gateway(
+            [pre], dec, "--min-uncached-prompt-tokens", "0", "--log-level", "warning"
+        )
+        if binary:
+            routers["vllm-router"] = start_vllm_router(binary, [pre], dec)
+        overhead = asyncio.run(
+            measure_overhead(routers, pre, dec[0], args.rounds, args.loop_seconds)
+        )
+    finally:
+        for proc in [*routers.values(), *fast]:
+            proc.stop()
+    print_overhead(overhead)
+
+    # part 2
+    sims = [start_sim() for _ in range(4)]
+    workload = Workload(seconds=args.quality_seconds)
+    plan = workload.schedule(MODEL)
+    urls = [s.url for s in sims]
+    rr = {"routing": {"decode": {"scorers": [{"type": "round-robin"}]}}}
+    quality: list[Quality] = []
+    try:
+        quality.append(
+            run_quality(
+                "aggregated round-robin",
+                lambda: start_gateway([], urls, "--log-level", "warning", config=rr),
+                sims,
+                plan,
+            )
+        )
+        quality.append(
+            run_quality(
+                "P/D ours",
+                lambda: start_gateway(urls[:2], urls[2:], "--log-level", "warning"),
+                sims,
+                plan,
+            )
+        )
+        if binary:
+            assert binary is not None
+            quality.append(
+                run_quality(
+                    "vllm-router", lambda: start_vllm_router(binary, urls[:2], urls[2:]), sims, plan
+                )
+            )
+    finally:
+        for sim in sims:
+            sim.stop()
+    print_quality(quality)
+    elapsed = time.monotonic() - began
+    print(f"benchmark took {elapsed:.0f} s", flush=True)
+    from report import write_report
+
+    write_report(args.out, env, overhead, quality, workload, len(plan), elapsed, why_no_router)
+    return 0
+
+
+def print_overhead(rows: list[Overhead]) -> None:
+    print("\nOverhead (P/D, non-streaming, ~400-token prompt, 8 tokens; ms)")
+    print(
+        f"{'path':<12} {'p50':>8} {'p99':>8} {'added p50':>10} {'added p99':>10} "
+        f"{'req/s':>8} {'req/s/core':>11} {'errors':>7}"
+    )
+    for r in rows:
+        added = (ms(percentile(r.added, 50)), ms(percentile(r.added, 99)))
+        if r.name == "direct":
+            added = ("-", "-")
+        print(
+            f"{r.name:<12} {ms(percentile(r.latencies, 50)):>8} "
+            f"{ms(percentile(r.latencies, 99)):>8} {added[0]:>10} {added[1]:>10} "
+            f"{r.rps:>8.0f} {r.rps_per_core:>11.0f} {r.errors:>7}"
+        )
+
+
+def print_quality(rows: list[Quality]) -> None:
+    print("\nRouting quality (streaming; ms)")
+    print(
+        f"{'setup':<24} {'TTFT p50':>9} {'TTFT p99':>9} {'short TTFT p50':>15} "
+        f"{'ITL p50':>8} {'ITL p99':>8} {'errors':>7}  decisions"
+    )
+    for q in rows:
+        print(
+            f"{q.name:<24} {ms(q.ttft(50)):>9} {ms(q.ttft(99)):>9} "
+            f"{ms(q.ttft(50, 'shared')):>15} {ms(q.itl(50)):>8} {ms(q.itl(99)):>8} "
+            f"{q.errors:>7}  {q.decisions}"
+        )
+
+
+if __name__ == "__main__":
+    sys.exit(main())
