@@ -120,7 +120,7 @@ class Kube:
     # waiting ------------------------------------------------------------------------------
     def wait_for(
         self,
-        probe: Callable[[], T],
+        probe: Callable[[], T | None],
         timeout: float = 60.0,
         what: str = "condition",
         interval: float = 0.5,
@@ -134,7 +134,7 @@ class Kube:
         while True:
             try:
                 value = probe()
-                if value:
+                if value is not None and value:
                     return value
                 last = value
             except KubectlError as err:

@@ -98,9 +98,8 @@ def node_ready(node: dict[str, Any] | None) -> bool:
 
 def _advertised(node: dict[str, Any] | None, settings: Settings) -> bool:
     allocatable = (node or {}).get("status", {}).get("allocatable", {})
-    return allocatable.get("nvidia.com/gpu") == str(settings.gpus) and allocatable.get(
-        "rdma/ib"
-    ) == str(settings.rdma)
+    gpus, rdma = allocatable.get("nvidia.com/gpu"), allocatable.get("rdma/ib")
+    return bool(gpus == str(settings.gpus) and rdma == str(settings.rdma))
 
 
 def advertise_devices(api: ApiClient, settings: Settings) -> None:
