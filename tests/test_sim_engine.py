@@ -228,3 +228,16 @@ async def _stall_during_long_prompt(
         gaps = [b - a for a, b in itertools.pairwise(stamps[1:])]
         result.append((statistics.median(gaps), max(gaps)))
     return result
+
+
+async def test_data_parallel_engines_share_the_load() -> None:
+    with SimProcess("--model", "m", "--sim-speedup", "20", "--data-parallel-size", "2") as sim:
+        async with httpx.AsyncClient(timeout=30) as client:
+            await asyncio.gather(
+                *(_completion(client, sim.url, prompt=f"dp {i}", max_tokens=300) for i in range(4))
+            )
+        entries = httpx.get(sim.url + "/sim/requests").json()["requests"]
+        engines = httpx.get(sim.url + "/sim/state").json()["engines"]
+    # Overlapping requests go to the less loaded engine, so both engines serve some.
+    assert {e["outcome"]["engine"] for e in entries} == {0, 1}
+    assert all(e["steps"] > 0 for e in engines)

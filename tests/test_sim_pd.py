@@ -223,3 +223,33 @@ def test_chat_legs_work_the_same(prefill: SimProcess, decode: SimProcess) -> Non
     )
     assert r.json()["usage"]["completion_tokens"] == 3
     assert outcome(decode, "pd-9")["prefill"] == "remote"
+
+
+def test_data_parallel_engines_have_their_own_label_port_and_engine_id(decode: SimProcess) -> None:
+    with SimProcess(MODEL, "--data-parallel-size", "2", "--sim-speedup", "100",
+                    env={"VLLM_NIXL_SIDE_CHANNEL_PORT": "0"}) as dp:  # fmt: skip
+        state = httpx.get(dp.url + "/sim/state").json()
+        ranks = state["engines"]
+        assert state["data_parallel_size"] == 2 and [e["rank"] for e in ranks] == [0, 1]
+        assert ranks[1]["engine_id"].endswith("_dp1")
+        assert ranks[0]["side_channel_port"] != ranks[1]["side_channel_port"]
+        body = {
+            "model": MODEL,
+            "prompt": PROMPT,
+            "max_tokens": 1,
+            "kv_transfer_params": PREFILL_PARAMS,
+        }
+        first = httpx.post(
+            dp.url + "/v1/completions",
+            json=body,
+            headers={"X-Data-Parallel-Rank": "1", "X-Request-Id": "dp-1"},
+        ).json()
+        params = first["kv_transfer_params"]
+        assert params["remote_engine_id"] == ranks[1]["engine_id"]
+        assert params["remote_port"] == ranks[1]["side_channel_port"]
+        assert decode_leg(decode, "dp-1", params).status_code == 200
+        assert outcome(decode, "dp-1")["prefill"] == "remote"
+        assert outcome(dp, "dp-1")["engine"] == 1
+        metrics = httpx.get(dp.url + "/metrics").text
+        for engine in ("0", "1"):
+            assert f'vllm:num_requests_running{{engine="{engine}",model_name="{MODEL}"}}' in metrics

@@ -230,14 +230,14 @@ async def test_a_stream_keeps_every_token_a_slow_reader_let_queue_up() -> None:
 
     config = SimConfig(model="m", served_model_names=("m",), num_gpu_blocks_override=100)
     engine = Engine(config, StepTimer.build("m", None, "h100-sxm", 1, 100.0), SimMetrics("m"))
-    service = CompletionService(config, engine, Recorder(10), 1600, lambda: 0)
+    service = CompletionService(config, [engine], Recorder(10), 1600)
     body = {"model": "m", "prompt": "x", "max_tokens": 5, "stream": True}
     parsed = protocol.parse_request(body, False, ("m",), 1600, 16)
     request = Request("cmpl-x", parsed.prompt_ids, 5)
     for i in range(5):  # the engine ran five steps before the reader came back
         request.events.put_nowait(TokenEvent(f" t{i}", i))
     request.events.put_nowait(FinishEvent("length"))
-    frames = [f async for f in service._stream(request, parsed, "cmpl-x", {}, -1, "abort")]
+    frames = [f async for f in service._stream(engine, request, parsed, "cmpl-x", {}, -1)]
     assert frames[-1] == "data: [DONE]\n\n"
     chunks = [json.loads(f.removeprefix("data: ")) for f in frames[:-1]]
     assert [c["choices"][0]["text"] for c in chunks] == [f" t{i}" for i in range(5)]

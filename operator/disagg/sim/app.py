@@ -47,14 +47,22 @@ class Simulator:
             config.link_gbps,
         )
         self.metrics = SimMetrics(config.served_model_names[0])
-        self.engine = Engine(config, self.timer, self.metrics)
-        self.engine.puller = make_puller(self.engine)
-        self.side_channel = SideChannelServer(
-            self.engine,
-            config.side_channel_host,
-            config.side_channel_port,
-            config.side_channel_port_explicit,
-        )
+        self.engines: list[Engine] = []
+        self.side_channels: list[SideChannelServer] = []
+        base_port = 5600 if config.side_channel_port is None else config.side_channel_port
+        for rank in range(config.data_parallel_size):
+            engine = Engine(config, self.timer, self.metrics.for_engine(str(rank)), rank)
+            engine.puller = make_puller(engine)
+            self.engines.append(engine)
+            self.side_channels.append(
+                SideChannelServer(
+                    engine,
+                    config.side_channel_host,
+                    base_port + rank if base_port else 0,  # vLLM: base port + DP rank
+                    config.side_channel_port_explicit,
+                )
+            )
+        self.engine = self.engines[0]
         self.recorder = Recorder(config.record_limit)
         capacity = self.engine.kv.num_blocks * config.block_size
         if config.max_model_len is not None and config.max_model_len > capacity:
@@ -64,21 +72,21 @@ class Simulator:
                 "lower it or raise --gpu-memory-utilization / --num-gpu-blocks-override"
             )
         self.max_model_len = config.max_model_len or min(131_072, capacity)
-        self.service = CompletionService(
-            config, self.engine, self.recorder, self.max_model_len, lambda: self.side_channel.port
-        )
+        self.service = CompletionService(config, self.engines, self.recorder, self.max_model_len)
 
     # -- lifecycle -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
-        await self.side_channel.start()
-        self.engine.start()
+        for side_channel, engine in zip(self.side_channels, self.engines, strict=True):
+            await side_channel.start()
+            engine.start()
         log.info(
-            "simulating %s (%s on %s, tp=%d), %d KV blocks of %d tokens, speed-up %g",
+            "simulating %s (%s on %s, tp=%d, dp=%d), %d KV blocks of %d tokens, speed-up %g",
             self.config.model,
             self.timer.model.name,
             self.timer.gpu.name,
             self.config.tensor_parallel_size,
+            self.config.data_parallel_size,
             self.engine.kv.num_blocks,
             self.config.block_size,
             self.config.speedup,
@@ -86,8 +94,9 @@ class Simulator:
         try:
             yield
         finally:
-            await self.engine.stop()
-            await self.side_channel.stop()
+            for side_channel, engine in zip(self.side_channels, self.engines, strict=True):
+                await engine.stop()
+                await side_channel.stop()
 
     def app(self) -> Starlette:
         routes = [
@@ -107,7 +116,7 @@ class Simulator:
 
     # -- plain routes ------------------------------------------------------------------------
     async def health(self, _request: HTTPRequest) -> Response:
-        healthy = self.engine.alive and not self.engine.faults.unhealthy
+        healthy = all(e.alive for e in self.engines) and not self.engine.faults.unhealthy
         return Response(b"", status_code=200 if healthy else 503)
 
     async def version(self, _request: HTTPRequest) -> Response:
@@ -134,7 +143,8 @@ class Simulator:
         return Response(self.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
     async def reset_prefix_cache(self, _request: HTTPRequest) -> Response:
-        self.engine.kv.reset_prefix_cache()
+        for engine in self.engines:
+            engine.kv.reset_prefix_cache()
         return Response(b"", status_code=200)
 
     # -- admin routes ------------------------------------------------------------------------
@@ -150,7 +160,7 @@ class Simulator:
 
     async def sim_faults(self, request: HTTPRequest) -> Response:
         if request.method == "DELETE":
-            self.engine.set_faults(self.config.faults)
+            self._set_faults(self.config.faults)
         elif request.method == "POST":
             try:
                 changes = json.loads(await request.body() or b"{}")
@@ -160,18 +170,35 @@ class Simulator:
                 unknown = sorted(set(changes) - known)
                 if unknown:
                     raise ConfigError(f"unknown fault fields {unknown}; known: {sorted(known)}")
-                self.engine.set_faults(replace(self.engine.faults, **changes))
+                self._set_faults(replace(self.engine.faults, **changes))
             except (ValueError, TypeError) as exc:
                 return error_response(str(exc), 400)
         return JSONResponse(asdict(self.engine.faults))
 
+    def _set_faults(self, faults: FaultConfig) -> None:
+        for engine in self.engines:
+            engine.set_faults(faults)
+
     async def sim_state(self, _request: HTTPRequest) -> Response:
-        state = self.engine.snapshot()
-        state["side_channel_port"] = self.side_channel.port
-        state["engine_id"] = self.config.kv_transfer.engine_id
-        state["model_spec"] = self.timer.model.name
-        state["gpu"] = self.timer.gpu.name
-        return JSONResponse(state)
+        """Engine 0's state at the top level (the whole story without data parallelism), every
+        engine's under ``engines``."""
+        engines = []
+        for engine in self.engines:
+            state = engine.snapshot()
+            state.update(
+                rank=engine.rank,
+                engine_id=engine.engine_id,
+                side_channel_port=engine.side_channel_port,
+            )
+            engines.append(state)
+        top = dict(engines[0])
+        top.update(
+            engines=engines,
+            data_parallel_size=len(self.engines),
+            model_spec=self.timer.model.name,
+            gpu=self.timer.gpu.name,
+        )
+        return JSONResponse(top)
 
     # -- completions -------------------------------------------------------------------------
     async def completions(self, request: HTTPRequest) -> Response:

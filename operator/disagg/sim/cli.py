@@ -66,6 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--served-model-name", nargs="+", default=None)
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
+    p.add_argument("--data-parallel-size", "-dp", type=int, default=1)
     p.add_argument("--kv-transfer-config", default=None, help="JSON, as vLLM takes it")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--max-num-seqs", type=int, default=256)
@@ -111,7 +112,13 @@ def parse_config(argv: list[str]) -> SimConfig:
         raise ConfigError("no model given: pass it as `disagg sim MODEL` or `--model MODEL`")
     if ns.model and model_tag and ns.model != model_tag:
         raise ConfigError(f"two different models given: {model_tag!r} and {ns.model!r}")
-    for name in ("tensor_parallel_size", "block_size", "max_num_seqs", "max_num_batched_tokens"):
+    for name in (
+        "tensor_parallel_size",
+        "data_parallel_size",
+        "block_size",
+        "max_num_seqs",
+        "max_num_batched_tokens",
+    ):
         if getattr(ns, name) < 1:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if ns.sim_speedup <= 0:
@@ -143,6 +150,7 @@ def parse_config(argv: list[str]) -> SimConfig:
         host=ns.host,
         port=ns.port,
         tensor_parallel_size=ns.tensor_parallel_size,
+        data_parallel_size=ns.data_parallel_size,
         block_size=ns.block_size,
         max_num_seqs=ns.max_num_seqs,
         max_num_batched_tokens=ns.max_num_batched_tokens,

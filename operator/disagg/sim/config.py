@@ -122,6 +122,9 @@ class SimConfig:
     host: str = "0.0.0.0"
     port: int = 8000
     tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    """Engines in this process (vLLM ``--data-parallel-size``), each with its own KV cache,
+    side-channel port (base + rank) and ``engine`` metric label."""
     block_size: int = 16
     """Tokens per KV block (vLLM ``--block-size``)."""
     max_num_seqs: int = 256

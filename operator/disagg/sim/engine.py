@@ -54,8 +54,17 @@ class HeldKV:
 
 
 class Engine:
-    def __init__(self, config: SimConfig, timer: StepTimer, metrics: SimMetrics) -> None:
+    def __init__(
+        self, config: SimConfig, timer: StepTimer, metrics: SimMetrics, rank: int = 0
+    ) -> None:
         self.config = config
+        self.rank = rank
+        """Data-parallel rank: the ``engine`` metric label."""
+        base_id = config.kv_transfer.engine_id
+        self.engine_id = base_id if config.data_parallel_size == 1 else f"{base_id}_dp{rank}"
+        """NIXL engine id, unique per data-parallel rank."""
+        self.side_channel_port = 0
+        """Where this engine's side channel listens (set once it does)."""
         self.timer = timer
         self.metrics = metrics
         blocks = config.num_gpu_blocks_override or timer.num_gpu_blocks(

@@ -8,6 +8,7 @@ seconds divided by ``--sim-speedup``, because that is what a client of the simul
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import Any
 
@@ -94,6 +95,10 @@ class SimMetrics:
             "vllm:nixl_num_failed_transfers", "NIXL pulls that failed (local prefill followed)."
         )
 
+        self._export_all()
+
+    def _export_all(self) -> None:
+        """Create every series at zero, so a scrape sees all names from the start."""
         for metric in (
             self.num_requests_waiting, self.num_requests_running, self.kv_cache_usage_perc,
             self.prefix_cache_queries, self.prefix_cache_hits, self.num_preemptions,
@@ -101,9 +106,17 @@ class SimMetrics:
             self.queue_time, self.prefill_time, self.decode_time, self.nixl_xfer_time,
             self.nixl_bytes, self.nixl_failures,
         ):  # fmt: skip
-            metric.labels(**self.labels)  # export every series from the start, at zero
+            metric.labels(**self.labels)
         for reason in ("stop", "length", "abort"):
             self.request_success.labels(**self.labels, finished_reason=reason)
+
+    def for_engine(self, engine: str) -> SimMetrics:
+        """The same series, labelled for another engine of this process (data parallelism)."""
+        view = copy.copy(self)
+        view.labels = {**self.labels, "engine": engine}
+        view._children = {}
+        view._export_all()
+        return view
 
     def observe(self, histogram: Histogram, value: float) -> None:
         self._child(histogram).observe(value)

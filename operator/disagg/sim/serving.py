@@ -17,7 +17,7 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from typing import Any
 
 from starlette.requests import Request as HTTPRequest
@@ -71,25 +71,27 @@ class CompletionService:
     """``POST /v1/completions`` and ``/v1/chat/completions`` over one engine."""
 
     def __init__(
-        self,
-        config: SimConfig,
-        engine: Engine,
-        recorder: Recorder,
-        max_model_len: int,
-        side_channel_port: Callable[[], int],
+        self, config: SimConfig, engines: list[Engine], recorder: Recorder, max_model_len: int
     ) -> None:
         self.config = config
-        self.engine = engine
+        self.engines = engines
         self.recorder = recorder
         self.max_model_len = max_model_len
-        self._side_channel_port = side_channel_port
-        """A callable returning the bound side-channel port (known only once it listens)."""
+
+    def pick_engine(self, http: HTTPRequest) -> Engine:
+        """The data-parallel engine for a request: the ``X-data-parallel-rank`` header if valid
+        (as vLLM honours it), else the least loaded (fewest waiting, then running)."""
+        rank = http.headers.get("x-data-parallel-rank")
+        if rank is not None and rank.isdigit() and int(rank) < len(self.engines):
+            return self.engines[int(rank)]
+        return min(self.engines, key=lambda e: (len(e.waiting) + len(e.loading), len(e.running)))
 
     async def handle(self, http: HTTPRequest, chat: bool) -> Response:
         raw = await http.body()
         entry = self.recorder.start(http.method, http.url.path, dict(http.headers), raw)
         outcome: dict[str, Any] = entry["outcome"]
-        faults = self.engine.faults
+        engine = self.pick_engine(http)
+        faults = engine.faults
         if faults.error_rate and random.random() < faults.error_rate:
             outcome.update(status=faults.error_status, injected="error")
             return error_response("simulated failure (fault injection)", faults.error_status)
@@ -123,15 +125,17 @@ class CompletionService:
             remote=parsed.remote,
             notes=outcome,
         )
-        outcome.update(request_id=response_id, prompt_tokens=len(parsed.prompt_ids))
+        outcome.update(
+            request_id=response_id, prompt_tokens=len(parsed.prompt_ids), engine=engine.rank
+        )
         if parsed.remote_invalid:
             outcome["remote_invalid"] = parsed.remote_invalid
             log.warning("%s: %s; prefilling locally", response_id, parsed.remote_invalid)
-        if not self.engine.alive:
+        if not engine.alive:
             outcome["status"] = 503
             return error_response("the engine is not running", 503)
         try:
-            self.engine.submit(req)
+            engine.submit(req)
         except CapacityError as exc:
             outcome["status"] = 400
             return error_response(str(exc), 400, "prompt")
@@ -140,13 +144,14 @@ class CompletionService:
             die_at = faults.die_after_tokens
         headers = {"x-request-id": base}
         if parsed.stream:
-            stream = self._stream(req, parsed, response_id, outcome, die_at, faults.die_mode)
+            stream = self._stream(engine, req, parsed, response_id, outcome, die_at)
             return StreamingResponse(stream, media_type="text/event-stream", headers=headers)
-        return await self._whole(http, req, parsed, response_id, outcome, die_at, headers)
+        return await self._whole(http, engine, req, parsed, response_id, outcome, die_at, headers)
 
     async def _whole(
         self,
         http: HTTPRequest,
+        engine: Engine,
         req: Request,
         parsed: protocol.ParsedRequest,
         response_id: str,
@@ -158,12 +163,12 @@ class CompletionService:
         try:
             while True:
                 if len(text) == die_at:
-                    self.engine.abort(req)
+                    engine.abort(req)
                     outcome["injected"] = "died"
-                    if self.engine.faults.die_mode == "error":
+                    if engine.faults.die_mode == "error":
                         outcome["status"] = 500
                         return error_response(ENGINE_DIED, 500)
-                    if self.engine.faults.die_mode == "exit":
+                    if engine.faults.die_mode == "exit":
                         _die("exit")
                     return _DyingResponse()
                 try:
@@ -181,9 +186,9 @@ class CompletionService:
                     outcome["status"] = event.status
                     return error_response(event.message, event.status)
         finally:
-            self.engine.abort(req)  # no-op once finished; frees the blocks if the client left
+            engine.abort(req)  # no-op once finished; frees the blocks if the client left
         self._record_done(req, outcome, len(text))
-        kv_params = self._kv_transfer_params(req)
+        kv_params = self._kv_transfer_params(engine, req)
         outcome["kv_transfer_params"] = kv_params
         usage = protocol.usage(len(parsed.prompt_ids), len(text), req.cached_tokens)
         body = protocol.response_body(
@@ -193,13 +198,14 @@ class CompletionService:
 
     async def _stream(
         self,
+        engine: Engine,
         req: Request,
         parsed: protocol.ParsedRequest,
         response_id: str,
         outcome: dict[str, Any],
         die_at: int,
-        die_mode: str,
     ) -> AsyncIterator[str]:
+        die_mode = engine.faults.die_mode
         created = int(time.time())
         sent = 0
         pending: Event | None = None
@@ -209,7 +215,7 @@ class CompletionService:
             while True:
                 if sent == die_at:
                     outcome["injected"] = "died"
-                    self.engine.abort(req)
+                    engine.abort(req)
                     if die_mode == "error":
                         outcome["status"] = 500
                         yield _sse(protocol.error_body(ENGINE_DIED, 500))
@@ -241,7 +247,7 @@ class CompletionService:
                 yield _sse(protocol.usage_chunk(parsed, response_id, created, usage))
             yield DONE
         finally:
-            self.engine.abort(req)
+            engine.abort(req)
 
     def _record_done(self, req: Request, outcome: dict[str, Any], completion_tokens: int) -> None:
         gaps = [b - a for a, b in itertools.pairwise(req.token_sim_times)]
@@ -260,17 +266,17 @@ class CompletionService:
             finish_reason=req.finish_reason,
         )
 
-    def _kv_transfer_params(self, req: Request) -> dict[str, Any] | None:
+    def _kv_transfer_params(self, engine: Engine, req: Request) -> dict[str, Any] | None:
         """vLLM's answer on a prefill leg: where and what a decode worker pulls."""
-        if not req.hold_for_remote_decode or req.request_id not in self.engine.held:
+        if not req.hold_for_remote_decode or req.request_id not in engine.held:
             return None
         return {
             "do_remote_prefill": True,
             "do_remote_decode": False,
             "remote_block_ids": [list(req.blocks)],
-            "remote_engine_id": self.config.kv_transfer.engine_id,
+            "remote_engine_id": engine.engine_id,
             "remote_request_id": req.request_id,
             "remote_host": self.config.side_channel_host,
-            "remote_port": self._side_channel_port(),
+            "remote_port": engine.side_channel_port,
             "tp_size": self.config.tensor_parallel_size,
         }

@@ -86,6 +86,7 @@ class SideChannelServer:
         assert self._server is not None
         sock: socket.socket = self._server.sockets[0]
         self.port = int(sock.getsockname()[1])
+        self.engine.side_channel_port = self.port
         log.info("NIXL side channel listening on %s:%d", bind, self.port)
 
     async def stop(self) -> None:
@@ -100,7 +101,7 @@ class SideChannelServer:
             if message.get("op") != "pull" or message.get("proto") != PROTO:
                 await _send(writer, {"ok": False, "error": "expected a disagg-sim/1 pull"})
                 return
-            engine_id = self.engine.config.kv_transfer.engine_id
+            engine_id = self.engine.engine_id
             if message.get("engine_id") != engine_id:
                 await _send(writer, {"ok": False, "error": f"this is engine {engine_id}"})
                 return
