@@ -40,7 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "bench")]
 
 import httpx  # noqa: E402
-from tests.gateway_procs import Proc, clear, free_port, start_gateway, start_sim  # noqa: E402
+from tests.gateway_procs import Proc, clear, free_port, start_gateway, start_sims  # noqa: E402
 
 from disagg.gateway.requests import decode_body, prefill_body  # noqa: E402
 from loadgen import Result, Workload, percentile, run_workload, whole_request, words  # noqa: E402
@@ -288,7 +288,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"environment: {env}", flush=True)
 
     # part 1
-    fast = [start_sim("--sim-speedup", "100") for _ in range(3)]
+    fast = start_sims(3, "--sim-speedup", "100")
     pre, dec = fast[0].url, [s.url for s in fast[1:]]
     routers: dict[str, Proc] = {}
     try:
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     print_overhead(overhead)
 
     # part 2
-    sims = [start_sim() for _ in range(4)]
+    sims = start_sims(4)
     workload = Workload(seconds=args.quality_seconds)
     plan = workload.schedule(MODEL)
     urls = [s.url for s in sims]

@@ -31,6 +31,8 @@ def free_port() -> int:
 
 
 class Proc:
+    """A child process serving HTTP on ``port``; ``wait=False`` returns before it is ready."""
+
     def __init__(
         self,
         name: str,
@@ -38,11 +40,14 @@ class Proc:
         port: int,
         ready_path: str,
         env: dict[str, str] | None = None,
-        timeout: float = 20.0,
+        timeout: float = 30.0,
+        wait: bool = True,
     ) -> None:
         self.name = name
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
+        self.ready_path = ready_path
+        self.timeout = timeout
         # The log must outlive this call: it is closed and removed by stop().
         self.log = tempfile.NamedTemporaryFile(  # noqa: SIM115
             prefix=f"{name}-", suffix=".log", delete=False
@@ -54,18 +59,25 @@ class Proc:
             env={**os.environ, **(env or {})},
             cwd=REPO,
         )
-        deadline = time.monotonic() + timeout
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> Proc:
+        """Poll the ready path until it answers 200 (the process dying or the deadline fails)."""
+        deadline = time.monotonic() + self.timeout
         while True:
             if self.popen.poll() is not None:
-                raise RuntimeError(f"{name} exited with {self.popen.returncode}:\n{self.output()}")
+                raise RuntimeError(
+                    f"{self.name} exited with {self.popen.returncode}:\n{self.output()}"
+                )
             try:
-                if httpx.get(self.url + ready_path, timeout=1.0).status_code == 200:
-                    break
+                if httpx.get(self.url + self.ready_path, timeout=1.0).status_code == 200:
+                    return self
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 self.stop()
-                raise RuntimeError(f"{name} not ready after {timeout}s:\n{self.output()}")
+                raise RuntimeError(f"{self.name} not ready after {self.timeout}s")
             time.sleep(0.05)
 
     def output(self) -> str:
@@ -91,7 +103,20 @@ class Proc:
         Path(self.log.name).unlink(missing_ok=True)
 
 
-def start_sim(*extra: str, model: str = "m", env: dict[str, str] | None = None) -> Proc:
+def start_sims(count: int, *extra: str) -> list[Proc]:
+    """``count`` sims started side by side (their start-ups overlap), all ready on return."""
+    sims = [start_sim(*extra, wait=False) for _ in range(count)]
+    try:
+        return [sim.wait_ready() for sim in sims]
+    except RuntimeError:
+        for sim in sims:
+            sim.stop()
+        raise
+
+
+def start_sim(
+    *extra: str, model: str = "m", env: dict[str, str] | None = None, wait: bool = True
+) -> Proc:
     port = free_port()
     argv = [
         sys.executable,
@@ -110,7 +135,7 @@ def start_sim(*extra: str, model: str = "m", env: dict[str, str] | None = None) 
         "VLLM_NIXL_SIDE_CHANNEL_HOST": "127.0.0.1",
         "VLLM_NIXL_SIDE_CHANNEL_PORT": str(free_port()),
     }
-    return Proc(f"sim-{port}", argv, port, "/health", {**side, **(env or {})})
+    return Proc(f"sim-{port}", argv, port, "/health", {**side, **(env or {})}, wait=wait)
 
 
 def start_gateway(

@@ -23,6 +23,7 @@ from tests.gateway_procs import (
     sim_requests,
     start_gateway,
     start_sim,
+    start_sims,
 )
 
 ROUND_ROBIN = {
@@ -35,14 +36,10 @@ ROUND_ROBIN = {
 
 @pytest.fixture(scope="module")
 def sims() -> Iterator[dict[str, Proc]]:
-    procs: dict[str, Proc] = {}
-    try:
-        for name in ("p1", "p2", "d1", "d2"):
-            procs[name] = start_sim()
-        yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
+    procs = dict(zip(("p1", "p2", "d1", "d2"), start_sims(4), strict=True))
+    yield procs
+    for proc in procs.values():
+        proc.stop()
 
 
 @pytest.fixture(scope="module")
@@ -164,8 +161,7 @@ def test_decode_dying_mid_stream_ends_with_an_error_frame(
 
 
 def test_killing_a_prefill_sim_mid_flight() -> None:
-    prefill = [start_sim(), start_sim()]
-    decode = start_sim()
+    *prefill, decode = start_sims(3)
     gateway = start_gateway([p.url for p in prefill], [decode.url], config=ROUND_ROBIN)
     try:
         for sim in prefill:

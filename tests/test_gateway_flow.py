@@ -21,20 +21,16 @@ from tests.gateway_procs import (
     metric,
     sim_requests,
     start_gateway,
-    start_sim,
+    start_sims,
 )
 
 
 @pytest.fixture(scope="module")
 def sims() -> Iterator[dict[str, Proc]]:
-    procs: dict[str, Proc] = {}
-    try:
-        for name in ("p1", "p2", "d1", "d2"):
-            procs[name] = start_sim()
-        yield procs
-    finally:
-        for proc in procs.values():
-            proc.stop()
+    procs = dict(zip(("p1", "p2", "d1", "d2"), start_sims(4), strict=True))
+    yield procs
+    for proc in procs.values():
+        proc.stop()
 
 
 @pytest.fixture(scope="module")

@@ -68,6 +68,12 @@ def build_router(config: GatewayConfig) -> DisaggRouter:
     )
 
 
+def _has_prefill_pool(config: GatewayConfig) -> bool:
+    static = config.discovery.static
+    kube = config.discovery.kubernetes
+    return bool(kube and kube.prefill_selector) or bool(static and static.prefill)
+
+
 def _error(
     status: int,
     message: str,
@@ -123,6 +129,7 @@ class Gateway:
                 config.selective.enabled,
                 t.prefill_seconds,
                 t.first_byte_seconds,
+                prefill_pool=_has_prefill_pool(config),
             ),
         )
         self.telemetry = Telemetry(

@@ -118,9 +118,9 @@ class StaticDiscovery(_Model):
 
 class KubernetesDiscovery(_Model):
     namespace: str
-    prefill_selector: str
+    prefill_selector: str | None = None
     """Label selector of the prefill pool's EndpointSlices, e.g.
-    ``kubernetes.io/service-name=llama-prefill``."""
+    ``kubernetes.io/service-name=llama-prefill``; unset: no prefill pool (aggregated workers)."""
     decode_selector: str
     port: int = Field(default=8000, ge=1, le=65535)
     """Worker HTTP port (used when the slice has no port of that name or number)."""

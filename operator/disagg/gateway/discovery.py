@@ -83,10 +83,12 @@ class EndpointSliceDiscovery:
         self.api = api
 
     async def run(self, on_change: OnChange) -> None:
-        await asyncio.gather(
-            self._follow("prefill", self.config.prefill_selector, on_change),
-            self._follow("decode", self.config.decode_selector, on_change),
-        )
+        loops = [self._follow("decode", self.config.decode_selector, on_change)]
+        if self.config.prefill_selector:
+            loops.append(self._follow("prefill", self.config.prefill_selector, on_change))
+        else:
+            on_change("prefill", [])
+        await asyncio.gather(*loops)
 
     async def _follow(self, role: Role, selector: str, on_change: OnChange) -> None:
         path = f"/apis/discovery.k8s.io/v1/namespaces/{self.config.namespace}/endpointslices"

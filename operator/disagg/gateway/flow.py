@@ -63,6 +63,9 @@ class FlowSettings:
     selective: bool
     prefill_seconds: float
     first_byte_seconds: float
+    prefill_pool: bool = True
+    """False when the gateway runs without a prefill pool at all (aggregated workers): a
+    request without a prefill leg is then ``decode_only``, not a ``fallback``."""
 
 
 def upstream_failure(message: str, status: int = 502) -> Reply:
@@ -114,7 +117,7 @@ class Flow:
         decision: str = plan.decision
         if not self.settings.selective and self.prefill.workers:
             decision = "disaggregated"
-        if plan.reason == "no_prefill_endpoint":
+        if plan.reason == "no_prefill_endpoint" and self.settings.prefill_pool:
             decision = "fallback"
         self.decode.refuse_if_full()  # before a prefill whose blocks nobody would pull
         body = request.body
