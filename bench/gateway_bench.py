@@ -152,7 +152,9 @@ async def closed_loop(
 class Overhead:
     name: str
     latencies: list[float]
-    added: list[float]
+    added_p50: float = float("nan")
+    """p50 latency minus the direct path's p50 (same rounds)."""
+    added_p99: float = float("nan")
     rps: float = float("nan")
     rps_per_core: float = float("nan")
     errors: int = 0
@@ -164,7 +166,7 @@ async def measure_overhead(
     rng = random.Random(11)
     limits = httpx.Limits(max_connections=None, keepalive_expiry=4.0)
     async with httpx.AsyncClient(limits=limits, timeout=60.0, trust_env=False) as client:
-        stats = {n: Overhead(n, [], []) for n in ["direct", *routers]}
+        stats = {n: Overhead(n, []) for n in ["direct", *routers]}
         for i in range(rounds + 10):
             body = overhead_body(rng)
             direct = await direct_pd(client, prefill, decode, body)
@@ -177,7 +179,10 @@ async def measure_overhead(
             for name, result in results.items():
                 stats[name].errors += 0 if result.ok else 1
                 stats[name].latencies.append(result.latency)
-                stats[name].added.append(result.latency - direct.latency)
+        base = stats["direct"].latencies
+        for row in stats.values():
+            row.added_p50 = percentile(row.latencies, 50) - percentile(base, 50)
+            row.added_p99 = percentile(row.latencies, 99) - percentile(base, 99)
         for name, proc in routers.items():
             bodies = [overhead_body(rng) for _ in range(4000)]
             cpu0, t0 = cpu_seconds(proc.popen.pid), time.perf_counter()
@@ -271,9 +276,9 @@ def ratio(ours: float, theirs: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vllm-router", help="path to the vllm-router executable")
-    parser.add_argument("--rounds", type=int, default=150)
+    parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--loop-seconds", type=float, default=6.0)
-    parser.add_argument("--quality-seconds", type=float, default=30.0)
+    parser.add_argument("--quality-seconds", type=float, default=45.0)
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
     began = time.monotonic()
@@ -292,8 +297,21 @@ def main(argv: list[str] | None = None) -> int:
     pre, dec = fast[0].url, [s.url for s in fast[1:]]
     routers: dict[str, Proc] = {}
     try:
+        # Same admission limits as vllm-router's --max-concurrent-requests 1024 below.
+        uncapped = {
+            "queue": {
+                "prefill": {"maxInflightPerWorker": 1024},
+                "decode": {"maxInflightPerWorker": 1024},
+            }
+        }
         routers["ours"] = start_gateway(
-            [pre], dec, "--min-uncached-prompt-tokens", "0", "--log-level", "warning"
+            [pre],
+            dec,
+            "--min-uncached-prompt-tokens",
+            "0",
+            "--log-level",
+            "warning",
+            config=uncapped,
         )
         if binary:
             routers["vllm-router"] = start_vllm_router(binary, [pre], dec)
@@ -349,34 +367,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def print_overhead(rows: list[Overhead]) -> None:
-    print("\nOverhead (P/D, non-streaming, ~400-token prompt, 8 tokens; ms)")
-    print(
-        f"{'path':<12} {'p50':>8} {'p99':>8} {'added p50':>10} {'added p99':>10} "
-        f"{'req/s':>8} {'req/s/core':>11} {'errors':>7}"
-    )
-    for r in rows:
-        added = (ms(percentile(r.added, 50)), ms(percentile(r.added, 99)))
-        if r.name == "direct":
-            added = ("-", "-")
-        print(
-            f"{r.name:<12} {ms(percentile(r.latencies, 50)):>8} "
-            f"{ms(percentile(r.latencies, 99)):>8} {added[0]:>10} {added[1]:>10} "
-            f"{r.rps:>8.0f} {r.rps_per_core:>11.0f} {r.errors:>7}"
-        )
+    from report import overhead_rows, text_table
+
+    print("\nOverhead (P/D, non-streaming, ~400-token prompt, 8 tokens)")
+    print(text_table(overhead_rows(rows)), flush=True)
 
 
 def print_quality(rows: list[Quality]) -> None:
-    print("\nRouting quality (streaming; ms)")
-    print(
-        f"{'setup':<24} {'TTFT p50':>9} {'TTFT p99':>9} {'short TTFT p50':>15} "
-        f"{'ITL p50':>8} {'ITL p99':>8} {'errors':>7}  decisions"
-    )
-    for q in rows:
-        print(
-            f"{q.name:<24} {ms(q.ttft(50)):>9} {ms(q.ttft(99)):>9} "
-            f"{ms(q.ttft(50, 'shared')):>15} {ms(q.itl(50)):>8} {ms(q.itl(99)):>8} "
-            f"{q.errors:>7}  {q.decisions}"
-        )
+    from report import quality_rows, text_table
+
+    print("\nRouting quality (streaming)")
+    print(text_table(quality_rows(rows)), flush=True)
 
 
 if __name__ == "__main__":

@@ -16,9 +16,118 @@ def _ms(x: float) -> str:
 
 
 def _ratio(ours: float, theirs: float, higher_is_better: bool = False) -> str:
-    if ours != ours or theirs != theirs or theirs == 0:
-        return "n/a"
+    if ours != ours or theirs != theirs or theirs <= 0 or ours < 0:
+        return "n/a"  # NaN, or a difference that noise pushed below zero
     return f"{ours / theirs:.2f}x" + (" (higher is better)" if higher_is_better else "")
+
+
+OVERHEAD_HEADER = [
+    "path",
+    "p50 ms",
+    "p99 ms",
+    "added p50 ms",
+    "added p99 ms",
+    "req/s",
+    "req/s per core",
+    "errors",
+]
+QUALITY_HEADER = [
+    "setup",
+    "TTFT p50 ms",
+    "TTFT p99 ms",
+    "short TTFT p50 ms",
+    "ITL p50 ms",
+    "ITL p99 ms",
+    "errors",
+    "our decisions",
+]
+
+
+def _figures_overhead(o: Any) -> list[float]:
+    return [
+        percentile(o.latencies, 50),
+        percentile(o.latencies, 99),
+        o.added_p50,
+        o.added_p99,
+        o.rps,
+        o.rps_per_core,
+    ]
+
+
+def _figures_quality(q: Any) -> list[float]:
+    return [q.ttft(50), q.ttft(99), q.ttft(50, "shared"), q.itl(50), q.itl(99)]
+
+
+def _ratio_row(label: str, ours: list[float], theirs: list[float], width: int) -> list[str]:
+    cells = [_ratio(a, b) for a, b in zip(ours, theirs, strict=True)]
+    return [label, *cells, *([""] * (width - 1 - len(cells)))]
+
+
+def overhead_rows(overhead: list[Any]) -> list[list[str]]:
+    """Header, one row per path, then ours / vllm-router for every figure."""
+    rows = [OVERHEAD_HEADER]
+    for o in overhead:
+        p50, p99, a50, a99, rps, per_core = _figures_overhead(o)
+        router = o.name != "direct"
+        rows.append(
+            [
+                o.name,
+                _ms(p50),
+                _ms(p99),
+                _ms(a50) if router else "-",
+                _ms(a99) if router else "-",
+                f"{rps:.0f}" if router else "-",
+                f"{per_core:.0f}" if router else "-",
+                str(o.errors),
+            ]
+        )
+    by = {o.name: o for o in overhead}
+    if "ours" in by and "vllm-router" in by:
+        rows.append(
+            _ratio_row(
+                "ours / vllm-router",
+                _figures_overhead(by["ours"]),
+                _figures_overhead(by["vllm-router"]),
+                len(OVERHEAD_HEADER),
+            )
+        )
+    return rows
+
+
+def quality_rows(quality: list[Any]) -> list[list[str]]:
+    rows = [QUALITY_HEADER]
+    for q in quality:
+        rows.append(
+            [q.name, *(_ms(x) for x in _figures_quality(q)), str(q.errors), q.decisions or "-"]
+        )
+    by = {q.name: q for q in quality}
+    if "P/D ours" in by and "vllm-router" in by:
+        rows.append(
+            _ratio_row(
+                "ours / vllm-router",
+                _figures_quality(by["P/D ours"]),
+                _figures_quality(by["vllm-router"]),
+                len(QUALITY_HEADER),
+            )
+        )
+    return rows
+
+
+def text_table(rows: list[list[str]]) -> str:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join(
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    )
+
+
+def markdown_table(rows: list[list[str]]) -> list[str]:
+    out = ["| " + " | ".join(rows[0]) + " |", "|" + "---|" * len(rows[0])]
+    out += ["| " + " | ".join(r) + " |" for r in rows[1:]]
+    return out
 
 
 def _plot(path: Path, overhead: list[Any], quality: list[Any]) -> None:
@@ -27,17 +136,21 @@ def _plot(path: Path, overhead: list[Any], quality: list[Any]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (left, middle, right) = plt.subplots(
+        1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [1, 1, 1.6]}
+    )
     routers = [o for o in overhead if o.name != "direct"]
     xs = range(len(routers))
-    p50 = [percentile(o.added, 50) * 1000 for o in routers]
-    p99 = [percentile(o.added, 99) * 1000 for o in routers]
-    left.bar([x - 0.2 for x in xs], p50, 0.4, label="added p50")
-    left.bar([x + 0.2 for x in xs], p99, 0.4, label="added p99")
+    left.bar([x - 0.2 for x in xs], [o.added_p50 * 1000 for o in routers], 0.4, label="p50")
+    left.bar([x + 0.2 for x in xs], [o.added_p99 * 1000 for o in routers], 0.4, label="p99")
     left.set_xticks(list(xs), [o.name for o in routers])
-    left.set_ylabel("ms added per request vs direct P/D legs")
-    left.set_title("Gateway overhead (P/D, 2 legs)")
+    left.set_ylabel("ms added vs the direct P/D legs")
+    left.set_title("Added latency per request")
     left.legend()
+    middle.bar(list(xs), [o.rps_per_core for o in routers], 0.5, color="tab:green")
+    middle.set_xticks(list(xs), [o.name for o in routers])
+    middle.set_ylabel("requests per CPU-second of the router")
+    middle.set_title("Throughput per core (P/D, 2 legs)")
     names = [q.name for q in quality]
     metrics = [
         ("TTFT p50", lambda q: q.ttft(50)),
@@ -75,8 +188,6 @@ def write_report(
 ) -> None:
     out.mkdir(parents=True, exist_ok=True)
     _plot(out / PLOT, overhead, quality)
-    by = {o.name: o for o in overhead}
-    ours, theirs = by.get("ours"), by.get("vllm-router")
     lines = [
         "# Benchmarks",
         "",
@@ -94,7 +205,8 @@ def write_report(
     lines += [
         "All processes run on 127.0.0.1 against `disagg sim` workers; every router in a table saw",
         "the same simulators and the same requests in the same run. Latencies are what the client",
-        "measured. Ratios are ours / vllm-router (below 1x: ours is lower).",
+        "measured. The last row of each table is ours / vllm-router for every figure (below 1x:",
+        "ours is lower -- better for latencies, worse for throughput).",
         "",
         "### Overhead",
         "",
@@ -102,34 +214,15 @@ def write_report(
         "~400-token prompts, 8 output tokens, not streamed, one request at a time, the paths",
         "interleaved. *direct* = the benchmark itself doing the two P/D legs (prefill with",
         "`max_tokens: 1` + `kv_transfer_params`, then decode), i.e. a proxy that costs nothing.",
-        "*Added* = a router's latency minus the direct latency of the same round. Our gateway ran",
-        "with `--min-uncached-prompt-tokens 0` so that it, too, disaggregates every request.",
+        "*Added* pXX = a router's pXX latency minus the direct path's pXX over the same rounds",
+        "(noisy on a shared 2-core machine: the p99s move by tens of ms between runs). Our gateway",
+        "ran with `--min-uncached-prompt-tokens 0` so that it, too, disaggregates every request,",
+        "and with its admission limits raised to vllm-router's `--max-concurrent-requests 1024`.",
         "Throughput: 32 requests in flight for a few seconds per router; *req/s per core* =",
         "completed requests / CPU seconds the router process used (all its threads).",
         "",
-        "| path | p50 ms | p99 ms | added p50 ms | added p99 ms | req/s | req/s per core |",
-        "|---|---|---|---|---|---|---|",
     ]
-    for o in overhead:
-        added = (
-            ("-", "-")
-            if o.name == "direct"
-            else (_ms(percentile(o.added, 50)), _ms(percentile(o.added, 99)))
-        )
-        rps = ("-", "-") if o.name == "direct" else (f"{o.rps:.0f}", f"{o.rps_per_core:.0f}")
-        lines.append(
-            f"| {o.name} | {_ms(percentile(o.latencies, 50))} | "
-            f"{_ms(percentile(o.latencies, 99))} | {added[0]} | {added[1]} | "
-            f"{rps[0]} | {rps[1]} |"
-        )
-    if ours and theirs:
-        lines += [
-            "",
-            "Ours / vllm-router: added p50 "
-            f"{_ratio(percentile(ours.added, 50), percentile(theirs.added, 50))}, added p99 "
-            f"{_ratio(percentile(ours.added, 99), percentile(theirs.added, 99))}, req/s per core "
-            f"{_ratio(ours.rps_per_core, theirs.rps_per_core, higher_is_better=True)}.",
-        ]
+    lines += markdown_table(overhead_rows(overhead))
     errors = {o.name: o.errors for o in overhead if o.errors}
     if errors:
         lines += ["", f"Failed requests during the overhead runs: {errors}."]
@@ -150,25 +243,7 @@ def write_report(
         "vllm-router (`--prefill-policy cache_aware --decode-policy power_of_two`). Prefix caches",
         "are reset between setups. *short TTFT* = the shared-prefix chat requests only.",
         "",
-        "| setup | TTFT p50 ms | TTFT p99 ms | short TTFT p50 ms | ITL p50 ms | ITL p99 ms | "
-        "errors | our decisions |",
-        "|---|---|---|---|---|---|---|---|",
     ]
-    for q in quality:
-        lines.append(
-            f"| {q.name} | {_ms(q.ttft(50))} | {_ms(q.ttft(99))} | "
-            f"{_ms(q.ttft(50, 'shared'))} | {_ms(q.itl(50))} | {_ms(q.itl(99))} | "
-            f"{q.errors} | {q.decisions or '-'} |"
-        )
-    qb = {q.name: q for q in quality}
-    if "P/D ours" in qb and "vllm-router" in qb:
-        a, b = qb["P/D ours"], qb["vllm-router"]
-        lines += [
-            "",
-            f"Ours / vllm-router: TTFT p50 {_ratio(a.ttft(50), b.ttft(50))}, TTFT p99 "
-            f"{_ratio(a.ttft(99), b.ttft(99))}, short TTFT p50 "
-            f"{_ratio(a.ttft(50, 'shared'), b.ttft(50, 'shared'))}, ITL p99 "
-            f"{_ratio(a.itl(99), b.itl(99))}.",
-        ]
+    lines += markdown_table(quality_rows(quality))
     lines += ["", f"![gateway benchmark]({PLOT})", ""]
     (out / "benchmarks.md").write_text("\n".join(lines))
