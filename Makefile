@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test lint unit crds images helm clean cluster-up cluster-down cluster-status e2e
+.PHONY: install test lint unit conformance crds images helm clean cluster-up cluster-down cluster-status e2e
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -31,6 +31,11 @@ lint: $(STAMP)
 
 unit: $(STAMP)
 	$(BIN)/pytest -q tests
+
+## The vLLM conformance tier (docs/conformance.md): what we render, the pinned vLLM accepts.
+## Builds vLLM's own venv outside the repo on first use (conformance/setup_env.sh), then runs it.
+conformance:
+	VLLM_PY="$$(PYTHON=$(PY) bash conformance/setup_env.sh)" && "$$VLLM_PY" -m pytest -q -m vllm conformance
 
 crds: $(STAMP)
 	$(BIN)/disagg crds

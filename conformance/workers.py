@@ -1,0 +1,191 @@
+"""Every worker container the operator renders, for the conformance tier to feed to vLLM.
+
+Two sources, rendered live through the same functions the controller calls (never read back from
+the golden files, so a change to ``disagg.render`` is seen here at once):
+
+* the shipped CRs: ``examples/*.yaml`` and ``tests/scenarios/*.yaml``;
+* a generated matrix of standalone pools: every connector x every role x RDMA on/off x TP
+  1/2/4/8 x both entrypoints, with the settings that change the command line or environment
+  (revision, limits, extra config, load-failure policy) switched on, so each rendered branch of
+  ``render/vllm.py`` and ``render/rdma.py`` reaches vLLM at least once.
+
+Each worker is a :class:`Worker`: an id for the test name, the pool role, and the container dict
+exactly as it would land in the Deployment (after the ``podTemplate`` overlay).
+"""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from disagg.api import DisaggDeployment, InferencePool
+from disagg.render import render_disaggdeployment_children, render_pool_children
+
+ROOT = Path(__file__).resolve().parent.parent
+SOURCES = sorted((ROOT / "examples").glob("*.yaml")) + sorted(
+    (ROOT / "tests" / "scenarios").glob("*.yaml")
+)
+
+CONNECTORS = ("NixlConnector", "MooncakeConnector", "LMCacheConnectorV1")
+ROLES = ("prefill", "decode", "aggregated")
+TENSOR_PARALLEL = (1, 2, 4, 8)
+ENTRYPOINTS = ("serve", "apiServer")
+
+#: A representative ``kv_connector_extra_config`` per connector (VLLM.md's examples).
+EXTRA_CONFIG: dict[str, dict[str, Any]] = {
+    "NixlConnector": {"backends": ["UCX"]},
+    "MooncakeConnector": {"mooncake_protocol": "rdma", "device_name": "mlx5_0"},
+    "LMCacheConnectorV1": {},
+}
+
+
+#: Shipped CRs whose worker command line vLLM is known to refuse, with why; the argv tests
+#: expect them to fail (strict xfail), so fixing the CR fails the tier until its entry goes.
+KNOWN_NONCONFORMING: dict[str, str] = {
+    "examples/disaggdeployment-sim/": "engine.extraArgs passes the simulator's --sim-speedup on "
+    "the command line, which vLLM refuses; DISAGG_SIM_SPEEDUP in engine.env sets the same knob",
+}
+
+
+@dataclass(frozen=True)
+class Worker:
+    """One rendered worker container."""
+
+    id: str
+    role: str
+    container: dict[str, Any]
+
+    @property
+    def argv(self) -> list[str]:
+        """What the container runs: command followed by args."""
+        return [*self.container.get("command", []), *self.container.get("args", [])]
+
+    @property
+    def known_nonconforming(self) -> str | None:
+        """Why vLLM refuses this worker's argv, if that is known and accepted for now."""
+        return next(
+            (why for src, why in KNOWN_NONCONFORMING.items() if self.id.startswith(src)), None
+        )
+
+    @property
+    def env(self) -> list[dict[str, Any]]:
+        return list(self.container.get("env", []))
+
+
+def _pool_workers(source: str, pool: InferencePool, name: str) -> list[Worker]:
+    objects = render_pool_children(
+        name=name, namespace="default", spec=pool.spec, replicas=pool.spec.replicas
+    )
+    workers = []
+    for obj in objects:
+        if obj["kind"] != "Deployment":
+            continue
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            workers.append(
+                Worker(id=f"{source}/{container['name']}", role=pool.spec.role, container=container)
+            )
+    return workers
+
+
+def workers_of(doc: dict[str, Any], source: str) -> list[Worker]:
+    """The worker containers one CR renders to (through its child pools for a deployment)."""
+    name = doc["metadata"]["name"]
+    if doc["kind"] == "InferencePool":
+        return _pool_workers(source, InferencePool.model_validate(doc), name)
+    dd = DisaggDeployment.model_validate(doc)
+    workers: list[Worker] = []
+    for child in render_disaggdeployment_children(name, "default", dd.spec):
+        if child["kind"] == "InferencePool":
+            pool_name = child["metadata"]["name"]
+            workers += _pool_workers(
+                f"{source}/{pool_name}", InferencePool.model_validate(child), pool_name
+            )
+    return workers
+
+
+def scenario_workers() -> list[Worker]:
+    """Workers of every shipped example and test scenario."""
+    workers: list[Worker] = []
+    for path in SOURCES:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc:
+                workers += workers_of(doc, f"{path.parent.name}/{path.stem}")
+    if not workers:
+        raise RuntimeError(f"no worker rendered from {[str(p) for p in SOURCES]}")
+    return workers
+
+
+def matrix_pool(connector: str, role: str, rdma: bool, tp: int, entrypoint: str) -> dict[str, Any]:
+    """A standalone InferencePool CR for one point of the matrix."""
+    spec: dict[str, Any] = {
+        "role": role,
+        "model": {"name": "org/model-7b", "servedName": "model", "revision": "main"},
+        "engine": {
+            "entrypoint": entrypoint,
+            "maxModelLen": 32768,
+            "maxNumSeqs": 128,
+            "gpuMemoryUtilization": 0.9,
+            "blockSize": 32 if rdma else 16,
+        },
+        "parallelism": {"tensor": tp},
+        "kvTransfer": {
+            "connector": connector,
+            "extraConfig": EXTRA_CONFIG[connector] or None,
+            "loadFailurePolicy": "recompute" if role == "decode" else None,
+        },
+        "rdma": (
+            {
+                "enabled": True,
+                "resourceName": "rdma/roce_gdr",
+                "transport": "roce",
+                "gidIndex": 3,
+                "hcas": ["mlx5_0:1"],
+                "networks": ["rdma/roce-net"],
+            }
+            if rdma
+            else {"enabled": False}
+        ),
+    }
+    spec["kvTransfer"] = {k: v for k, v in spec["kvTransfer"].items() if v is not None}
+    return {
+        "apiVersion": "disagg.dev/v1alpha1",
+        "kind": "InferencePool",
+        "metadata": {"name": f"m-{role}-tp{tp}"},
+        "spec": spec,
+    }
+
+
+def matrix_workers() -> list[Worker]:
+    """Workers of the generated matrix (connector x role x RDMA x TP x entrypoint)."""
+    workers: list[Worker] = []
+    for connector, role, rdma, tp, entrypoint in itertools.product(
+        CONNECTORS, ROLES, (False, True), TENSOR_PARALLEL, ENTRYPOINTS
+    ):
+        doc = matrix_pool(connector, role, rdma, tp, entrypoint)
+        source = f"matrix/{connector}-{role}-rdma{'On' if rdma else 'Off'}-tp{tp}-{entrypoint}"
+        workers += workers_of(doc, source)
+    return workers
+
+
+def all_workers() -> list[Worker]:
+    return scenario_workers() + matrix_workers()
+
+
+def argv_params(workers: list[Worker]) -> list[Any]:
+    """``workers`` as pytest params, the known-nonconforming ones as strict xfails."""
+    import pytest
+
+    return [
+        pytest.param(
+            w,
+            id=w.id,
+            marks=[pytest.mark.xfail(strict=True, reason=w.known_nonconforming)]
+            if w.known_nonconforming
+            else [],
+        )
+        for w in workers
+    ]
