@@ -2,10 +2,13 @@
 
 Each image starts with a read-only root filesystem, as uid 65532, all capabilities dropped and
 no privilege escalation; the simulator image serves ``/health`` and ``/v1/models`` through a port
-published on 127.0.0.1 only.  The images are (re)built first through ``e2e.images`` -- seconds
-when nothing changed -- so the tests check the code in this checkout.  No Docker (no daemon and
-no ``dockerd`` we may start) skips the module; ``E2E_BASE_IMAGE`` builds from another base (e.g.
-``python:3.11-slim-bookworm`` where a registry is reachable) instead of the debootstrapped one.
+published on 127.0.0.1 only.  The last test loads the images into the local cluster's containerd
+and runs each as a pod in a namespace that enforces Pod Security "restricted".
+
+The images are (re)built first through ``e2e.images`` -- seconds when nothing changed -- so the
+tests check the code in this checkout.  No Docker (no daemon and no ``dockerd`` we may start)
+skips the module; ``E2E_BASE_IMAGE`` builds from another base (e.g. ``python:3.11-slim-bookworm``
+where a registry is reachable) instead of the debootstrapped one.
 """
 
 from __future__ import annotations
@@ -17,12 +20,15 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
 
 from e2e import images
-from e2e.images_docker import Docker
+from e2e.cluster.kube import Kube, condition
+from e2e.conftest import Cluster
+from e2e.images_docker import Docker, load_into_containerd
 
 pytestmark = pytest.mark.e2e
 
@@ -127,3 +133,51 @@ def test_sim_image_serves_health_on_a_loopback_port(docker: Docker) -> None:
         subprocess.run(
             [docker.binary, "rm", "-f", name], capture_output=True, env=docker.env, timeout=60
         )
+
+
+RESTRICTED_CONTEXT = {
+    "runAsNonRoot": True,
+    "readOnlyRootFilesystem": True,
+    "allowPrivilegeEscalation": False,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
+
+
+def _pod(name: str, image: str, args: list[str], **container: Any) -> dict[str, Any]:
+    spec = {"name": "main", "image": image, "imagePullPolicy": "Never", "args": args}
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name},
+        "spec": {
+            "restartPolicy": "Never",
+            "containers": [{**spec, **container, "securityContext": RESTRICTED_CONTEXT}],
+        },
+    }
+
+
+def test_images_run_as_pods_under_restricted_pod_security(
+    docker: Docker, cluster: Cluster, kube: Kube, namespace: str
+) -> None:
+    if cluster.local is None:
+        pytest.skip("E2E_KUBECONFIG cluster: load the images yourself (docs/images.md, kind)")
+    refs = [ref for c in images.COMPONENTS for ref in images.image_refs(c)]
+    address = str(cluster.local.containerd_socket)
+    assert load_into_containerd(docker, refs, address, images.cache_dir() / "logs")
+    kube.kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted")
+    probe = {"httpGet": {"path": "/health", "port": 8000}, "periodSeconds": 1}
+    kube.create(
+        _pod("sim", "disagg/sim:dev", ["smoke-model", "--host", "0.0.0.0"], readinessProbe=probe)
+    )
+    for component in ("operator", "gateway"):
+        kube.create(_pod(f"{component}-help", f"disagg/{component}:dev", ["--help"]))
+    kube.wait_for_object(
+        "pod", "sim", lambda o: (condition(o, "Ready") or {}).get("status") == "True", 90
+    )
+    for component in ("operator", "gateway"):
+        pod = kube.wait_for_object(
+            "pod", f"{component}-help", lambda o: o["status"].get("phase") == "Succeeded", 90
+        )
+        assert pod["status"]["phase"] == "Succeeded"
+        assert f"usage: disagg {component}" in kube.kubectl("logs", f"{component}-help")
