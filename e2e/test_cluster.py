@@ -122,6 +122,26 @@ def test_pod_reaches_the_api_server_through_the_kubernetes_service(kube: Kube) -
     assert "connected to" in logs
 
 
+def test_pod_resolves_service_names_through_cluster_dns(kube: Kube, namespace: str) -> None:
+    kube.apply(
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": {"name": "named"},
+            "spec": {"selector": {"app": "none"}, "ports": [{"port": 8000}]},
+        }
+    )
+    service = kube.wait_for(lambda: kube.get("service", "named"), 30, "service named")
+    kube.apply(pod("dns", gpus=0, rdma=0, command=["/pause", "-resolve", "named"]))
+    done = kube.wait_for_object(
+        "pod", "dns", lambda p: p["status"].get("phase") in ("Succeeded", "Failed"), 90
+    )
+    logs = kube.kubectl("logs", "dns")
+    assert done["status"]["phase"] == "Succeeded", logs
+    # The short name expands through the pod's search path to named.<namespace>.svc.cluster.local.
+    assert service["spec"]["clusterIP"] in logs
+
+
 def test_hpa_controller_scales_a_deployment_to_its_minimum(kube: Kube) -> None:
     labels = {"app": "hpa-target"}
     kube.apply(

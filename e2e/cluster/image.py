@@ -2,7 +2,8 @@
 
 The program is a static Go binary that blocks until SIGTERM/SIGINT and reaps zombies on SIGCHLD —
 all a pod sandbox's infra container must do. It doubles as the smoke tests' workload image:
-``/pause -connect HOST:PORT`` exits 0 iff a TCP connection opens (a network probe).
+``/pause -connect HOST:PORT`` exits 0 iff a TCP connection opens, ``/pause -resolve NAME`` iff
+the name resolves (network and DNS probes).
 
 The image is written as a ``docker save``-style archive (``manifest.json`` + config + one layer
 tar) by Python's ``tarfile``; ``ctr images import`` reads that format on every containerd
@@ -47,6 +48,16 @@ func main() {
 \t\t}
 \t\tfmt.Println("connected to", conn.RemoteAddr())
 \t\tconn.Close()
+\t\treturn
+\t}
+\t// -resolve NAME: a DNS probe for tests (exit 0 iff NAME resolves; prints the addresses).
+\tif len(os.Args) > 2 && os.Args[1] == "-resolve" {
+\t\taddrs, err := net.LookupHost(os.Args[2])
+\t\tif err != nil {
+\t\t\tfmt.Println("resolve failed:", err)
+\t\t\tos.Exit(1)
+\t\t}
+\t\tfmt.Println("resolved", os.Args[2], "to", addrs)
 \t\treturn
 \t}
 \tsignals := make(chan os.Signal, 8)

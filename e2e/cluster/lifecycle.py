@@ -36,7 +36,7 @@ from .config import Settings
 
 CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 NODE = ("containerd", "kubelet", "kube-proxy")
-ALL = ("containerd", *CONTROL_PLANE, "kube-proxy", "kubelet")
+ALL = ("containerd", *CONTROL_PLANE, "coredns", "kube-proxy", "kubelet")
 
 
 def kubectl(settings: Settings, *args: str, check: bool = True) -> str:
@@ -82,6 +82,23 @@ def _etcd_healthy(settings: Settings) -> tuple[bool, object]:
     except (OSError, ValueError) as err:
         return False, err
     return body.get("health") == "true", body
+
+
+def _http_ok(url: str) -> tuple[bool, object]:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as resp:
+            return resp.status == 200, resp.status
+    except OSError as err:
+        return False, err
+
+
+def _create(api: ApiClient, obj: dict[str, Any]) -> None:
+    """Create a cluster-scoped RBAC object unless it exists."""
+    plural = {"ClusterRole": "clusterroles", "ClusterRoleBinding": "clusterrolebindings"}
+    path = f"/apis/rbac.authorization.k8s.io/v1/{plural[obj['kind']]}"
+    status, body = api.request("POST", path, obj)
+    if status not in (201, 409):
+        raise RuntimeError(f"creating {obj['kind']} {obj['metadata']['name']}: {status} {body}")
 
 
 def _node(api: ApiClient, settings: Settings) -> dict[str, Any] | None:
@@ -194,7 +211,7 @@ def _up(settings: Settings) -> dict[str, float]:
 
     missing = [
         n
-        for n in ("etcd", "kubectl", *CONTROL_PLANE[1:], *NODE[1:])
+        for n in ("etcd", "kubectl", "coredns", *CONTROL_PLANE[1:], *NODE[1:])
         if not settings.tool(n).exists()
     ]
     if missing:
@@ -242,6 +259,9 @@ def _up(settings: Settings) -> dict[str, float]:
     )
     mark("kube-apiserver")
 
+    for obj in components.COREDNS_RBAC:
+        _create(api, obj)
+    procs.start(settings, "coredns", components.coredns(settings))
     procs.start(settings, "kube-controller-manager", components.controller_manager(settings))
     procs.start(settings, "kube-scheduler", components.scheduler(settings))
     procs.start(settings, "kube-proxy", components.kube_proxy(settings))
@@ -272,7 +292,14 @@ def _up(settings: Settings) -> dict[str, float]:
         lambda: (api.get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200, ""),
         60,
     )
-    mark("controllers")
+    _wait_component(
+        settings,
+        "coredns",
+        "CoreDNS /ready",
+        lambda: _http_ok(f"http://{components.COREDNS_READY}/ready"),
+        60,
+    )
+    mark("controllers + DNS")
     marks["total"] = round(time.monotonic() - started, 2)
     (settings.state / "up-times.json").write_text(json.dumps(marks))
     return marks
@@ -315,7 +342,7 @@ def _mounts_under(prefixes: list[Path]) -> list[str]:
 
 def _down(settings: Settings) -> list[str]:
     done: list[str] = []
-    for name in ("kubelet", "kube-proxy", "kube-scheduler", "kube-controller-manager"):
+    for name in ("kubelet", "kube-proxy", "coredns", "kube-scheduler", "kube-controller-manager"):
         if procs.stop(settings, name):
             done.append(f"stopped {name}")
     if procs.pid_of(settings, "containerd"):

@@ -150,12 +150,13 @@ def identities(settings: Settings) -> list[Identity]:
             settings.node_name,
             server_names=(settings.node_ip, "127.0.0.1", settings.node_name),
         ),
+        Identity("coredns", "system:coredns"),
         Identity("front-proxy-client", "front-proxy-client", ca="front-proxy-ca"),
         Identity("prometheus-adapter", "prometheus-adapter", server_names=("127.0.0.1",)),
     ]
 
 
-KUBECONFIG_USERS = ("admin", "controller-manager", "scheduler", "kube-proxy", "kubelet")
+KUBECONFIG_USERS = ("admin", "controller-manager", "scheduler", "kube-proxy", "kubelet", "coredns")
 
 
 def ensure(settings: Settings) -> None:
