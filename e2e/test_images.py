@@ -35,8 +35,8 @@ pytestmark = pytest.mark.e2e
 #: Size budgets (MB, as `docker images` counts them: base included).  Measured: operator 310,
 #: gateway and sim 158 (docs/images.md); a budget breach means a dependency crept in.
 SIZE_BUDGET_MB = {"operator": 360, "gateway": 200, "sim": 200}
-#: How a restricted pod runs a container, in `docker run` flags.
-RESTRICTED = ["--read-only", "--user", "65532:65532", "--cap-drop", "ALL"]
+#: How a restricted pod runs a container, in `docker run` flags (never pulling: no registry here).
+RESTRICTED = ["--pull", "never", "--read-only", "--user", "65532:65532", "--cap-drop", "ALL"]
 RESTRICTED += ["--security-opt", "no-new-privileges"]
 
 
@@ -73,7 +73,17 @@ def test_cli_help_runs_read_only_as_non_root(docker: Docker, component: str) -> 
 
 @pytest.mark.parametrize("component", images.COMPONENTS)
 def test_image_defaults_to_numeric_non_root_user(docker: Docker, component: str) -> None:
-    cmd = [docker.binary, "run", "--rm", "--network", "none", "--entrypoint", "id"]
+    cmd = [
+        docker.binary,
+        "run",
+        "--rm",
+        "--pull",
+        "never",
+        "--network",
+        "none",
+        "--entrypoint",
+        "id",
+    ]
     ids = subprocess.run(
         [*cmd, f"disagg/{component}:dev"],
         capture_output=True,
