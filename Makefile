@@ -67,3 +67,10 @@ cluster-status: $(STAMP)
 ## End-to-end tests against the local cluster (or E2E_KUBECONFIG); reuses a running cluster.
 e2e: $(STAMP)
 	$(BIN)/pytest -q e2e
+
+## The demo: cluster, images, chart, a DisaggDeployment serving requests (README, first command).
+demo: $(STAMP)
+	$(BIN)/python -m e2e.demo up
+
+demo-down: $(STAMP)
+	$(BIN)/python -m e2e.demo down
