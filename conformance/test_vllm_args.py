@@ -100,7 +100,7 @@ def test_every_vllm_env_var_is_known_to_vllm(worker: Worker) -> None:
         name = var["name"]
         if not name.startswith("VLLM_"):
             continue
-        assert name in known, f"{worker.id}: vLLM {len(known)} env vars do not include {name}"
+        assert name in known, f"{worker.id}: vLLM's {len(known)} env vars do not include {name}"
         if "value" in var:
             check_env_value(name, var["value"])
         else:

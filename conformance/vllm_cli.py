@@ -134,10 +134,11 @@ def registered_connectors() -> frozenset[str]:
 
 
 def validate_kv_transfer_config(raw: str) -> KVTransferConfig:
-    """Build vLLM's ``KVTransferConfig`` from our JSON and check its connector is registered.
+    """Build vLLM's ``KVTransferConfig`` from our JSON and load its connector class.
 
-    The class forbids unknown fields and checks ``kv_role``; the registry check is the one
-    ``KVConnectorFactory.get_connector_class`` makes when the engine starts.
+    The class forbids unknown fields and checks ``kv_role``; ``get_connector_class`` is the
+    registry lookup and import the engine makes when it starts (the connector's own transfer
+    library, NIXL or Mooncake, is not needed to import the class).
     """
     try:
         fields = json.loads(raw)
@@ -147,13 +148,13 @@ def validate_kv_transfer_config(raw: str) -> KVTransferConfig:
         config = KVTransferConfig(**fields)
     except (ValueError, TypeError) as exc:
         raise VLLMRejected(f"KVTransferConfig rejected {raw}: {exc}") from exc
-    if config.kv_connector_module_path is None and config.kv_connector not in (
-        registered_connectors()
-    ):
+    try:
+        KVConnectorFactory.get_connector_class(config)
+    except (ValueError, AttributeError, ImportError) as exc:
         raise VLLMRejected(
-            f"kv_connector {config.kv_connector!r} is not registered in vLLM's "
-            f"KVConnectorFactory (known: {sorted(registered_connectors())})"
-        )
+            f"vLLM's KVConnectorFactory cannot load kv_connector {config.kv_connector!r} "
+            f"({exc}); registered: {sorted(registered_connectors())}"
+        ) from exc
     return config
 
 
