@@ -25,6 +25,7 @@ containerd, so image builds never depend on -- or disturb -- the cluster's conta
 from __future__ import annotations
 
 import argparse
+import fcntl
 import hashlib
 import os
 import re
@@ -288,7 +289,26 @@ def build_image(docker: Docker, component: str, base: str, wheels: tuple[Path, P
     return refs[0]
 
 
+@contextmanager
+def exclusive() -> Iterator[None]:
+    """Serialize builds and loads across processes (a developer's `make images` and a test run)."""
+    cache_dir().mkdir(parents=True, exist_ok=True)
+    with (cache_dir() / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            print("    waiting for another e2e.images run to finish", flush=True)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def build(docker: Docker, base_image: str | None, components: list[str]) -> dict[str, str]:
+    """Build (or find cached) every step up to the images; returns component -> image ref."""
+    with exclusive():
+        return _build(docker, base_image, components)
+
+
+def _build(docker: Docker, base_image: str | None, components: list[str]) -> dict[str, str]:
     if base_image is None:
         with step("base: debootstrap"):
             tarball = base_tarball()
@@ -337,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("load", "all"):
             address = args.containerd_address or containerd_address()
             refs = [ref for c in components for ref in image_refs(c)]
-            with step(f"load into containerd {address} (namespace k8s.io)"):
+            with step(f"load into containerd {address} (namespace k8s.io)"), exclusive():
                 loaded = load_into_containerd(docker, refs, address, cache_dir() / "logs")
             if not loaded and args.command == "all":
                 return 0
