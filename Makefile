@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test lint unit conformance crds images helm clean cluster-up cluster-down cluster-status e2e
+.PHONY: install test lint unit conformance crds images helm clean cluster-up cluster-down cluster-status e2e monitoring-up monitoring-down
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -63,6 +63,13 @@ cluster-down: $(STAMP)
 
 cluster-status: $(STAMP)
 	$(BIN)/python -m e2e.cluster status
+
+## Prometheus + prometheus-adapter beside the local cluster (docs/autoscaling.md).
+monitoring-up: $(STAMP)
+	$(BIN)/python -m e2e.monitoring up
+
+monitoring-down: $(STAMP)
+	$(BIN)/python -m e2e.monitoring down
 
 ## End-to-end tests against the local cluster (or E2E_KUBECONFIG); reuses a running cluster.
 e2e: $(STAMP)
