@@ -1,6 +1,7 @@
 """``cluster up | down | status``: start the components in dependency order, stop them all.
 
-``up`` is idempotent (a running cluster is left alone; a half-started one is completed) and
+``up`` is idempotent (a running cluster is left alone; a half-started one is completed; when
+nothing runs, leftovers of a killed run are cleaned first) and
 waits on real readiness signals — etcd /health, apiserver /readyz, the Node's Ready condition,
 the default ServiceAccount — each with a deadline, never a fixed sleep. It also advertises the
 fake GPU and RDMA devices: extended resources are PATCHed into the Node's status capacity (the
@@ -219,6 +220,12 @@ def _up(settings: Settings) -> dict[str, float]:
     if is_up(settings):
         _say("cluster is already up")
         return {"total": round(time.monotonic() - started, 2)}
+    if all(procs.pid_of(settings, name) is None for name in ALL):
+        # Nothing of ours runs: start from a clean slate. A previous run may have been killed
+        # without `down` (a CI job's end, a crash) and left mounts, veths, chains and old etcd
+        # data behind; `_down` removes exactly those and is quick when there is nothing.
+        _down(settings)
+        mark("clean slate")
     for d in (settings.state, settings.logs, settings.run):
         d.mkdir(parents=True, exist_ok=True)
     pki.ensure(settings)
