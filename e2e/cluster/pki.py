@@ -152,7 +152,13 @@ def identities(settings: Settings) -> list[Identity]:
         ),
         Identity("coredns", "system:coredns"),
         Identity("front-proxy-client", "front-proxy-client", ca="front-proxy-ca"),
-        Identity("prometheus-adapter", "prometheus-adapter", server_names=("127.0.0.1",)),
+        # Serving cert for an aggregated API run on the host (reached at the node address
+        # through a selector-less Service + EndpointSlice, or on loopback).
+        Identity(
+            "prometheus-adapter",
+            "prometheus-adapter",
+            server_names=(settings.node_ip, "127.0.0.1", "prometheus-adapter.monitoring.svc"),
+        ),
     ]
 
 
