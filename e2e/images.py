@@ -305,7 +305,14 @@ def exclusive() -> Iterator[None]:
 def build(docker: Docker, base_image: str | None, components: list[str]) -> dict[str, str]:
     """Build (or find cached) every step up to the images; returns component -> image ref."""
     with exclusive():
+        docker.ensure()  # again, under the lock: another run may have stopped its daemon meanwhile
         return _build(docker, base_image, components)
+
+
+def stop_daemon(docker: Docker) -> str:
+    """Stop the daemon this module started, once no build or load of another process is running."""
+    with exclusive():
+        return docker.stop()
 
 
 def _build(docker: Docker, base_image: str | None, components: list[str]) -> dict[str, str]:
@@ -342,14 +349,15 @@ def main(argv: list[str] | None = None) -> int:
     docker = Docker(cache_dir() / "dockerd")
     try:
         if args.command == "stop":
-            print(docker.stop())
+            print(stop_daemon(docker))
             return 0
         if args.command == "status":
             print(docker.status())
             report_sizes(docker, [image_refs(c)[0] for c in COMPONENTS]) if docker.up() else None
             return 0
         with step("docker daemon"):
-            docker.ensure()
+            if not docker.ensure():
+                print("    a Docker daemon is already answering")
         if args.command in ("build", "all"):
             build(docker, args.base_image, components)
             print("==> image sizes")

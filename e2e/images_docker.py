@@ -129,7 +129,6 @@ class Docker:
     def ensure(self) -> bool:
         """Make a daemon answer; True when this call started one."""
         if self.up():
-            print("    a Docker daemon is already answering")
             return False
         dockerd = require("dockerd", "apt-get install docker.io")
         containerd = require("containerd", "apt-get install containerd (docker.io pulls it in)")

@@ -52,7 +52,7 @@ def docker() -> Iterator[Docker]:
         yield client
     finally:
         if started:  # leave no daemon behind that this test session started
-            client.stop()
+            images.stop_daemon(client)
 
 
 def _run(docker: Docker, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
