@@ -20,15 +20,17 @@ import socket
 import subprocess
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import pytest
 
 from e2e import images
 from e2e.cluster.kube import Kube, condition
-from e2e.conftest import Cluster
 from e2e.images_docker import Docker, load_into_containerd
+
+if TYPE_CHECKING:
+    from e2e.conftest import Cluster
 
 pytestmark = pytest.mark.e2e
 
