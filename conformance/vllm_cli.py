@@ -29,8 +29,10 @@ import functools
 import io
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import vllm.envs
@@ -177,3 +179,35 @@ def check_env_value(name: str, value: str) -> Any:
             del os.environ[name]
         else:
             os.environ[name] = old
+
+
+#: A metric name as vLLM writes it in its source (``name="vllm:num_requests_waiting"``).
+_METRIC_LITERAL = re.compile(r"""["'](vllm:[a-z0-9_:]+)["']""")
+#: What prometheus_client appends to a declared name on the wire.
+METRIC_SUFFIXES = ("_total", "_bucket", "_sum", "_count", "_created")
+
+
+@functools.cache
+def metric_names() -> frozenset[str]:
+    """Every ``vllm:*`` metric name literal in the installed vLLM package's sources.
+
+    vLLM declares its Prometheus metrics with literal names scattered over ``v1/metrics`` and the
+    connectors' stats modules; a scan of its own files finds them all without starting an engine.
+    """
+    package = Path(vllm.__file__).parent
+    return frozenset(
+        name
+        for path in package.rglob("*.py")
+        for name in _METRIC_LITERAL.findall(path.read_text(errors="replace"))
+    )
+
+
+def declared_metric(name: str) -> str | None:
+    """The vLLM metric a scraped or queried ``name`` comes from, or None if vLLM has none."""
+    declared = metric_names()
+    if name in declared:
+        return name
+    for suffix in METRIC_SUFFIXES:
+        if name.endswith(suffix) and name.removesuffix(suffix) in declared:
+            return name.removesuffix(suffix)
+    return None

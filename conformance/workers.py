@@ -24,6 +24,7 @@ import yaml
 
 from disagg.api import DisaggDeployment, InferencePool
 from disagg.render import render_disaggdeployment_children, render_pool_children
+from disagg.render.names import LABEL_ROLE
 
 ROOT = Path(__file__).resolve().parent.parent
 SOURCES = sorted((ROOT / "examples").glob("*.yaml")) + sorted(
@@ -76,44 +77,57 @@ class Worker:
         return list(self.container.get("env", []))
 
 
-def _pool_workers(source: str, pool: InferencePool, name: str) -> list[Worker]:
-    objects = render_pool_children(
-        name=name, namespace="default", spec=pool.spec, replicas=pool.spec.replicas
-    )
-    workers = []
-    for obj in objects:
-        if obj["kind"] != "Deployment":
-            continue
-        for container in obj["spec"]["template"]["spec"]["containers"]:
-            workers.append(
-                Worker(id=f"{source}/{container['name']}", role=pool.spec.role, container=container)
-            )
-    return workers
+def rendered_objects(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    """Everything the operator creates for one CR, down to each pool's children."""
+    name = doc["metadata"]["name"]
+    if doc["kind"] == "InferencePool":
+        pool = InferencePool.model_validate(doc)
+        return render_pool_children(
+            name=name, namespace="default", spec=pool.spec, replicas=pool.spec.replicas
+        )
+    dd = DisaggDeployment.model_validate(doc)
+    objects = render_disaggdeployment_children(name, "default", dd.spec)
+    for child in [o for o in objects if o["kind"] == "InferencePool"]:
+        pool = InferencePool.model_validate(child)
+        objects += render_pool_children(
+            name=child["metadata"]["name"],
+            namespace="default",
+            spec=pool.spec,
+            replicas=pool.spec.replicas,
+            deployment=name,
+        )
+    return objects
 
 
 def workers_of(doc: dict[str, Any], source: str) -> list[Worker]:
     """The worker containers one CR renders to (through its child pools for a deployment)."""
-    name = doc["metadata"]["name"]
-    if doc["kind"] == "InferencePool":
-        return _pool_workers(source, InferencePool.model_validate(doc), name)
-    dd = DisaggDeployment.model_validate(doc)
-    workers: list[Worker] = []
-    for child in render_disaggdeployment_children(name, "default", dd.spec):
-        if child["kind"] == "InferencePool":
-            pool_name = child["metadata"]["name"]
-            workers += _pool_workers(
-                f"{source}/{pool_name}", InferencePool.model_validate(child), pool_name
+    workers = []
+    for obj in rendered_objects(doc):
+        if obj["kind"] != "Deployment" or LABEL_ROLE not in obj["metadata"]["labels"]:
+            continue
+        role = obj["metadata"]["labels"][LABEL_ROLE]
+        pool = obj["metadata"]["name"]
+        prefix = source if doc["kind"] == "InferencePool" else f"{source}/{pool}"
+        for container in obj["spec"]["template"]["spec"]["containers"]:
+            workers.append(
+                Worker(id=f"{prefix}/{container['name']}", role=role, container=container)
             )
     return workers
 
 
+def shipped_crs() -> list[tuple[str, dict[str, Any]]]:
+    """(source id, CR) for every example and test scenario."""
+    return [
+        (f"{path.parent.name}/{path.stem}", doc)
+        for path in SOURCES
+        for doc in yaml.safe_load_all(path.read_text())
+        if doc
+    ]
+
+
 def scenario_workers() -> list[Worker]:
     """Workers of every shipped example and test scenario."""
-    workers: list[Worker] = []
-    for path in SOURCES:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if doc:
-                workers += workers_of(doc, f"{path.parent.name}/{path.stem}")
+    workers = [w for source, doc in shipped_crs() for w in workers_of(doc, source)]
     if not workers:
         raise RuntimeError(f"no worker rendered from {[str(p) for p in SOURCES]}")
     return workers
