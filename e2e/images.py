@@ -330,6 +330,21 @@ def _build(docker: Docker, base_image: str | None, components: list[str]) -> dic
     return built
 
 
+def ensure_loaded(containerd: str, base_image: str | None = None) -> Docker:
+    """For test fixtures: build what changed and load it into ``containerd``; raise if it is down.
+
+    Returns the Docker client; ``images.stop_daemon(client)`` at the end of the session stops the
+    daemon if this process started it (``client.started``)."""
+    docker = Docker(cache_dir() / "dockerd")
+    docker.ensure()
+    build(docker, base_image, list(COMPONENTS))
+    refs = [ref for c in COMPONENTS for ref in image_refs(c)]
+    with exclusive():
+        if not load_into_containerd(docker, refs, containerd, cache_dir() / "logs"):
+            raise ImageError(f"no containerd answers at {containerd}: the images were not loaded")
+    return docker
+
+
 def report_sizes(docker: Docker, refs: list[str]) -> None:
     for ref in refs:
         size = docker.size(ref)

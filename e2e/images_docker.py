@@ -81,6 +81,7 @@ class Docker:
         # Prefer the client that came with dockerd: a newer client elsewhere on PATH may insist
         # on a buildx plugin that is not installed.
         self.binary = shutil.which("docker", path="/usr/bin") or shutil.which("docker") or ""
+        self.started = False  # whether ensure() started the daemon through this client
         self.env = dict(os.environ)
         self.env.setdefault("DOCKER_BUILDKIT", "0")  # the classic builder: no plugin needed
 
@@ -155,6 +156,7 @@ class Docker:
         self._spawn("dockerd", args, log)
         _wait_for(self.up, "dockerd", 60, log)
         print(f"    started dockerd (log {log})")
+        self.started = True
         return True
 
     def _spawn(self, name: str, args: list[str], log: Path) -> None:
