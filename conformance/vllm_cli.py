@@ -107,14 +107,14 @@ def parse_worker_argv(argv: list[str]) -> argparse.Namespace:
         with _argparse_errors("vllm serve rejected the command line"):
             args = parser.parse_args(argv[1:])
             command.validate(args)
+        if args.model_tag is not None:
+            args.model = args.model_tag  # what ServeSubcommand.cmd does before starting
     elif tuple(argv[:3]) == API_SERVER:
         with _argparse_errors("vllm api_server rejected the command line"):
             args = _api_server_parser().parse_args(argv[3:])
             validate_parsed_serve_args(args)
     else:
         raise ValueError(f"not a vLLM server command: {argv[:3]}")
-    if getattr(args, "model_tag", None):
-        args.model = args.model_tag  # what ServeSubcommand.cmd does before starting the server
     # The weights are not here, and with the hub offline EngineArgs resolves a hub id in the
     # local cache: an empty local directory stands in for the model, every other value is ours.
     offline = argparse.Namespace(**{**vars(args), "model": _placeholder_model_dir()})
