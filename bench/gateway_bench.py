@@ -32,7 +32,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -204,6 +204,44 @@ class Quality:
     name: str
     results: list[Result]
     decisions: str = ""
+    engine_slow_share: float = float("nan")
+    """Share of the sims' own inter-token gaps (``vllm:inter_token_latency_seconds``) over
+    ``SLOW_GAP``: the engines' tail, without the relay and the client."""
+
+    engine_counts: tuple[float, float] = (0.0, 0.0)
+    """(gaps <= SLOW_GAP, all gaps) the sims recorded during the run(s)."""
+    router_cpu: float = 0.0
+    """CPU seconds the router process used during the run(s) (of the 2 shared cores)."""
+    runs: list[tuple[float, float, float]] = field(default_factory=list)
+    """(TTFT p50, TTFT p99, ITL p99) of each run before pooling: the run-to-run spread."""
+
+    def merge(self, other: Quality) -> Quality:
+        """The pooled results of two runs of the same setup."""
+        counts = (
+            self.engine_counts[0] + other.engine_counts[0],
+            self.engine_counts[1] + other.engine_counts[1],
+        )
+        return Quality(
+            self.name,
+            self.results + other.results,
+            self.decisions_sum(other),
+            _share(counts),
+            counts,
+            self.router_cpu + other.router_cpu,
+            self.runs + other.runs,
+        )
+
+    def decisions_sum(self, other: Quality) -> str:
+        total: dict[str, int] = {}
+        for text in (self.decisions, other.decisions):
+            for part in filter(None, text.split(", ")):
+                key, _, value = part.rpartition(" ")
+                total[key] = total.get(key, 0) + int(value)
+        return ", ".join(f"{k} {v}" for k, v in total.items())
+
+    def client_slow_share(self) -> float:
+        gaps = [g for r in self.results for g in r.itls]
+        return sum(1 for g in gaps if g > SLOW_GAP) / len(gaps) if gaps else float("nan")
 
     def ttft(self, q: float, kind: str | None = None) -> float:
         return percentile(
@@ -255,11 +293,41 @@ def run_quality(
     wait_idle(sims)
     router = start()
     try:
+        before = engine_itl_counts(sims)
+        cpu0 = cpu_seconds(router.popen.pid)
         results = asyncio.run(run_workload(router.url, plan))
+        cpu = cpu_seconds(router.popen.pid) - cpu0
+        after = engine_itl_counts(sims)
         decisions = decisions_of(router) if name != "vllm-router" else ""
     finally:
         router.stop()
-    return Quality(name, results, decisions)
+    counts = (after[0] - before[0], after[1] - before[1])
+    run = Quality(name, results, decisions, _share(counts), counts, cpu)
+    run.runs = [(run.ttft(50), run.ttft(99), run.itl(99))]
+    return run
+
+
+def _share(counts: tuple[float, float]) -> float:
+    fast, total = counts
+    return 1 - fast / total if total else float("nan")
+
+
+SLOW_GAP = 0.025
+"""An inter-token gap longer than this counts as slow (a bucket bound of the sims' histogram)."""
+
+
+def engine_itl_counts(sims: Sequence[Proc]) -> tuple[float, float]:
+    """(gaps <= SLOW_GAP, all gaps) summed over the sims' ITL histograms."""
+    fast = total = 0.0
+    for sim in sims:
+        for line in httpx.get(sim.url + "/metrics").text.splitlines():
+            if line.startswith("vllm:inter_token_latency_seconds_bucket") and (
+                f'le="{SLOW_GAP}"' in line
+            ):
+                fast += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("vllm:inter_token_latency_seconds_count"):
+                total += float(line.rsplit(" ", 1)[1])
+    return fast, total
 
 
 # -- report -----------------------------------------------------------------------------------
@@ -278,7 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--vllm-router", help="path to the vllm-router executable")
     parser.add_argument("--rounds", type=int, default=300)
     parser.add_argument("--loop-seconds", type=float, default=6.0)
-    parser.add_argument("--quality-seconds", type=float, default=45.0)
+    parser.add_argument("--quality-seconds", type=float, default=30.0)
+    parser.add_argument("--repeats", type=int, default=2, help="runs per routing setup")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
     args = parser.parse_args(argv)
     began = time.monotonic()
@@ -329,40 +398,39 @@ def main(argv: list[str] | None = None) -> int:
     plan = workload.schedule(MODEL)
     urls = [s.url for s in sims]
     rr = {"routing": {"decode": {"scorers": [{"type": "round-robin"}]}}}
-    quality: list[Quality] = []
+    setups: dict[str, Callable[[], Proc]] = {
+        "aggregated round-robin": lambda: start_gateway(
+            [], urls, "--log-level", "warning", config=rr
+        ),
+        "P/D ours": lambda: start_gateway(urls[:2], urls[2:], "--log-level", "warning"),
+    }
+    if binary:
+        router_binary = binary
+        setups["vllm-router"] = lambda: start_vllm_router(router_binary, urls[:2], urls[2:])
+    pooled: dict[str, Quality] = {}
     try:
-        quality.append(
-            run_quality(
-                "aggregated round-robin",
-                lambda: start_gateway([], urls, "--log-level", "warning", config=rr),
-                sims,
-                plan,
-            )
-        )
-        quality.append(
-            run_quality(
-                "P/D ours",
-                lambda: start_gateway(urls[:2], urls[2:], "--log-level", "warning"),
-                sims,
-                plan,
-            )
-        )
-        if binary:
-            assert binary is not None
-            quality.append(
-                run_quality(
-                    "vllm-router", lambda: start_vllm_router(binary, urls[:2], urls[2:]), sims, plan
+        # Setups alternate (a b c a b c ...): a slow spell of the shared machine hits all alike.
+        for rep in range(args.repeats):
+            for name, start in setups.items():
+                run = run_quality(name, start, sims, plan)
+                print(
+                    f"  run {rep + 1} {name}: TTFT p50 {ms(run.ttft(50))} ms, "
+                    f"ITL p99 {ms(run.itl(99))} ms",
+                    flush=True,
                 )
-            )
+                pooled[name] = pooled[name].merge(run) if name in pooled else run
     finally:
         for sim in sims:
             sim.stop()
+    quality = list(pooled.values())
     print_quality(quality)
     elapsed = time.monotonic() - began
     print(f"benchmark took {elapsed:.0f} s", flush=True)
     from report import write_report
 
-    write_report(args.out, env, overhead, quality, workload, len(plan), elapsed, why_no_router)
+    write_report(
+        args.out, env, overhead, quality, workload, len(plan), elapsed, why_no_router, args.repeats
+    )
     return 0
 
 

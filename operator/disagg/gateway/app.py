@@ -126,7 +126,6 @@ class Gateway:
                 r.prefill_attempts,
                 r.decode_attempts,
                 r.decode_local_fallback,
-                config.selective.enabled,
                 t.prefill_seconds,
                 t.first_byte_seconds,
                 prefill_pool=_has_prefill_pool(config),

@@ -60,7 +60,6 @@ class FlowSettings:
     prefill_attempts: int
     decode_attempts: int
     decode_local_fallback: bool
-    selective: bool
     prefill_seconds: float
     first_byte_seconds: float
     prefill_pool: bool = True
@@ -114,9 +113,7 @@ class Flow:
             plan = self.router.plan(routing, self.prefill.endpoints(), self.decode.endpoints())
         except NoEndpointError:
             return upstream_failure("no decode worker is available", 503)
-        decision: str = plan.decision
-        if not self.settings.selective and self.prefill.workers:
-            decision = "disaggregated"
+        decision: str = plan.decision  # selective off = threshold 0: the router decides
         if plan.reason == "no_prefill_endpoint" and self.settings.prefill_pool:
             decision = "fallback"
         self.decode.refuse_if_full()  # before a prefill whose blocks nobody would pull
