@@ -46,10 +46,7 @@ EXTRA_CONFIG: dict[str, dict[str, Any]] = {
 
 #: Shipped CRs whose worker command line vLLM is known to refuse, with why; the argv tests
 #: expect them to fail (strict xfail), so fixing the CR fails the tier until its entry goes.
-KNOWN_NONCONFORMING: dict[str, str] = {
-    "examples/disaggdeployment-sim/": "engine.extraArgs passes the simulator's --sim-speedup on "
-    "the command line, which vLLM refuses; DISAGG_SIM_SPEEDUP in engine.env sets the same knob",
-}
+KNOWN_NONCONFORMING: dict[str, str] = {}
 
 
 @dataclass(frozen=True)

@@ -152,4 +152,4 @@ def gpu_node(cluster_kube: Kube) -> dict[str, Any]:
 
 
 # The operator under test (a process from this checkout, or the in-cluster one).
-from e2e.operator_process import operator  # noqa: E402, F401
+from e2e.operator_process import images, operator  # noqa: E402, F401

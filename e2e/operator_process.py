@@ -5,6 +5,10 @@ a subprocess with the cluster's kubeconfig: the fast loop while developing.
 ``E2E_OPERATOR=pod`` expects the operator already installed in the cluster (by
 the Helm chart, see e2e/test_chart.py) and only checks that it runs.  Logs of the
 process go to ``$DISAGG_CACHE/logs/operator-e2e.log``.
+
+``--prometheus-url`` (observed load in status, ``DisaggregationEffective``): from
+``E2E_PROMETHEUS_URL``, else the local Prometheus of ``e2e.monitoring`` when it runs, else none.
+Tests that need it call ``use_prometheus(url)``, which restarts the process with the URL.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ class OperatorProcess:
     kubeconfig: Path
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
+    prometheus_url: str | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -44,6 +49,7 @@ class OperatorProcess:
                 str(self.kubeconfig),
                 "--liveness",
                 "http://127.0.0.1:0/healthz",
+                *(["--prometheus-url", self.prometheus_url] if self.prometheus_url else []),
             ],
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -65,6 +71,15 @@ class OperatorProcess:
         self.stop(signal.SIGKILL)
         self.start()
 
+    def use_prometheus(self, url: str) -> None:
+        """Run with ``--prometheus-url url`` from now on (restarts a running process)."""
+        if self.prometheus_url == url:
+            return
+        self.prometheus_url = url
+        if self.proc is not None:
+            self.stop()
+            self.start()
+
     def alive(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
 
@@ -75,11 +90,29 @@ class OperatorProcess:
             return ""
 
 
+def _default_prometheus() -> str | None:
+    if url := os.environ.get("E2E_PROMETHEUS_URL"):
+        return url
+    from e2e.monitoring import PROMETHEUS_URL, is_up
+
+    return PROMETHEUS_URL if is_up() else None
+
+
 @pytest.fixture(scope="session")
-def operator(cluster, crds) -> Iterator[OperatorProcess]:  # type: ignore[no-untyped-def]
+def images(cluster) -> None:  # type: ignore[no-untyped-def]
+    """The operator, gateway and simulator images, built if changed and loaded into the node."""
+    if cluster.local is None:
+        return  # another cluster (E2E_KUBECONFIG) gets its images some other way
+    from e2e.images import ensure_loaded
+
+    ensure_loaded(str(cluster.local.containerd_socket))
+
+
+@pytest.fixture(scope="session")
+def operator(cluster, crds, images) -> Iterator[OperatorProcess]:  # type: ignore[no-untyped-def]
     """A running operator (a process from this checkout, or the one installed in the cluster)."""
     log = Settings.from_env().cache / "logs" / "operator-e2e.log"
-    op = OperatorProcess(Path(cluster.kubeconfig), log)
+    op = OperatorProcess(Path(cluster.kubeconfig), log, prometheus_url=_default_prometheus())
     if os.environ.get("E2E_OPERATOR", "process") == "pod":
         yield op
         return
