@@ -25,8 +25,9 @@ DD = "disaggdeployments.disagg.dev"
 
 
 def sim_engine(**extra: Any) -> dict[str, Any]:
-    args = ["--sim-speedup", "50"]
-    return {"image": WORKER_IMAGE, "imagePullPolicy": "Never", "extraArgs": args, **extra}
+    # The simulator's speed-up goes in the environment: the command line stays vLLM's own.
+    env = [{"name": "DISAGG_SIM_SPEEDUP", "value": "50"}]
+    return {"image": WORKER_IMAGE, "imagePullPolicy": "Never", "env": env, **extra}
 
 
 def small_resources() -> dict[str, Any]:
