@@ -15,17 +15,24 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-## The project's test command (README, .ci/run): static checks, then every test tier.
-test: $(STAMP)
-	$(BIN)/ruff check operator tests e2e bench
-	$(BIN)/ruff format --check operator tests e2e bench
+PYDIRS  := operator tests e2e bench conformance
+
+## The project's test command (README, .ci/run): static checks, then every test tier:
+## the fast tier (tests/), the vLLM conformance tier (conformance/, its own cached venv),
+## and the end-to-end tier (e2e/) on the local real cluster, which it builds and starts when
+## it is not up, and stops again afterwards.  Cold (empty caches) ~40 min on 2 cores, warm ~8.
+test: $(STAMP) helm
+	$(BIN)/ruff check $(PYDIRS)
+	$(BIN)/ruff format --check $(PYDIRS)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 	$(BIN)/disagg crds --check
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q tests
+	$(MAKE) conformance
+	$(BIN)/pytest -q e2e
 
 lint: $(STAMP)
-	$(BIN)/ruff check operator tests e2e bench
+	$(BIN)/ruff check $(PYDIRS)
 	$(BIN)/mypy
 	$(BIN)/lint-imports
 
