@@ -124,7 +124,7 @@ class MetricsReader:
 
                 self._client = PrometheusConnect(url=self.url, disable_ssl=True)
             result: list[dict[str, Any]] = self._client.custom_query(
-                promql, params={"timeout": f"{self.timeout}s"}
+                promql, params={"timeout": f"{round(self.timeout * 1000)}ms"}
             )
             return result
         except Exception as exc:  # network, HTTP, parse: status must not depend on it
