@@ -6,8 +6,17 @@ applies the DisaggDeployment's cross-pool guards before the Deployment changes.
 
 Metric names are what prometheus-adapter exposes with the rules we ship
 (``:`` in vLLM's names becomes ``_``): prefill follows the gateway's per-pool
-queue (External metric, selected by the ``pool`` label), decode follows vLLM's
-own waiting queue and KV-cache usage (Pods metrics).
+queue (External metric, selected by the ``pool`` label) *and* the prefill
+workers' own waiting queues (Pods metric), decode follows vLLM's own waiting
+queue and KV-cache usage (Pods metrics).  The HPA takes the largest answer.
+
+Why prefill needs vLLM's queue too: the gateway admits up to
+``maxInflightPerWorker`` (16) prefills per worker before it queues anything, and
+a worker batches far fewer (its token budget, ``--max-num-batched-tokens``), so
+under a real overload the backlog sits in the workers' queues and the gateway's
+stays at 0 -- measured on the local cluster (docs/autoscaling.md).  The gateway
+queue remains the signal for overflow beyond that (and for a pool with no ready
+worker, whose pods report nothing).
 """
 
 from __future__ import annotations
@@ -27,7 +36,10 @@ METRICS: dict[str, tuple[str, str]] = {
 
 #: Role defaults when ``autoscaling.metrics`` is empty.
 DEFAULT_METRICS: dict[str, list[ScalingMetric]] = {
-    "prefill": [ScalingMetric(name="gatewayQueueDepth", target=4)],
+    "prefill": [
+        ScalingMetric(name="gatewayQueueDepth", target=4),
+        ScalingMetric(name="waitingRequests", target=2),
+    ],
     "decode": [
         ScalingMetric(name="waitingRequests", target=2),
         ScalingMetric(name="kvCacheUsage", target=0.8),

@@ -1,0 +1,197 @@
+"""Bounded client load through the gateway, and a once-a-second trace of what autoscaling sees.
+
+``ClosedLoopLoad`` keeps a fixed number of clients busy (each sends its next request when the
+last one finished), so the load is bounded by construction and every request's outcome is
+counted: the autoscaling test requires zero failures.  ``Tracer`` records, every second, what
+the client sent, the queues Prometheus holds (the gateway's per pool, vLLM's per pool) and the
+replicas each role's HPA wants and the Deployment has ready; it reads the API with the
+standard-library client (no kubectl process per sample on a 2-core machine).  The trace is what
+``bench/autoscaling_plot.py`` draws for docs/autoscaling.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import time
+import urllib.parse
+import urllib.request
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from e2e.cluster.apiclient import ApiClient
+from e2e.cluster.config import Settings
+
+
+@dataclass
+class LoadStats:
+    ok: int = 0
+    failed: int = 0
+    errors: list[str] = field(default_factory=list)
+    inflight: int = 0
+    latencies: list[float] = field(default_factory=list)
+
+
+class ClosedLoopLoad:
+    """``concurrency`` clients POSTing ``body`` to ``url`` back to back until ``stop()``."""
+
+    def __init__(self, url: str, body: dict[str, Any], concurrency: int) -> None:
+        self.url, self.body, self.concurrency = url, body, concurrency
+        self.stats = LoadStats()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 180.0) -> LoadStats:
+        """Stop sending; wait for the requests in flight to finish (they count)."""
+        self._stop.set()
+        self._thread.join(timeout)
+        return self.stats
+
+    def _run(self) -> None:
+        asyncio.run(self._main())
+
+    async def _main(self) -> None:
+        limits = httpx.Limits(max_connections=self.concurrency)
+        async with httpx.AsyncClient(timeout=120.0, limits=limits) as client:
+            await asyncio.gather(*(self._client(client) for _ in range(self.concurrency)))
+
+    async def _client(self, client: httpx.AsyncClient) -> None:
+        while not self._stop.is_set():
+            self.stats.inflight += 1
+            start = time.monotonic()
+            try:
+                response = await client.post(self.url, json=self.body)
+                good = response.status_code == 200 and bool(response.json().get("choices"))
+                error = "" if good else f"HTTP {response.status_code}: {response.text[:200]}"
+            except (httpx.HTTPError, ValueError) as exc:
+                good, error = False, f"{type(exc).__name__}: {exc}"
+            finally:
+                self.stats.inflight -= 1
+            if good:
+                self.stats.ok += 1
+                self.stats.latencies.append(time.monotonic() - start)
+            else:
+                self.stats.failed += 1
+                self.stats.errors.append(error)
+
+
+def prom_scalar(prometheus_url: str, promql: str) -> float | None:
+    query = urllib.parse.urlencode({"query": promql})
+    try:
+        with urllib.request.urlopen(f"{prometheus_url}/api/v1/query?{query}", timeout=2) as resp:
+            result = json.load(resp)["data"]["result"]
+    except (OSError, ValueError, KeyError):
+        return None
+    return float(result[0]["value"][1]) if result else None
+
+
+@dataclass
+class Sample:
+    t: float
+    clients: int
+    completed: int
+    failed: int
+    gateway_queue: dict[str, float | None]
+    vllm_waiting: dict[str, float | None]
+    hpa_desired: dict[str, int | None]
+    pool_replicas: dict[str, int | None]
+    ready: dict[str, int | None]
+
+
+class Tracer:
+    """Samples the pipeline every ``interval`` seconds in a background thread."""
+
+    def __init__(
+        self,
+        namespace: str,
+        pools: dict[str, str],
+        prometheus_url: str,
+        load: ClosedLoopLoad | None = None,
+        interval: float = 1.0,
+    ) -> None:
+        self.namespace, self.pools, self.prometheus_url = namespace, pools, prometheus_url
+        self.load, self.interval = load, interval
+        self.api = ApiClient(Settings.from_env())
+        self.samples: list[Sample] = []
+        self.marks: dict[str, float] = {}
+        self._t0 = time.monotonic()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def now(self) -> float:
+        return time.monotonic() - self._t0
+
+    def mark(self, name: str) -> None:
+        self.marks[name] = round(self.now(), 2)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _get(self, path: str) -> dict[str, Any]:
+        code, body = self.api.get(path)
+        return body if code == 200 and isinstance(body, dict) else {}
+
+    def sample(self) -> Sample:
+        ns = self.namespace
+        hpas = {
+            h["metadata"]["name"]: h
+            for h in self._get(
+                f"/apis/autoscaling/v2/namespaces/{ns}/horizontalpodautoscalers"
+            ).get("items", [])
+        }
+        deps = {
+            d["metadata"]["name"]: d
+            for d in self._get(f"/apis/apps/v1/namespaces/{ns}/deployments").get("items", [])
+        }
+        pools = {
+            p["metadata"]["name"]: p
+            for p in self._get(f"/apis/disagg.dev/v1alpha1/namespaces/{ns}/inferencepools").get(
+                "items", []
+            )
+        }
+        sample = Sample(
+            t=round(self.now(), 2),
+            clients=self.load.stats.inflight if self.load else 0,
+            completed=self.load.stats.ok if self.load else 0,
+            failed=self.load.stats.failed if self.load else 0,
+            gateway_queue={},
+            vllm_waiting={},
+            hpa_desired={},
+            pool_replicas={},
+            ready={},
+        )
+        for role, pool in self.pools.items():
+            sample.gateway_queue[role] = prom_scalar(
+                self.prometheus_url,
+                f'sum(disagg_gateway_queue_depth{{namespace="{ns}",pool="{pool}"}})',
+            )
+            sample.vllm_waiting[role] = prom_scalar(
+                self.prometheus_url,
+                f'sum(vllm:num_requests_waiting{{namespace="{ns}",pod=~"{pool}-.+"}})',
+            )
+            sample.hpa_desired[role] = hpas.get(pool, {}).get("status", {}).get("desiredReplicas")
+            sample.pool_replicas[role] = pools.get(pool, {}).get("spec", {}).get("replicas")
+            sample.ready[role] = deps.get(pool, {}).get("status", {}).get("readyReplicas", 0)
+        return sample
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            self.samples.append(self.sample())
+            self._stop.wait(max(0.0, self.interval - (time.monotonic() - started)))
+
+    def dump(self, path: Path, **extra: Any) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        data = {"marks": self.marks, "samples": [asdict(s) for s in self.samples], **extra}
+        path.write_text(json.dumps(data, indent=1))
