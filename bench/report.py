@@ -225,7 +225,10 @@ def write_report(
     lines += [
         "All processes run on 127.0.0.1 against `disagg sim` workers; every router in a table saw",
         "the same simulators and the same requests in the same run. Latencies are what the client",
-        "measured. The last row of each table is ours / vllm-router for every figure (below 1x:",
+        "measured. vllm-router comes from PyPI, installed in its own virtualenv",
+        "(`python3 -m venv /tmp/vr-venv && /tmp/vr-venv/bin/pip install vllm-router`; the",
+        "benchmark finds it via `--vllm-router`, `$VLLM_ROUTER`, `PATH` or that path).",
+        "The last row of each table is ours / vllm-router for every figure (below 1x:",
         "ours is lower -- better for latencies, worse for throughput).",
         "",
         "### Overhead",
@@ -281,9 +284,11 @@ def write_report(
         lines.append(f"* {q.name}: {runs}")
     lines += [
         "",
-        "How to read it. Going P/D moves the long prefills off the workers that stream tokens, so",
-        "the aggregated setup's inter-token tail comes from prefill bursts landing in decode",
-        "steps. Our gateway's selective disaggregation serves a request whose prefix the decode",
+        "How to read it. P/D moves the long prefills off the workers that stream tokens (in the",
+        "aggregated setup a burst lands inside decode steps), but it also gives prefill half the",
+        "workers (2 of 4): with these bursts that queueing is why both P/D setups can show a",
+        "higher TTFT p99 than the aggregated one. Our gateway's selective disaggregation serves",
+        "a request whose prefix the decode",
         "worker already caches *decode-only*: one hop and no KV transfer, hence the lower TTFT",
         "for the shared-prefix requests -- at the price of a small local prefill (the uncached",
         "user turn) inside a decode step now and then, which lengthens those steps and shows in",
