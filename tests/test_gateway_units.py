@@ -230,3 +230,24 @@ def test_parse_load_sums_engines_and_ignores_the_rest() -> None:
     load = parse_load(text)
     assert (load.waiting, load.running, load.kv_cache_usage) == (5.0, 7.0, 0.5)
     assert parse_load("garbage\nvllm:num_requests_waiting{x} notanumber") == parse_load("")
+
+
+# -- the operator's rendering of this config ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "example", sorted((Path(__file__).parents[1] / "examples").glob("disaggdeployment-*.yaml"))
+)
+def test_the_operators_configmap_is_a_valid_gateway_config(example: Path) -> None:
+    """The ConfigMap the operator renders from each example must load in the gateway."""
+    import yaml
+
+    from disagg.api.disaggdeployment import DisaggDeployment
+    from disagg.render.gateway import render_gateway_config
+
+    obj = yaml.safe_load(example.read_text())
+    spec = DisaggDeployment.model_validate(obj).spec
+    rendered = render_gateway_config(obj["metadata"]["name"], "ns", spec)
+    config = GatewayConfig.model_validate(json.loads(json.dumps(rendered)))
+    assert config.discovery.kubernetes is not None
+    assert config.selective.min_uncached_prompt_tokens > 0
