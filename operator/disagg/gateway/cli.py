@@ -109,18 +109,24 @@ def main(argv: list[str]) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    from disagg.gateway.app import Gateway
+
     try:
         config, discovery = resolve(args)
         api_key = _read_api_key(config, args.api_key_file)
-    except (ValidationError, ValueError, OSError, UpstreamError) as exc:
+        gateway = Gateway(config, discovery, api_key)  # builds the plugins: bad types fail here
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"disagg gateway: bad config: {problems}", file=sys.stderr)
+        return 2
+    except (ValueError, OSError, UpstreamError) as exc:
         print(f"disagg gateway: {exc}", file=sys.stderr)
         return 2
 
     import uvicorn
 
-    from disagg.gateway.app import Gateway
-
-    gateway = Gateway(config, discovery, api_key)
     logging.getLogger(__name__).info(
         "gateway on %s:%d (API key %s)", args.host, args.port, "required" if api_key else "off"
     )
