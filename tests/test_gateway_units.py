@@ -251,3 +251,23 @@ def test_the_operators_configmap_is_a_valid_gateway_config(example: Path) -> Non
     config = GatewayConfig.model_validate(json.loads(json.dumps(rendered)))
     assert config.discovery.kubernetes is not None
     assert config.selective.min_uncached_prompt_tokens > 0
+
+
+@pytest.mark.parametrize(
+    ("config", "message"),
+    [
+        ({"selective": {"minUncachedPromtTokens": 1}},
+         "bad config: selective.minUncachedPromtTokens: Extra inputs are not permitted"),
+        ({"routing": {"prefill": {"scorers": [{"type": "nope"}]}}},
+         "unknown scorer type 'nope' (known: kv-cache-usage, least-loaded, prefix-affinity"),
+    ],
+)  # fmt: skip
+def test_cli_refuses_a_bad_config_at_start(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], config: dict[str, Any], message: str
+) -> None:
+    from disagg.gateway.cli import main
+
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(config))
+    assert main(["--config", str(path), "--decode", "http://127.0.0.1:9"]) == 2
+    assert message in capsys.readouterr().err
