@@ -40,7 +40,10 @@ class ClosedLoopLoad:
     """``concurrency`` clients POSTing ``body`` to ``url`` back to back until ``stop()``."""
 
     def __init__(self, url: str, body: dict[str, Any], concurrency: int) -> None:
+        """Each request's prompt is ``body["prompt"]`` behind a unique first word, so no prompt
+        is served from the prefix cache (which would make the gateway skip prefill)."""
         self.url, self.body, self.concurrency = url, body, concurrency
+        self._sent = 0
         self.stats = LoadStats()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -66,8 +69,10 @@ class ClosedLoopLoad:
         while not self._stop.is_set():
             self.stats.inflight += 1
             start = time.monotonic()
+            self._sent += 1
+            body = {**self.body, "prompt": f"r{self._sent} {self.body['prompt']}"}
             try:
-                response = await client.post(self.url, json=self.body)
+                response = await client.post(self.url, json=body)
                 good = response.status_code == 200 and bool(response.json().get("choices"))
                 error = "" if good else f"HTTP {response.status_code}: {response.text[:200]}"
             except (httpx.HTTPError, ValueError) as exc:
@@ -102,7 +107,11 @@ class Sample:
     vllm_waiting: dict[str, float | None]
     hpa_desired: dict[str, int | None]
     pool_replicas: dict[str, int | None]
+    deployment_replicas: dict[str, int | None]
+    """What the operator set on the Deployment: the HPA's desire after the guards."""
     ready: dict[str, int | None]
+    limited: str | None = None
+    """The DisaggDeployment's ScalingLimited message while it is True."""
 
 
 class Tracer:
@@ -115,8 +124,10 @@ class Tracer:
         prometheus_url: str,
         load: ClosedLoopLoad | None = None,
         interval: float = 1.0,
+        deployment: str | None = None,
     ) -> None:
         self.namespace, self.pools, self.prometheus_url = namespace, pools, prometheus_url
+        self.deployment = deployment
         self.load, self.interval = load, interval
         self.api = ApiClient(Settings.from_env())
         self.samples: list[Sample] = []
@@ -169,8 +180,16 @@ class Tracer:
             vllm_waiting={},
             hpa_desired={},
             pool_replicas={},
+            deployment_replicas={},
             ready={},
         )
+        if self.deployment:
+            dd = self._get(
+                f"/apis/disagg.dev/v1alpha1/namespaces/{ns}/disaggdeployments/{self.deployment}"
+            )
+            for cond in dd.get("status", {}).get("conditions", []):
+                if cond.get("type") == "ScalingLimited" and cond.get("status") == "True":
+                    sample.limited = cond.get("message")
         for role, pool in self.pools.items():
             sample.gateway_queue[role] = prom_scalar(
                 self.prometheus_url,
@@ -182,6 +201,7 @@ class Tracer:
             )
             sample.hpa_desired[role] = hpas.get(pool, {}).get("status", {}).get("desiredReplicas")
             sample.pool_replicas[role] = pools.get(pool, {}).get("spec", {}).get("replicas")
+            sample.deployment_replicas[role] = deps.get(pool, {}).get("spec", {}).get("replicas")
             sample.ready[role] = deps.get(pool, {}).get("status", {}).get("readyReplicas", 0)
         return sample
 
