@@ -95,7 +95,7 @@ def render_hpa(
 
 #: PromQL per metric for KEDA's Prometheus scaler (it queries Prometheus directly).
 _KEDA_QUERIES = {
-    "gatewayQueueDepth": 'sum(disagg_gateway_queue_depth{{pool="{pool}"}})',
+    "gatewayQueueDepth": 'sum(disagg_gateway_queue_depth{{namespace="{ns}",pool="{pool}"}})',
     "waitingRequests": 'sum(vllm:num_requests_waiting{{namespace="{ns}",pod=~"{pool}-.*"}})',
     "runningRequests": 'sum(vllm:num_requests_running{{namespace="{ns}",pod=~"{pool}-.*"}})',
     "kvCacheUsage": 'avg(vllm:kv_cache_usage_perc{{namespace="{ns}",pod=~"{pool}-.*"}})',
