@@ -271,3 +271,31 @@ def test_cli_refuses_a_bad_config_at_start(
     path.write_text(json.dumps(config))
     assert main(["--config", str(path), "--decode", "http://127.0.0.1:9"]) == 2
     assert message in capsys.readouterr().err
+
+
+# -- relay ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("buf", "cut"),
+    [
+        (b"", 0),
+        (b"data: {", 0),
+        (b"data: 1\n\n", 9),
+        (b"data: 1\n\ndata: 2", 9),
+        (b"data: 1\r\n\r\ndata: 2\r\n\r\n", 22),
+        (b"data: 1\n\ndata: 2\n\ndata: [DO", 18),
+    ],
+)
+def test_sse_event_boundaries(buf: bytes, cut: int) -> None:
+    from disagg.gateway.relay import last_boundary
+
+    assert last_boundary(buf) == cut
+
+
+def test_sse_error_frame_is_an_openai_error_then_done() -> None:
+    from disagg.gateway.relay import sse_error_frame
+
+    first, second, rest = sse_error_frame("boom").split(b"\n\n")
+    assert json.loads(first.removeprefix(b"data: "))["error"]["message"] == "boom"
+    assert (second, rest) == (b"data: [DONE]", b"")

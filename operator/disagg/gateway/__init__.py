@@ -12,7 +12,8 @@ Layout (one noun per module):
 * ``telemetry`` -- periodic scrape of the workers' ``/metrics`` for the load scorers.
 * ``metrics``   -- the gateway's own Prometheus series.
 * ``requests``  -- client body validation (400s, never 500s) and the two P/D legs' bodies.
-* ``flow``      -- the P/D request flow with its fallbacks and the streaming relay.
+* ``flow``      -- the P/D request flow with its fallbacks.
+* ``relay``     -- the SSE relay: bytes through, an error frame instead of a silent truncation.
 * ``app``       -- the Starlette application; ``cli`` runs it with uvicorn.
 
 See docs/gateway.md.

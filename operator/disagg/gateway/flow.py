@@ -11,8 +11,7 @@ The order of operations (VLLM.md's NIXL protocol):
    fails before its first body byte is replaced by another; once bytes reached the client the
    stream can only end with an SSE error frame and ``[DONE]`` -- never silently truncated.
 
-Streams are relayed as the worker's bytes, cut only at SSE event boundaries (a partial event is
-held back until complete, so an error frame never lands inside one); nothing is re-serialised.
+Streams are relayed by ``relay`` as the worker's bytes; nothing is re-serialised.
 The flow returns a ``Reply`` or a ``StreamReply``; the app turns them into HTTP responses.
 """
 
@@ -29,6 +28,7 @@ import anyio
 
 from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.pools import Pool
+from disagg.gateway.relay import RelayTiming, relay_stream
 from disagg.gateway.requests import ClientRequest, decode_body, encode, error_body, prefill_body
 from disagg.gateway.routing.contracts import NoEndpointError, RoutingRequest
 from disagg.gateway.routing.disagg import DisaggRouter
@@ -37,7 +37,6 @@ from disagg.gateway.upstream import Stream, UpstreamClient, UpstreamError
 log = logging.getLogger(__name__)
 
 JSON = "application/json"
-SSE_DONE = b"data: [DONE]\n\n"
 
 
 @dataclass
@@ -73,18 +72,6 @@ def upstream_failure(message: str, status: int = 502) -> Reply:
 
 def _retryable(status: int) -> bool:
     return status >= 500 or status in (408, 429)
-
-
-def _last_boundary(buf: bytes) -> int:
-    """End offset of the last complete SSE event in ``buf`` (0 if none)."""
-    lf = buf.rfind(b"\n\n")
-    crlf = buf.rfind(b"\r\n\r\n")
-    return max(lf + 2 if lf >= 0 else 0, crlf + 4 if crlf >= 0 else 0)
-
-
-def sse_error_frame(message: str) -> bytes:
-    frame = {"error": {"message": message, "type": "upstream_error", "param": None, "code": 502}}
-    return b"data: " + json.dumps(frame).encode() + b"\n\n" + SSE_DONE
 
 
 class Flow:
@@ -289,7 +276,13 @@ class Flow:
                     continue
                 stream, chunks, head = opened
                 self.router.record("decode", routing, url)
-                relay = self._relay(stream, chunks, head, url, decision, arrival, prefill_done)
+
+                def done(url: str = url) -> None:
+                    self.decode.finish(url)
+                    self.decode.release()
+
+                timing = RelayTiming(decision, arrival, prefill_done)
+                relay = relay_stream(stream, chunks, head, url, timing, self.metrics, done)
                 handed_over = True
                 return StreamReply(relay, headers={"X-Request-Id": routing.request_id})
             return last
@@ -342,55 +335,6 @@ class Flow:
                     with anyio.CancelScope(shield=True):
                         await stream.aclose()
                 self.decode.finish(url)
-
-    async def _relay(
-        self,
-        stream: Stream,
-        chunks: AsyncIterator[bytes],
-        head: bytes,
-        url: str,
-        decision: str,
-        arrival: float,
-        prefill_done: float,
-    ) -> AsyncIterator[bytes]:
-        pending = head
-        seen_done = False
-        last_event: float | None = None
-        try:
-            while True:
-                cut = _last_boundary(pending)
-                if cut:
-                    out, pending = pending[:cut], pending[cut:]
-                    now = time.monotonic()
-                    if SSE_DONE.strip() in out:
-                        seen_done = True
-                    events = out.count(b"\n\n") + out.count(b"\r\n\r\n")
-                    if last_event is None:
-                        self.metrics.ttft.labels(decision).observe(now - arrival)
-                        if decision == "disaggregated":
-                            self.metrics.kv_handoff_time.observe(now - prefill_done)
-                    else:
-                        self.metrics.itl.observe(now - last_event)
-                    for _ in range(events - 1):
-                        self.metrics.itl.observe(0.0)
-                    last_event = now
-                    yield out
-                try:
-                    pending += await chunks.__anext__()
-                except StopAsyncIteration:
-                    break
-            if not seen_done:
-                raise UpstreamError("protocol", "the decode worker ended the stream early")
-        except UpstreamError as exc:
-            log.warning("decode stream from %s broke: %s", url, exc)
-            self.metrics.upstream_errors.labels("decode", "midstream").inc()
-            yield sse_error_frame(f"the decode worker failed mid-stream: {exc}")
-        finally:
-            self.decode.finish(url)
-            self.decode.release()
-            self.metrics.request_duration.labels(decision).observe(time.monotonic() - arrival)
-            with anyio.CancelScope(shield=True):
-                await stream.aclose()
 
 
 def _kv_params(body: bytes) -> dict[str, Any] | None:
