@@ -186,3 +186,31 @@ def test_metrics_export_queue_depth_and_latencies(gateway: Proc) -> None:
     assert metric(gateway, "disagg_gateway_kv_handoff_seconds_count") >= 1
     assert "disagg_gateway_time_to_first_token_seconds_bucket" in text
     assert "_created" not in text
+
+
+def test_route_headers_say_where_each_request_went_and_why(
+    sims: dict[str, Proc], gateway: Proc
+) -> None:
+    long = httpx.post(
+        gateway.url + "/v1/completions",
+        json={"model": "m", "prompt": long_prompt(seed="route"), "max_tokens": 3},
+    )
+    assert long.status_code == 200
+    (prefill,), (decode,) = _legs(sims, long.headers["x-request-id"])
+    assert long.headers["x-disagg-route"] == "disaggregated"
+    prefill_sim = next(n for n in ("p1", "p2") if sim_requests(sims[n], prefill["x_request_id"]))
+    decode_sim = next(n for n in ("d1", "d2") if sim_requests(sims[n], decode["x_request_id"]))
+    assert long.headers["x-disagg-prefill-worker"] == sims[prefill_sim].url
+    assert long.headers["x-disagg-decode-worker"] == sims[decode_sim].url
+    assert ">= 256" in long.headers["x-disagg-route-reason"]
+
+    with httpx.stream(
+        "POST",
+        gateway.url + "/v1/completions",
+        json={"model": "m", "prompt": "short prompt", "max_tokens": 3, "stream": True},
+    ) as short:
+        short.read()
+    assert short.headers["x-disagg-route"] == "decode_only"
+    assert "x-disagg-prefill-worker" not in short.headers
+    assert short.headers["x-disagg-decode-worker"] in (sims["d1"].url, sims["d2"].url)
+    assert "< minUncachedPromptTokens 256" in short.headers["x-disagg-route-reason"]

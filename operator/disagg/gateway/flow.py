@@ -66,6 +66,44 @@ class FlowSettings:
     request without a prefill leg is then ``decode_only``, not a ``fallback``."""
 
 
+@dataclass
+class Route:
+    """Where one request went and why: returned to the client as ``X-Disagg-*`` headers and
+    logged, so a user (and the demo) can see each request's path without reading metrics."""
+
+    request_id: str
+    decision: str
+    reason: str
+    uncached_tokens: int
+    threshold: int
+    prefill: str | None = None
+    decode: str | None = None
+
+    def explain(self) -> str:
+        if self.reason == "uncached_below_threshold":
+            return (
+                f"{self.uncached_tokens} uncached prompt tokens < "
+                f"minUncachedPromptTokens {self.threshold}: decode worker prefills itself"
+            )
+        if self.reason == "uncached_above_threshold":
+            return f"{self.uncached_tokens} uncached prompt tokens >= {self.threshold}"
+        if self.decision == "fallback":
+            return "prefill unavailable or failed: the decode worker prefilled locally"
+        return self.reason.replace("_", " ")
+
+    def headers(self) -> dict[str, str]:
+        out = {
+            "X-Request-Id": self.request_id,
+            "X-Disagg-Route": self.decision,
+            "X-Disagg-Route-Reason": self.explain(),
+        }
+        if self.prefill:
+            out["X-Disagg-Prefill-Worker"] = self.prefill
+        if self.decode:
+            out["X-Disagg-Decode-Worker"] = self.decode
+        return out
+
+
 def upstream_failure(message: str, status: int = 502) -> Reply:
     return Reply(status, error_body(message, "upstream_error", status))
 
@@ -103,17 +141,24 @@ class Flow:
         decision: str = plan.decision  # selective off = threshold 0: the router decides
         if plan.reason == "no_prefill_endpoint" and self.settings.prefill_pool:
             decision = "fallback"
+        route = Route(
+            routing.request_id,
+            decision,
+            plan.reason,
+            plan.uncached_tokens,
+            self.router.decider.min_uncached_prompt_tokens,
+        )
         self.decode.refuse_if_full()  # before a prefill whose blocks nobody would pull
         body = request.body
         if decision == "disaggregated":
-            outcome = await self._prefill(request, routing, headers)
+            outcome = await self._prefill(request, routing, headers, route)
             if isinstance(outcome, Reply):
                 return outcome
             if outcome is None:
                 if not self.settings.decode_local_fallback:
                     self.metrics.decisions.labels("fallback").inc()
                     return upstream_failure("prefill failed on every worker tried")
-                decision = "fallback"
+                decision = route.decision = "fallback"
             else:
                 body = decode_body(request.body, outcome)
         self.metrics.decisions.labels(decision).inc()
@@ -121,20 +166,34 @@ class Flow:
         await self.decode.admit()
         # Each decode method owns the admitted slot: it releases it, or hands it to the relay.
         decode = self._decode_stream if request.stream else self._decode_whole
-        return await decode(
+        reply = await decode(
             request,
             routing,
             encode(body),
             headers,
             plan.decode.url,
-            decision,
+            route,
             arrival,
             prefill_done,
         )
+        log.info(
+            "request %s: %s prefill=%s decode=%s (%s) -> %s",
+            route.request_id,
+            route.decision,
+            route.prefill or "-",
+            route.decode or "-",
+            route.explain(),
+            reply.status if isinstance(reply, Reply) else "stream",
+        )
+        return reply
 
     # -- prefill ------------------------------------------------------------------------------
     async def _prefill(
-        self, request: ClientRequest, routing: RoutingRequest, headers: Mapping[str, str]
+        self,
+        request: ClientRequest,
+        routing: RoutingRequest,
+        headers: Mapping[str, str],
+        route: Route,
     ) -> dict[str, Any] | Reply | None:
         """The prefill leg with retries: params on success, a client-error Reply, or None."""
         leg = encode(prefill_body(request.body))
@@ -162,9 +221,7 @@ class Flow:
                     self.prefill.finish(url)
                 if answer.status != 200:
                     if not _retryable(answer.status):
-                        return Reply(
-                            answer.status, answer.body, headers={"X-Request-Id": routing.request_id}
-                        )
+                        return Reply(answer.status, answer.body, headers=route.headers())
                     error = UpstreamError("status", f"HTTP {answer.status}", answer.status)
                     self._failed("prefill", self.prefill, url, error)
                     continue
@@ -175,6 +232,7 @@ class Flow:
                     continue
                 self.metrics.prefill_time.observe(time.monotonic() - started)
                 self.router.record("prefill", routing, url)
+                route.prefill = url
                 return params
             return None
         finally:
@@ -202,10 +260,11 @@ class Flow:
         leg: bytes,
         headers: dict[str, str],
         first: str,
-        decision: str,
+        route: Route,
         arrival: float,
         prefill_done: float,
     ) -> Reply:
+        decision = route.decision
         tried: set[str] = set()
         last: Reply = upstream_failure("no decode worker could serve the request")
         try:
@@ -215,6 +274,7 @@ class Flow:
                     break
                 tried.add(url)
                 self.decode.start(url)
+                route.decode = url
                 try:
                     answer = await self.client.post(
                         url + request.path, leg, headers, self.settings.first_byte_seconds
@@ -228,7 +288,7 @@ class Flow:
                     answer.status,
                     answer.body,
                     answer.headers.get("content-type", JSON),
-                    {"X-Request-Id": routing.request_id},
+                    route.headers(),
                 )
                 if _retryable(answer.status):
                     self.metrics.upstream_errors.labels("decode", "status").inc()
@@ -253,10 +313,11 @@ class Flow:
         leg: bytes,
         headers: dict[str, str],
         first: str,
-        decision: str,
+        route: Route,
         arrival: float,
         prefill_done: float,
     ) -> Reply | StreamReply:
+        decision = route.decision
         tried: set[str] = set()
         last: Reply = upstream_failure("no decode worker could serve the request")
         handed_over = False
@@ -266,7 +327,8 @@ class Flow:
                 if url is None:
                     break
                 tried.add(url)
-                opened = await self._open_decode_stream(request, routing, leg, headers, url)
+                route.decode = url
+                opened = await self._open_decode_stream(request, route, leg, headers, url)
                 if isinstance(opened, Reply):
                     if not _retryable(opened.status):
                         return opened
@@ -284,7 +346,7 @@ class Flow:
                 timing = RelayTiming(decision, arrival, prefill_done)
                 relay = relay_stream(stream, chunks, head, url, timing, self.metrics, done)
                 handed_over = True
-                return StreamReply(relay, headers={"X-Request-Id": routing.request_id})
+                return StreamReply(relay, headers=route.headers())
             return last
         finally:
             if not handed_over:
@@ -293,7 +355,7 @@ class Flow:
     async def _open_decode_stream(
         self,
         request: ClientRequest,
-        routing: RoutingRequest,
+        route: Route,
         leg: bytes,
         headers: dict[str, str],
         url: str,
@@ -317,7 +379,7 @@ class Flow:
                     stream.status,
                     body,
                     stream.headers.get("content-type", JSON),
-                    {"X-Request-Id": routing.request_id},
+                    route.headers(),
                 )
             chunks = stream.chunks()
             head = b""

@@ -166,7 +166,8 @@ def render_gateway_children(
             "requests": {"cpu": gw.cpu, "memory": gw.memory},
             "limits": {"memory": gw.memory},
         },
-        "readinessProbe": {"httpGet": {"path": "/health", "port": "http"}, "periodSeconds": 5},
+        # /ready answers 503 until discovery knows a decode worker; /health only says "alive".
+        "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 5},
         "livenessProbe": {
             "httpGet": {"path": "/health", "port": "http"},
             "periodSeconds": 10,
