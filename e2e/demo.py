@@ -285,6 +285,10 @@ def up(tools: Tools) -> None:
     tools.kubectl("create", "namespace", DEMO_NAMESPACE, check=False)
     print(tools.kubectl("-n", DEMO_NAMESPACE, "apply", "-f", str(EXAMPLE)).strip())
     wait_ready(tools)
+    for part in ("prefill", "decode", "gateway"):  # a re-run may have rolled new pods
+        tools.kubectl(
+            "-n", DEMO_NAMESPACE, "rollout", "status", f"deployment/{NAME}-{part}", "--timeout=300s"
+        )
     say("5/5 requests through the gateway (official openai client)")
     pods_json = json.loads(tools.kubectl("-n", DEMO_NAMESPACE, "get", "pods", "-o", "json"))
     pods = {p["status"].get("podIP", ""): p["metadata"]["name"] for p in pods_json["items"]}
