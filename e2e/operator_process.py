@@ -90,6 +90,16 @@ class OperatorProcess:
             return ""
 
 
+_session_operator: OperatorProcess | None = None
+
+
+def session_operator() -> OperatorProcess | None:
+    """The session fixture's operator process while it runs (a module that starts its own
+    operator must reuse it instead: two operators would fight over the same objects)."""
+    op = _session_operator
+    return op if op is not None and op.alive() else None
+
+
 def _default_prometheus() -> str | None:
     if url := os.environ.get("E2E_PROMETHEUS_URL"):
         return url
@@ -116,8 +126,11 @@ def operator(cluster, crds, images) -> Iterator[OperatorProcess]:  # type: ignor
     if os.environ.get("E2E_OPERATOR", "process") == "pod":
         yield op
         return
+    global _session_operator
     op.start()
+    _session_operator = op
     try:
         yield op
     finally:
+        _session_operator = None
         op.stop()

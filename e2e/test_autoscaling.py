@@ -24,7 +24,7 @@ import pytest
 from e2e.cluster.config import Settings
 from e2e.cluster.kube import Kube, condition
 from e2e.monitoring import load as loadgen
-from e2e.operator_process import OperatorProcess
+from e2e.operator_process import OperatorProcess, session_operator
 from e2e.test_operator import DD, GATEWAY_IMAGE, IP, WORKER_IMAGE, cond_is, small_resources
 
 pytestmark = pytest.mark.e2e
@@ -63,11 +63,26 @@ def prometheus(cluster: Any) -> Iterator[str]:
             monitoring.down()
 
 
-@pytest.fixture
-def op(operator: OperatorProcess, prometheus: str) -> OperatorProcess:
-    """The operator, reading observed load from the same Prometheus."""
-    operator.use_prometheus(prometheus)
-    return operator
+@pytest.fixture(scope="module")
+def op(cluster: Any, crds: list[str], images: None, prometheus: str) -> Iterator[OperatorProcess]:
+    """The operator with ``--prometheus-url``, for this module only.
+
+    Not the session's ``operator`` fixture: that one would keep a cluster-wide operator running
+    into e2e/test_chart.py, whose namespaced-mode test requires that nothing else reconciles.
+    """
+    log = Settings.from_env().cache / "logs" / "operator-e2e.log"
+    shared = session_operator()
+    if shared is not None or os.environ.get("E2E_OPERATOR", "process") == "pod":
+        if shared is not None:
+            shared.use_prometheus(prometheus)
+        yield shared or OperatorProcess(Path(cluster.kubeconfig), log)
+        return
+    own = OperatorProcess(Path(cluster.kubeconfig), log, prometheus_url=prometheus)
+    own.start()
+    try:
+        yield own
+    finally:
+        own.stop()
 
 
 def a_disagg(name: str, **spec: Any) -> dict[str, Any]:
