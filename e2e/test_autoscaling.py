@@ -212,7 +212,7 @@ def test_pools_scale_up_under_load_and_back_down_without_failed_requests(
         tracer.mark("load_drained")
         assert set(scaled_up) == {"prefill", "decode"}, f"scaled up: {scaled_up}; {sample}"
         assert limited and "exceed the budget of 4" in limited[0], limited
-        assert warning_events(kube, "ScalingLimited"), "no ScalingLimited event"
+        kube.wait_for(lambda: warning_events(kube, "ScalingLimited"), 30, "ScalingLimited event")
 
         def back_to_minimum() -> bool:
             deps = {p: kube.get("deployment", p) or {} for p in pools.values()}

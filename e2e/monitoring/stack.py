@@ -253,13 +253,20 @@ def _http_ok(url: str) -> bool:
 
 
 def _wait(what: str, probe: Any, timeout: float, log: str, settings: Settings) -> None:
+    """Poll ``probe`` until true; fail at the deadline, or at once if process ``log`` exited."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if probe():
-            return
+    state = f"not ready after {timeout:.0f}s"
+    while not probe():
+        if procs.pid_of(settings, log) is None:
+            state = "exited"
+            break
+        if time.monotonic() > deadline:
+            break
         time.sleep(0.5)
+    else:
+        return
     tail = "\n".join(procs.log_path(settings, log).read_text(errors="replace").splitlines()[-20:])
-    raise RuntimeError(f"{what} not ready after {timeout:.0f}s; {log}.log ends:\n{tail}")
+    raise RuntimeError(f"{what} {state}; {log}.log ends:\n{tail}")
 
 
 def _kube(settings: Settings) -> Kube:
@@ -278,6 +285,10 @@ def apiservices_available(kube: Kube) -> bool:
 def up(settings: Settings | None = None) -> dict[str, float]:
     """Start Prometheus and the adapter (idempotent); returns seconds per step."""
     settings = settings or Settings.from_env()
+    from e2e.cluster.lifecycle import is_up as cluster_is_up
+
+    if not cluster_is_up(settings):
+        raise RuntimeError("the local cluster is not up: run `make cluster-up` first")
     spent: dict[str, float] = {}
     t0 = time.monotonic()
     _start_discovery(settings)
