@@ -211,6 +211,10 @@ def test_pools_scale_up_under_load_and_back_down_without_failed_requests(
         stats = load.stop()
         tracer.mark("load_drained")
         assert set(scaled_up) == {"prefill", "decode"}, f"scaled up: {scaled_up}; {sample}"
+        # Scrape 2 s + adapter relist 5 s + HPA sync 5 s: a decision within a minute, and a
+        # simulated worker Ready well within two.
+        assert max(decided.values()) < 60, decided
+        assert max(scaled_up.values()) < 120, scaled_up
         assert limited and "exceed the budget of 4" in limited[0], limited
         kube.wait_for(lambda: warning_events(kube, "ScalingLimited"), 30, "ScalingLimited event")
 
