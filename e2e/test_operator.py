@@ -231,6 +231,7 @@ def test_operator_restart_mid_reconcile_converges_without_duplicates(
     operator.restart()  # SIGKILL while it is still creating the rest
     for name in ("llm-prefill", "llm-decode", "llm-gateway"):
         kube.wait_for(lambda n=name: kube.get("deployment", n), 120, f"Deployment {name}")
+        kube.wait_for(lambda n=name: kube.get("service", n), 60, f"Service {name}")
     children = _children(kube)
     assert children[IP] == ["llm-decode", "llm-prefill"]
     assert children["deployments"] == ["llm-decode", "llm-gateway", "llm-prefill"]

@@ -209,8 +209,8 @@ class AutoscalingSpec(ApiModel):
     max_replicas: int = Field(default=4, ge=1)
     """Upper bound."""
     metrics: list[ScalingMetric] = Field(default_factory=list, max_length=8)
-    """Metrics and targets; role defaults when empty (prefill: gatewayQueueDepth,
-    decode: waitingRequests and kvCacheUsage)."""
+    """Metrics and targets; role defaults when empty (prefill: gatewayQueueDepth and
+    waitingRequests, the larger wins; decode: waitingRequests and kvCacheUsage)."""
     behavior: FreeForm | None = None
     """An autoscaling/v2 HorizontalPodAutoscalerBehavior (stabilization windows, policies)."""
 

@@ -65,7 +65,11 @@ def deployment_manifest(plan: Plan, name: str | None = None) -> dict[str, Any]:
             "replicas": plan.prefill.replicas,
             "parallelism": {"tensor": plan.prefill.tensor_parallel},
             "autoscaling": _autoscaling(
-                plan.prefill.replicas, [{"name": "gatewayQueueDepth", "target": 4}]
+                plan.prefill.replicas,
+                [
+                    {"name": "gatewayQueueDepth", "target": 4},
+                    {"name": "waitingRequests", "target": 2},
+                ],
             ),
         },
         "decode": {
