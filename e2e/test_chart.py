@@ -92,7 +92,11 @@ def release(cluster: Cluster, cluster_kube: Kube) -> Iterator[Release]:
     # A release name containing "disagg" is the chart's fullname: objects are "<name>-operator".
     name = f"disagg-e2e-{secrets.token_hex(2)}"
     rel = Release(name, namespace, f"{name}-operator", _helm(cluster), cluster.kubeconfig)
-    rel.run("install", rel.name, str(CHART), "--take-ownership", "--wait=hookOnly")
+    # CRDs applied earlier by other managers (the crds fixture, kubectl) are taken over.
+    rel.run(
+        "install", rel.name, str(CHART), "--take-ownership", "--force-conflicts",
+        "--wait=hookOnly",
+    )  # fmt: skip
     try:
         yield rel
     finally:
@@ -277,16 +281,31 @@ def _idle_pool(name: str) -> dict[str, Any]:
 def _scoped_operator_acts_only_where_it_watches(
     release: Release, scoped: Release, cluster_kube: Kube, watched: str, other: str
 ) -> None:
-    """With the cluster-wide operator stopped, the namespaced one reconciles only ``watched``."""
-    main = cluster_kube.in_namespace(release.namespace)
+    """With every cluster-wide operator stopped, the namespaced one reconciles only ``watched``.
+
+    Other installs (this test's release, a `make demo` left running) are scaled to 0 for the
+    check and restored afterwards."""
     home = cluster_kube.in_namespace(scoped.namespace)
-    main.kubectl("scale", "deployment", release.operator, "--replicas=0")
-    try:
-        main.wait_for(
-            lambda: not main.items("pods", "app.kubernetes.io/component=operator"),
-            120,
-            "cluster-wide operator stopped",
+    others = [
+        d
+        for d in json.loads(
+            cluster_kube.kubectl(
+                "get", "deployments", "-A", "-o", "json", "-l",
+                "app.kubernetes.io/component=operator,app.kubernetes.io/part-of=disagg",
+            )
+        )["items"]
+        if d["metadata"]["name"] != scoped.operator
+    ]  # fmt: skip
+    for d in others:
+        cluster_kube.in_namespace(d["metadata"]["namespace"]).kubectl(
+            "scale", "deployment", d["metadata"]["name"], "--replicas=0"
         )
+    try:
+        for d in others:
+            ns = cluster_kube.in_namespace(d["metadata"]["namespace"])
+            selector = ",".join(f"{k}={v}" for k, v in d["spec"]["selector"]["matchLabels"].items())
+            ns.wait_for(lambda ns=ns, sel=selector: not ns.items("pods", sel), 120,
+                        "cluster-wide operators stopped")  # fmt: skip
         home.wait_for_object(
             "deployment",
             scoped.operator,
@@ -305,7 +324,11 @@ def _scoped_operator_acts_only_where_it_watches(
         logs = home.kubectl("logs", f"deployment/{scoped.operator}")
         assert rbac_denials(logs) == [], logs[-3000:]
     finally:
-        main.kubectl("scale", "deployment", release.operator, "--replicas=1")
+        for d in others:
+            cluster_kube.in_namespace(d["metadata"]["namespace"]).kubectl(
+                "scale", "deployment", d["metadata"]["name"],
+                f"--replicas={d['spec'].get('replicas', 1)}",
+            )  # fmt: skip
 
 
 def rbac_denials(logs: str) -> list[str]:
