@@ -186,6 +186,10 @@ class Docker:
                 os.kill(pid, signal.SIGKILL)
             (RUN_DIR / f"{name}.started").unlink(missing_ok=True)
             stopped.append(f"{name} ({pid})")
+        if stopped and Path("/sys/class/net/docker0").exists():
+            # dockerd leaves its default bridge behind; it made it, so it goes with it.
+            subprocess.run(["ip", "link", "delete", "docker0"], capture_output=True, check=False)
+            stopped.append("bridge docker0")
         return "stopped " + ", ".join(stopped) if stopped else "nothing of ours was running"
 
 

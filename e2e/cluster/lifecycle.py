@@ -405,6 +405,12 @@ def _down(settings: Settings) -> list[str]:
         done.append(f"unmounted {point}")
     for path in netns:
         path.unlink(missing_ok=True)
+    # The CNI plugins' netns helper bind-mounts /run/netns onto itself on first use; once no
+    # namespace is left in it, that mount is ours to remove too.
+    run_netns = Path("/run/netns")
+    if _mounts_under([run_netns]) and not any(run_netns.iterdir()):
+        subprocess.run(["umount", str(run_netns)], capture_output=True, check=False)
+        done.append(f"unmounted {run_netns}")
     if settings.tool("kube-proxy").exists():
         subprocess.run(
             [str(settings.tool("kube-proxy")), "--cleanup"], capture_output=True, check=False
