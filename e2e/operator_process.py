@@ -109,13 +109,19 @@ def _default_prometheus() -> str | None:
 
 
 @pytest.fixture(scope="session")
-def images(cluster) -> None:  # type: ignore[no-untyped-def]
-    """The operator, gateway and simulator images, built if changed and loaded into the node."""
-    if cluster.local is None:
-        return  # another cluster (E2E_KUBECONFIG) gets its images some other way
-    from e2e.images import ensure_loaded
+def images(cluster) -> Iterator[None]:  # type: ignore[no-untyped-def]
+    """The operator, gateway and simulator images, built if changed and loaded into the node.
 
-    ensure_loaded(str(cluster.local.containerd_socket))
+    A Docker daemon this session had to start is stopped again at the end."""
+    if cluster.local is None:
+        yield  # another cluster (E2E_KUBECONFIG) gets its images some other way
+        return
+    from e2e.images import ensure_loaded, stop_daemon
+
+    docker = ensure_loaded(str(cluster.local.containerd_socket))
+    yield
+    if docker.started:
+        stop_daemon(docker)
 
 
 @pytest.fixture(scope="session")

@@ -21,11 +21,12 @@ from typing import Any
 
 import pytest
 
+from e2e import test_operator as operator_tests
 from e2e.cluster.config import Settings
 from e2e.cluster.kube import Kube, condition
 from e2e.monitoring import load as loadgen
 from e2e.operator_process import OperatorProcess, session_operator
-from e2e.test_operator import DD, GATEWAY_IMAGE, IP, WORKER_IMAGE, cond_is, small_resources
+from e2e.test_operator import DD, GATEWAY_IMAGE, IP, cond_is, small_resources
 
 pytestmark = pytest.mark.e2e
 
@@ -86,24 +87,8 @@ def op(cluster: Any, crds: list[str], images: None, prometheus: str) -> Iterator
 
 
 def a_disagg(name: str, **spec: Any) -> dict[str, Any]:
-    body: dict[str, Any] = {
-        "model": {"name": "meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama"},
-        "engine": {
-            "image": WORKER_IMAGE,
-            "imagePullPolicy": "Never",
-            "extraArgs": ["--sim-speedup", SPEEDUP],
-        },
-        "prefill": {"resources": small_resources(), "drain": {"timeoutSeconds": 5}},
-        "decode": {"resources": small_resources(), "drain": {"timeoutSeconds": 5}},
-        "gateway": {"image": GATEWAY_IMAGE, "cpu": "100m", "memory": "256Mi"},
-    }
-    body.update(spec)
-    return {
-        "apiVersion": "disagg.dev/v1alpha1",
-        "kind": "DisaggDeployment",
-        "metadata": {"name": name},
-        "spec": body,
-    }
+    """test_operator's DisaggDeployment, with simulated time slowed so that load builds up."""
+    return operator_tests.a_disagg(name, SPEEDUP, **spec)
 
 
 def gateway_url(kube: Kube, name: str) -> str:

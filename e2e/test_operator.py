@@ -24,9 +24,9 @@ IP = "inferencepools.disagg.dev"
 DD = "disaggdeployments.disagg.dev"
 
 
-def sim_engine(**extra: Any) -> dict[str, Any]:
+def sim_engine(speedup: str = "50", **extra: Any) -> dict[str, Any]:
     # The simulator's speed-up goes in the environment: the command line stays vLLM's own.
-    env = [{"name": "DISAGG_SIM_SPEEDUP", "value": "50"}]
+    env = [{"name": "DISAGG_SIM_SPEEDUP", "value": speedup}]
     return {"image": WORKER_IMAGE, "imagePullPolicy": "Never", "env": env, **extra}
 
 
@@ -52,10 +52,10 @@ def a_pool(name: str, **spec: Any) -> dict[str, Any]:
     }
 
 
-def a_disagg(name: str, **spec: Any) -> dict[str, Any]:
+def a_disagg(name: str, speedup: str = "50", **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": {"name": "meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama"},
-        "engine": sim_engine(),
+        "engine": sim_engine(speedup),
         "prefill": {"resources": small_resources(), "drain": {"timeoutSeconds": 5}},
         "decode": {"resources": small_resources(), "drain": {"timeoutSeconds": 5}},
         "gateway": {"image": GATEWAY_IMAGE, "cpu": "100m", "memory": "256Mi"},
