@@ -20,7 +20,7 @@ PYDIRS  := operator tests e2e bench conformance
 ## The project's test command (README, .ci/run): static checks, then every test tier:
 ## the fast tier (tests/), the vLLM conformance tier (conformance/, its own cached venv),
 ## and the end-to-end tier (e2e/) on the local real cluster, which it builds and starts when
-## it is not up, and stops again afterwards.  Cold (empty caches) ~40 min on 2 cores, warm ~8.
+## it is not up, and stops again afterwards.  Cold (empty caches) ~17 min on 2 cores, warm ~6.
 test: $(STAMP) helm
 	$(BIN)/ruff check $(PYDIRS)
 	$(BIN)/ruff format --check $(PYDIRS)

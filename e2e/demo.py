@@ -251,9 +251,9 @@ def print_rows(rows: list[dict[str, Any]], pods: dict[str, str]) -> None:
 
 def up(tools: Tools) -> None:
     started = time.monotonic()
-    say("1/5 Kubernetes: build (first run only: ~20 min on 2 cores) and start one node")
+    say("1/5 Kubernetes: build (first run only: ~7 min on 2 cores) and start one node")
     run(sys.executable, "-m", "e2e.cluster", "up")
-    say("2/5 images: operator, gateway, simulator (first run: ~5 min)")
+    say("2/5 images: operator, gateway, simulator (first run: ~2 min)")
     run(sys.executable, "-m", "e2e.images", "all")
     say("3/5 CRDs (kubectl apply -f crds/) and the operator (Helm chart)")
     # The CRDs go in with kubectl so that CRDs left by an earlier release (the chart keeps them
