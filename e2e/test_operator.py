@@ -91,6 +91,12 @@ def test_pool_becomes_deployment_service_and_pdb(operator: OperatorProcess, kube
         IP, "solo", lambda o: o.get("status", {}).get("selector") == "disagg.dev/pool=solo"
     )
     assert pool["status"]["observedGeneration"] == pool["metadata"]["generation"]
+    applied = kube.wait_for(
+        lambda: [e for e in kube.events("solo") if e.get("reason") == "Applied"],
+        30,
+        "Applied event",
+    )
+    assert "Deployment/solo" in applied[0]["message"] and "Service/solo" in applied[0]["message"]
 
 
 def test_sim_workers_become_ready_and_pool_reports_ready(

@@ -44,12 +44,18 @@ def reconciler() -> Reconciler:
     return _reconciler
 
 
-def _emit(body: Any, outcome: Outcome) -> None:
+#: Events posted only when the user changed something (create/update), not on every resync.
+_ON_CHANGE_ONLY = frozenset({"Applied"})
+
+
+def _emit(body: Any, outcome: Outcome, changed: bool) -> None:
     for type_, reason, message in outcome.events:
+        if reason in _ON_CHANGE_ONLY and not changed:
+            continue
         kopf.event(body, type=type_, reason=reason, message=message[:1000])
 
 
-def _run(fn: Any, body: Any) -> None:
+def _run(fn: Any, body: Any, changed: bool = False) -> None:
     try:
         outcome = fn(dict(body))
     except TransientError as exc:
@@ -59,7 +65,7 @@ def _run(fn: Any, body: Any) -> None:
         raise kopf.TemporaryError(str(exc), delay=30) from exc
     except KubeError as exc:
         raise kopf.TemporaryError(str(exc), delay=15) from exc
-    _emit(body, outcome)
+    _emit(body, outcome, changed)
 
 
 @kopf.on.startup()
@@ -80,8 +86,8 @@ def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
 @kopf.on.create(POOLS)
 @kopf.on.update(POOLS)
 @kopf.on.resume(POOLS)
-def reconcile_pool(body: kopf.Body, **_: Any) -> None:
-    _run(reconciler().reconcile_pool, body)
+def reconcile_pool(body: kopf.Body, reason: str, **_: Any) -> None:
+    _run(reconciler().reconcile_pool, body, changed=reason in ("create", "update"))
     _reconcile_sibling(body)
 
 
@@ -138,8 +144,8 @@ def child_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
 @kopf.on.create(DISAGGS)
 @kopf.on.update(DISAGGS)
 @kopf.on.resume(DISAGGS)
-def reconcile_disaggdeployment(body: kopf.Body, **_: Any) -> None:
-    _run(reconciler().reconcile_disaggdeployment, body)
+def reconcile_disaggdeployment(body: kopf.Body, reason: str, **_: Any) -> None:
+    _run(reconciler().reconcile_disaggdeployment, body, changed=reason in ("create", "update"))
 
 
 @kopf.timer(DISAGGS, interval=DRIFT_INTERVAL_SECONDS, initial_delay=DRIFT_INTERVAL_SECONDS)

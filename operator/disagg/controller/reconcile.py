@@ -125,13 +125,14 @@ class Reconciler:
             prometheus_url=self.prometheus_url,
         )
         try:
-            self._apply_all(children)
+            applied = self._apply_all(children)
         except Invalid as exc:
             self._pool_failed(body, "ApplyFailed", str(exc), selector, outcome)
             return outcome
         except NotFound as exc:  # e.g. KEDA's CRD is not installed
             self._pool_failed(body, "MissingAPI", str(exc), selector, outcome)
             return outcome
+        outcome.normal("Applied", f"generation {generation}: {applied}")
         self._prune(namespace, names.pool_selector(name), uid, children, outcome)
         live = self.kube.get_or_none("apps/v1", "Deployment", namespace, name)
         pods = self.kube.list("v1", "Pod", namespace, names.pool_selector(name))
@@ -197,10 +198,11 @@ class Reconciler:
             name, namespace, spec, current_replicas=current, owner=owner
         )
         try:
-            self._apply_all(children)
+            applied = self._apply_all(children)
         except (Invalid, NotFound) as exc:
             self._disagg_failed(body, "ApplyFailed", str(exc), outcome)
             return outcome
+        outcome.normal("Applied", f"generation {generation}: {applied}")
         self.refresh_disaggdeployment_status(body, spec, old_conditions, generation)
         return outcome
 
@@ -263,9 +265,11 @@ class Reconciler:
 
     # -------------------------------------------------------------- helpers
 
-    def _apply_all(self, objects: list[dict[str, Any]]) -> None:
+    def _apply_all(self, objects: list[dict[str, Any]]) -> str:
+        """Apply every object; returns what was applied, for the ``Applied`` event."""
         for obj in objects:
             self.kube.apply(obj)
+        return ", ".join(f"{o['kind']}/{o['metadata']['name']}" for o in objects)
 
     def _prune(
         self,
