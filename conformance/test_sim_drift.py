@@ -33,10 +33,7 @@ WORKERS = all_workers()
 
 #: Simulator defaults that differ from vLLM 0.33's, reported to the simulator's owner.
 KNOWN_DRIFT: dict[str, str] = {
-    "--gpu-memory-utilization": "sim defaults to 0.9, vLLM 0.33 to 0.92",
     "kv_load_failure_policy": "sim defaults to recompute, vLLM 0.33 to fail",
-    "VLLM_NIXL_ABORT_REQUEST_TIMEOUT": "not in vLLM 0.33: NIXL's lease is "
-    "kv_connector_extra_config.kv_lease_duration (default 30 s)",
 }
 
 

@@ -66,12 +66,12 @@ def test_bad_command_lines_say_what_is_wrong(argv: list[str], message: str) -> N
 
 
 def test_environment_side_channel_and_sim_knobs(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("VLLM_NIXL_ABORT_REQUEST_TIMEOUT", "120")
     monkeypatch.setenv("VLLM_NIXL_SIDE_CHANNEL_HOST", "10.1.2.3")
     monkeypatch.setenv("VLLM_NIXL_SIDE_CHANNEL_PORT", "5601")
     monkeypatch.setenv("DISAGG_SIM_SPEEDUP", "25")
     config = parse_config(["m", "--kv-transfer-config", '{"kv_connector":"NixlConnector",'
-                           '"kv_role":"kv_producer","engine_id":"e1"}'])  # fmt: skip
+                           '"kv_role":"kv_producer","engine_id":"e1",'
+                           '"kv_connector_extra_config":{"kv_lease_duration":120}}'])  # fmt: skip
     assert (config.side_channel_host, config.side_channel_port) == ("10.1.2.3", 5601)
     assert config.side_channel_port_explicit and config.speedup == 25
     assert config.kv_transfer.engine_id == "e1" and config.kv_transfer.role == "kv_producer"

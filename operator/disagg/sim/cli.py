@@ -45,13 +45,21 @@ def _sim_flag(
     )
 
 
-def _vllm_lease_s() -> float:
-    """vLLM's own knob for how long a prefill keeps blocks nobody pulled, if the pod sets it."""
-    value = os.environ.get("VLLM_NIXL_ABORT_REQUEST_TIMEOUT", "")
+def _lease_s(kv: KVTransferConfig, flag: float | None) -> float:
+    """How long a prefill keeps blocks nobody pulled: ``--sim-kv-lease``, else vLLM's own knob
+    ``kv_connector_extra_config.kv_lease_duration`` (seconds), else vLLM's default of 30."""
+    if flag is not None:
+        return flag
+    value = kv.extra.get("kv_lease_duration", 30.0)
     try:
-        return float(value) if value else 30.0
-    except ValueError:
-        raise ConfigError(f"VLLM_NIXL_ABORT_REQUEST_TIMEOUT is not a number: {value!r}") from None
+        lease = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"--kv-transfer-config: kv_lease_duration is not a number: {value!r}"
+        ) from None
+    if lease <= 0:
+        raise ConfigError("--kv-transfer-config: kv_lease_duration must be positive")
+    return lease
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,13 +80,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=_length, default=8192)
     p.add_argument("--max-model-len", type=_length, default=None)
-    p.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    p.add_argument("--gpu-memory-utilization", type=float, default=0.92)
     p.add_argument("--num-gpu-blocks-override", type=int, default=None)
     _sim_flag(p, "gpu", str, "h100-sxm", "GPU preset of disagg.planner to time steps with")
     _sim_flag(p, "model-spec", str, None, "model preset of disagg.planner (default: from MODEL)")
     _sim_flag(p, "speedup", float, 1.0, "simulated seconds per wall second")
     _sim_flag(p, "link-gbps", float, 100.0, "P->D KV link bandwidth, Gbit/s")
-    _sim_flag(p, "kv-lease", float, _vllm_lease_s(), "seconds a prefill holds un-pulled KV blocks")
+    _sim_flag(
+        p,
+        "kv-lease",
+        float,
+        None,
+        "seconds a prefill holds un-pulled KV blocks; default: kv_connector_extra_config."
+        "kv_lease_duration, else 30",
+    )
     _sim_flag(p, "default-max-tokens", int, 16, "output tokens when a request sets no max_tokens")
     _sim_flag(p, "record", int, 1000, "recent requests kept for GET /sim/requests")
     _sim_flag(p, "failure-rate", float, 0.0, "fraction of requests answered with an error")
@@ -165,7 +180,7 @@ def parse_config(argv: list[str]) -> SimConfig:
         model_spec=ns.sim_model_spec,
         speedup=ns.sim_speedup,
         link_gbps=ns.sim_link_gbps,
-        kv_lease_s=ns.sim_kv_lease,
+        kv_lease_s=_lease_s(kv, ns.sim_kv_lease),
         default_max_tokens=ns.sim_default_max_tokens,
         record_limit=ns.sim_record,
         faults=faults,

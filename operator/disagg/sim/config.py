@@ -133,7 +133,7 @@ class SimConfig:
     """Token budget of one engine step; longer prompts are prefilled in chunks."""
     max_model_len: int | None = None
     """Context limit; ``None`` means the model's own."""
-    gpu_memory_utilization: float = 0.9
+    gpu_memory_utilization: float = 0.92
     num_gpu_blocks_override: int | None = None
     """KV capacity in blocks; ``None`` derives it from GPU memory minus the weights."""
     kv_transfer: KVTransferConfig = field(default_factory=KVTransferConfig)
