@@ -23,7 +23,7 @@ from pydantic import ValidationError
 from disagg.api.disaggdeployment import DisaggDeploymentSpec
 from disagg.api.inferencepool import InferencePoolSpec
 from disagg.api.versions import API_VERSION
-from disagg.controller.conditions import condition, merge_conditions
+from disagg.controller.conditions import condition, find, merge_conditions
 from disagg.controller.kube import Invalid, Kube, NotFound
 from disagg.controller.observe import (
     MetricsReader,
@@ -79,8 +79,8 @@ class Reconciler:
 
     # ---------------------------------------------------------------- pools
 
-    def guard_for(self, namespace: str, deployment: str) -> tuple[GuardResult, dict[str, Any]]:
-        """Guarded replicas of both child pools of ``deployment`` (and the parent's body)."""
+    def guard_for(self, namespace: str, deployment: str) -> GuardResult:
+        """Guarded replicas of both child pools of ``deployment``."""
         parent = self.kube.get(API_VERSION, "DisaggDeployment", namespace, deployment)
         spec = DisaggDeploymentSpec.model_validate(parent["spec"])
         requested = {}
@@ -90,7 +90,7 @@ class Reconciler:
             )
             side = spec.prefill if role == "prefill" else spec.decode
             requested[role] = (child or {}).get("spec", {}).get("replicas", side.replicas)
-        return apply_guards(spec, requested["prefill"], requested["decode"]), parent
+        return apply_guards(spec, requested["prefill"], requested["decode"])
 
     def reconcile_pool(self, body: dict[str, Any], outcome: Outcome | None = None) -> Outcome:
         outcome = outcome or Outcome()
@@ -105,15 +105,19 @@ class Reconciler:
         deployment = body["metadata"].get("labels", {}).get(names.LABEL_DEPLOYMENT)
         replicas, clamp_reason = spec.replicas, None
         if deployment:
+            guard: GuardResult | None
             try:
-                guard, _ = self.guard_for(namespace, deployment)
+                guard = self.guard_for(namespace, deployment)
             except NotFound:
                 guard = None
             if guard is not None:
                 replicas = guard.prefill if spec.role == "prefill" else guard.decode
                 if replicas != spec.replicas:
                     clamp_reason = "; ".join(guard.reasons)
-                    outcome.warning("ScalingLimited", f"{name}: {clamp_reason}")
+                    # One Warning per new clamp, not one per resync while it lasts.
+                    before = find(old_conditions, "Degraded") or {}
+                    if before.get("message") != clamp_reason:
+                        outcome.warning("ScalingLimited", f"{name}: {clamp_reason}")
         owner = owner_reference(API_VERSION, "InferencePool", name, uid)
         children = render_pool_children(
             name=name,
