@@ -255,7 +255,8 @@ def load_into_containerd(docker: Docker, refs: list[str], address: str, logs: Pa
         text=True,
         check=False,
     ).stdout.split()
-    present = all(f"docker.io/{ref}" in listed for ref in refs)
+    # containerd lists short names normalised with the default registry's prefix.
+    present = all(any(name.endswith(f"/{ref}") for name in listed) for ref in refs)
     if present and stamp.exists() and json.loads(stamp.read_text()) == ids:
         print("    cached: containerd already holds these image ids")
         return True
