@@ -20,14 +20,14 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import re
 from collections.abc import Sequence
-from typing import Any
+
+from disagg.prompttext import render_chat as render_chat
+from disagg.prompttext import split_tokens
 
 VOCAB_SIZE = 128_256
 """Llama-3's vocabulary size, so ids look plausible."""
 
-_TOKEN_RE = re.compile(r"\s*(?:\w{1,8}|[^\w\s])|\s+")
 
 _WORD_TEXT = (
     "the of and to in is that for it as was with be by on not he this are or his from at "
@@ -39,9 +39,8 @@ _WORD_TEXT = (
 _WORDS = tuple(_WORD_TEXT.split())
 
 
-def split(text: str) -> list[str]:
-    """The token strings of ``text``; ``"".join(split(t)) == t`` always holds."""
-    return _TOKEN_RE.findall(text)
+#: The token rule and chat template live in ``disagg.prompttext`` (the gateway uses them too).
+split = split_tokens
 
 
 @functools.lru_cache(maxsize=65536)
@@ -53,27 +52,6 @@ def token_id(piece: str) -> int:
 def encode(text: str) -> list[int]:
     """Token ids of ``text`` under the rule in the module docstring."""
     return [token_id(piece) for piece in split(text)]
-
-
-def render_chat(messages: Sequence[dict[str, Any]]) -> str:
-    """The fixed chat template: ``<|role|>\\n{content}\\n`` per message, then ``<|assistant|>\\n``.
-
-    ``content`` may be a string or OpenAI content parts; only ``text`` parts count.
-    """
-    out: list[str] = []
-    for message in messages:
-        content = message.get("content")
-        if isinstance(content, list):
-            text = "".join(
-                str(part.get("text", ""))
-                for part in content
-                if isinstance(part, dict) and part.get("type") == "text"
-            )
-        else:
-            text = "" if content is None else str(content)
-        out.append(f"<|{message.get('role', 'user')}|>\n{text}\n")
-    out.append("<|assistant|>\n")
-    return "".join(out)
 
 
 def output_token(prompt_ids: Sequence[int], position: int) -> str:

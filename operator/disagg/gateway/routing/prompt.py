@@ -14,38 +14,16 @@ Prompts given as token ids are used as they are.  Chat messages are flattened wi
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-_TOKEN_RE = re.compile(r"\s*(?:\w{1,8}|[^\w\s])|\s+")
+from disagg.prompttext import render_chat, split_tokens
 
 Token = str | int
 
-
-def approximate_tokens(text: str) -> list[str]:
-    """Split ``text`` into approximate tokens; ``"".join(result) == text``."""
-    return _TOKEN_RE.findall(text)
-
-
-def chat_text(messages: Sequence[Any]) -> str:
-    """Flatten chat messages with a fixed template (text parts only)."""
-    out: list[str] = []
-    for message in messages:
-        if not isinstance(message, Mapping):
-            continue
-        content = message.get("content")
-        if isinstance(content, list):
-            text = "".join(
-                str(part.get("text", ""))
-                for part in content
-                if isinstance(part, Mapping) and part.get("type") == "text"
-            )
-        else:
-            text = "" if content is None else str(content)
-        out.append(f"<|{message.get('role', 'user')}|>\n{text}\n")
-    out.append("<|assistant|>\n")
-    return "".join(out)
+#: The shared tokenizing rule and chat template (the simulator's, see ``disagg.prompttext``).
+approximate_tokens = split_tokens
+chat_text = render_chat
 
 
 def prompt_tokens(body: Mapping[str, Any]) -> list[Token]:
