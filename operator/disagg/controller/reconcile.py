@@ -79,15 +79,21 @@ class Reconciler:
 
     # ---------------------------------------------------------------- pools
 
+    def child_pools(self, namespace: str, deployment: str) -> dict[str, dict[str, Any] | None]:
+        """The live prefill and decode InferencePools of ``deployment`` (None where absent)."""
+        return {
+            role: self.kube.get_or_none(
+                API_VERSION, "InferencePool", namespace, names.pool_name(deployment, role)
+            )
+            for role in ("prefill", "decode")
+        }
+
     def guard_for(self, namespace: str, deployment: str) -> GuardResult:
         """Guarded replicas of both child pools of ``deployment``."""
         parent = self.kube.get(API_VERSION, "DisaggDeployment", namespace, deployment)
         spec = DisaggDeploymentSpec.model_validate(parent["spec"])
         requested = {}
-        for role in ("prefill", "decode"):
-            child = self.kube.get_or_none(
-                API_VERSION, "InferencePool", namespace, names.pool_name(deployment, role)
-            )
+        for role, child in self.child_pools(namespace, deployment).items():
             side = spec.prefill if role == "prefill" else spec.decode
             requested[role] = (child or {}).get("spec", {}).get("replicas", side.replicas)
         return apply_guards(spec, requested["prefill"], requested["decode"])
@@ -191,12 +197,10 @@ class Reconciler:
         except ValidationError as exc:
             self._disagg_failed(body, "InvalidSpec", str(exc), outcome)
             return outcome
-        current: dict[str, int | None] = {}
-        for role in ("prefill", "decode"):
-            live = self.kube.get_or_none(
-                API_VERSION, "InferencePool", namespace, names.pool_name(name, role)
-            )
-            current[role] = (live or {}).get("spec", {}).get("replicas")
+        current: dict[str, int | None] = {
+            role: (live or {}).get("spec", {}).get("replicas")
+            for role, live in self.child_pools(namespace, name).items()
+        }
         owner = owner_reference(API_VERSION, "DisaggDeployment", name, uid)
         children = render_disaggdeployment_children(
             name, namespace, spec, current_replicas=current, owner=owner
@@ -220,12 +224,7 @@ class Reconciler:
         name, namespace, _, gen = _meta(body)
         if spec is None:
             spec = DisaggDeploymentSpec.model_validate(body.get("spec", {}))
-        pools = {
-            role: self.kube.get_or_none(
-                API_VERSION, "InferencePool", namespace, names.pool_name(name, role)
-            )
-            for role in ("prefill", "decode")
-        }
+        pools = self.child_pools(namespace, name)
         gateway = self.kube.get_or_none(
             "apps/v1", "Deployment", namespace, names.gateway_name(name)
         )
