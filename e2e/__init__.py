@@ -1,5 +1,7 @@
-"""End-to-end tier: a real single-node Kubernetes cluster (``e2e.cluster``) and tests against it.
+"""End-to-end tier: tests against a real Kubernetes cluster (the local one of ``testbed.cluster``,
+or any kubeconfig in ``E2E_KUBECONFIG``).
 
-This folder is a package so that ``python -m e2e.cluster`` runs from the repository root and the
-pytest fixtures in ``conftest.py`` can import the cluster lifecycle directly.
+Only tests and their fixtures live here (``conftest.py``, ``operator_process.py``); the cluster,
+images, monitoring and demo tooling they drive is the ``testbed`` package beside it.  This
+folder is a package so that tests can import each other's helpers as ``e2e.<module>``.
 """

@@ -3,14 +3,14 @@
 Which cluster:
 * ``E2E_KUBECONFIG=/path`` — any cluster (kind, a cloud cluster...); it is used as is and never
   started or stopped here. ``E2E_KUBECTL`` names the kubectl binary (default: on PATH).
-* otherwise the local cluster of ``python -m e2e.cluster``: reused when it is already up (fast
+* otherwise the local cluster of ``python -m testbed.cluster``: reused when it is already up (fast
   iteration: ``make cluster-up`` once, then ``pytest e2e`` many times), brought up otherwise
   (and brought down at the end of the session, unless ``E2E_KEEP_CLUSTER=1`` or another test
   session is still using it).
 
 Fixtures: ``cluster`` (session; kubeconfig, kubectl, node facts), ``cluster_kube`` (session
-``Kube`` without a namespace), ``namespace`` + ``kube`` (per test: a fresh namespace and a
-``Kube`` bound to it; deleted afterwards), ``crds`` (session: ``crds/*.yaml`` applied and
+``Kubectl`` without a namespace), ``namespace`` + ``kube`` (per test: a fresh namespace and a
+``Kubectl`` bound to it; deleted afterwards), ``crds`` (session: ``crds/*.yaml`` applied and
 Established; skips the test cleanly when the folder holds no CRDs yet), ``gpu_node``.
 """
 
@@ -28,8 +28,8 @@ from typing import IO, Any
 
 import pytest
 
-from e2e.cluster.config import Settings
-from e2e.cluster.kube import Kube, condition
+from testbed.cluster.config import Settings
+from testbed.cluster.kubectl import Kubectl, condition
 
 REPO = Path(__file__).resolve().parent.parent
 CRD_DIR = REPO / "crds"
@@ -66,8 +66,8 @@ def cluster() -> Iterator[Cluster]:
     if kubeconfig := os.environ.get("E2E_KUBECONFIG"):
         yield _external(kubeconfig)
         return
-    from e2e.cluster.install import install
-    from e2e.cluster.lifecycle import down, is_up, up
+    from testbed.cluster.install import install
+    from testbed.cluster.lifecycle import down, is_up, up
 
     settings = Settings.from_env()
     if os.geteuid() != 0:
@@ -91,8 +91,8 @@ def cluster() -> Iterator[Cluster]:
 
 
 @pytest.fixture(scope="session")
-def cluster_kube(cluster: Cluster) -> Kube:
-    kube = Kube(cluster.kubectl, cluster.kubeconfig)
+def cluster_kube(cluster: Cluster) -> Kubectl:
+    kube = Kubectl(cluster.kubectl, cluster.kubeconfig)
     kube.kubectl("version")  # fails fast, with kubectl's message, if the cluster is unreachable
     return kube
 
@@ -103,7 +103,7 @@ def _namespace_name(test_name: str) -> str:
 
 
 @pytest.fixture
-def namespace(cluster_kube: Kube, request: pytest.FixtureRequest) -> Iterator[str]:
+def namespace(cluster_kube: Kubectl, request: pytest.FixtureRequest) -> Iterator[str]:
     name = _namespace_name(request.node.name)
     cluster_kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     ns_kube = cluster_kube.in_namespace(name)
@@ -116,13 +116,13 @@ def namespace(cluster_kube: Kube, request: pytest.FixtureRequest) -> Iterator[st
 
 
 @pytest.fixture
-def kube(cluster_kube: Kube, namespace: str) -> Kube:
-    """A ``Kube`` whose commands default to this test's own namespace."""
+def kube(cluster_kube: Kubectl, namespace: str) -> Kubectl:
+    """A ``Kubectl`` whose commands default to this test's own namespace."""
     return cluster_kube.in_namespace(namespace)
 
 
 @pytest.fixture(scope="session")
-def crds(cluster_kube: Kube) -> list[str]:
+def crds(cluster_kube: Kubectl) -> list[str]:
     """Apply ``crds/*.yaml`` and wait until each CRD is Established; returns their names."""
     files = sorted(CRD_DIR.glob("*.yaml")) if CRD_DIR.is_dir() else []
     if not files:
@@ -140,7 +140,7 @@ def crds(cluster_kube: Kube) -> list[str]:
 
 
 @pytest.fixture(scope="session")
-def gpu_node(cluster_kube: Kube) -> dict[str, Any]:
+def gpu_node(cluster_kube: Kubectl) -> dict[str, Any]:
     """A node that advertises ``nvidia.com/gpu`` (the local node does; kind needs a patch)."""
     for node in cluster_kube.items("nodes"):
         if int(node["status"].get("allocatable", {}).get("nvidia.com/gpu", "0")) > 0:

@@ -7,7 +7,7 @@ the Helm chart, see e2e/test_chart.py) and only checks that it runs.  Logs of th
 process go to ``$DISAGG_CACHE/logs/operator-e2e.log``.
 
 ``--prometheus-url`` (observed load in status, ``DisaggregationEffective``): from
-``E2E_PROMETHEUS_URL``, else the local Prometheus of ``e2e.monitoring`` when it runs, else none.
+``E2E_PROMETHEUS_URL``, else the local Prometheus of ``testbed.monitoring`` when it runs, else none.
 Tests that need it call ``use_prometheus(url)``, which restarts the process with the URL.
 """
 
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e.cluster.config import Settings
+from testbed.cluster.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -103,7 +103,7 @@ def session_operator() -> OperatorProcess | None:
 def _default_prometheus() -> str | None:
     if url := os.environ.get("E2E_PROMETHEUS_URL"):
         return url
-    from e2e.monitoring import PROMETHEUS_URL, is_up
+    from testbed.monitoring import PROMETHEUS_URL, is_up
 
     return PROMETHEUS_URL if is_up() else None
 
@@ -116,7 +116,7 @@ def images(cluster) -> Iterator[None]:  # type: ignore[no-untyped-def]
     if cluster.local is None:
         yield  # another cluster (E2E_KUBECONFIG) gets its images some other way
         return
-    from e2e.images import ensure_loaded, stop_daemon
+    from testbed.images import ensure_loaded, stop_daemon
 
     docker = ensure_loaded(str(cluster.local.containerd_socket))
     yield

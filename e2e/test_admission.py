@@ -9,13 +9,13 @@ from __future__ import annotations
 import pytest
 from tests.admission_cases import INVALID, Case, disagg, pool
 
-from e2e.cluster.kube import Kube, KubectlError
+from testbed.cluster.kubectl import Kubectl, KubectlError
 
 pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize("case", INVALID, ids=[c.id for c in INVALID])
-def test_api_server_rejects_invalid_cr(case: Case, crds: list[str], kube: Kube) -> None:
+def test_api_server_rejects_invalid_cr(case: Case, crds: list[str], kube: Kubectl) -> None:
     with pytest.raises(KubectlError) as err:
         kube.create(case.object())
     message = err.value.stderr
@@ -23,7 +23,9 @@ def test_api_server_rejects_invalid_cr(case: Case, crds: list[str], kube: Kube) 
     assert case.message in message, message
 
 
-def test_api_server_admits_valid_objects_and_applies_defaults(crds: list[str], kube: Kube) -> None:
+def test_api_server_admits_valid_objects_and_applies_defaults(
+    crds: list[str], kube: Kubectl
+) -> None:
     created = kube.create(pool())
     spec = created["spec"]
     assert spec["replicas"] == 1

@@ -1,10 +1,10 @@
 """Autoscaling end to end on the real cluster: Prometheus -> prometheus-adapter -> an HPA per pool.
 
 Nothing is faked between the client and the Deployments: simulated vLLM workers and the gateway
-export their series, Prometheus (``e2e.monitoring``) scrapes them, prometheus-adapter serves them
-through the aggregated custom/external metrics APIs, the kube-controller-manager's HPA controller
-sets each InferencePool's ``/scale``, and the operator applies the DisaggDeployment's guards
-before it sets the Deployments. Load goes only to the gateway pod's IP (the pod network).
+export their series, Prometheus (``testbed.monitoring``) scrapes them, prometheus-adapter serves
+them through the aggregated custom/external metrics APIs, the kube-controller-manager's HPA
+controller sets each InferencePool's ``/scale``, and the operator applies the DisaggDeployment's
+guards before it sets the Deployments. Load goes only to the gateway pod's IP (the pod network).
 
 The load test records a trace (``$DISAGG_CACHE/logs/autoscaling-trace.json``, or
 ``E2E_AUTOSCALING_TRACE``) that ``bench/autoscaling_plot.py`` turns into docs/autoscaling.png.
@@ -22,11 +22,11 @@ from typing import Any
 import pytest
 
 from e2e import test_operator as operator_tests
-from e2e.cluster.config import Settings
-from e2e.cluster.kube import Kube, condition
-from e2e.monitoring import load as loadgen
 from e2e.operator_process import OperatorProcess, session_operator
 from e2e.test_operator import DD, GATEWAY_IMAGE, IP, cond_is, small_resources
+from testbed.cluster.config import Settings
+from testbed.cluster.kubectl import Kubectl, condition
+from testbed.monitoring import load as loadgen
 
 pytestmark = pytest.mark.e2e
 
@@ -47,13 +47,13 @@ BEHAVIOR = {
 
 @pytest.fixture(scope="module")
 def prometheus(cluster: Any) -> Iterator[str]:
-    """The metrics pipeline: ``E2E_PROMETHEUS_URL`` (another cluster's), or e2e.monitoring's."""
+    """The metrics pipeline: ``E2E_PROMETHEUS_URL`` (another cluster's), or testbed.monitoring's."""
     if url := os.environ.get("E2E_PROMETHEUS_URL"):
         yield url
         return
     if cluster.local is None:
         pytest.skip("set E2E_PROMETHEUS_URL (with an adapter installed) to run on another cluster")
-    from e2e import monitoring
+    from testbed import monitoring
 
     started = not monitoring.is_up()
     monitoring.up()
@@ -91,7 +91,7 @@ def a_disagg(name: str, **spec: Any) -> dict[str, Any]:
     return operator_tests.a_disagg(name, SPEEDUP, **spec)
 
 
-def gateway_url(kube: Kube, name: str) -> str:
+def gateway_url(kube: Kubectl, name: str) -> str:
     pods = kube.items("pods", f"disagg.dev/deployment={name},app.kubernetes.io/component=gateway")
     ready = [p for p in pods if cond_is(p, "Ready", "True") and p["status"].get("podIP")]
     assert ready, f"no ready gateway pod: {[p['status'].get('phase') for p in pods]}"
@@ -102,7 +102,7 @@ def prompt(words: int, tag: str) -> str:
     return " ".join(f"{tag}{i % 97}" for i in range(words))
 
 
-def external_metric(kube: Kube, namespace: str, name: str, pool: str) -> list[dict[str, Any]]:
+def external_metric(kube: Kubectl, namespace: str, name: str, pool: str) -> list[dict[str, Any]]:
     raw = kube.kubectl(
         "get",
         "--raw",
@@ -113,12 +113,12 @@ def external_metric(kube: Kube, namespace: str, name: str, pool: str) -> list[di
     return items
 
 
-def hpa_active(kube: Kube, name: str) -> bool:
+def hpa_active(kube: Kubectl, name: str) -> bool:
     hpa = kube.get("hpa", name) or {}
     return cond_is(hpa, "ScalingActive", "True")
 
 
-def warning_events(kube: Kube, reason: str) -> list[dict[str, Any]]:
+def warning_events(kube: Kubectl, reason: str) -> list[dict[str, Any]]:
     return [e for e in kube.items("events") if e.get("reason") == reason]
 
 
@@ -128,7 +128,7 @@ def trace_path() -> Path:
 
 
 def test_pools_scale_up_under_load_and_back_down_without_failed_requests(
-    op: OperatorProcess, prometheus: str, kube: Kube, namespace: str
+    op: OperatorProcess, prometheus: str, kube: Kubectl, namespace: str
 ) -> None:
     """Bounded load: prefill and decode each scale up from 1; load stops; both return to 1.
 
@@ -236,7 +236,7 @@ def test_pools_scale_up_under_load_and_back_down_without_failed_requests(
     )
 
 
-def test_ratio_guard_clamps_prefill_and_says_why(op: OperatorProcess, kube: Kube) -> None:
+def test_ratio_guard_clamps_prefill_and_says_why(op: OperatorProcess, kube: Kubectl) -> None:
     """The prefill HPA holds 3 replicas (its minimum); P:D <= 1 with 1 decode clamps it to 1."""
     kube.apply(
         a_disagg(
@@ -274,7 +274,7 @@ def test_ratio_guard_clamps_prefill_and_says_why(op: OperatorProcess, kube: Kube
 
 
 def test_disaggregation_effective_turns_false_when_everything_goes_decode_only(
-    op: OperatorProcess, kube: Kube
+    op: OperatorProcess, kube: Kubectl
 ) -> None:
     """Selective threshold above every prompt: the gateway sends all to decode; status says so."""
     if op.proc is None and not os.environ.get("E2E_PROMETHEUS_URL"):

@@ -26,8 +26,8 @@ from typing import Any
 import pytest
 import yaml
 
-from e2e.cluster.kube import Kube, KubectlError
 from e2e.conftest import Cluster
+from testbed.cluster.kubectl import Kubectl, KubectlError
 
 pytestmark = pytest.mark.e2e
 
@@ -70,10 +70,12 @@ def _helm(cluster: Cluster) -> str:
     for candidate in candidates:
         if candidate and Path(candidate).is_file():
             return candidate
-    pytest.fail("no helm: set E2E_HELM, put helm on PATH, or run `python -m e2e.cluster install`")
+    pytest.fail(
+        "no helm: set E2E_HELM, put helm on PATH, or run `python -m testbed.cluster install`"
+    )
 
 
-def _namespace(kube: Kube, prefix: str, labels: dict[str, str] | None = None) -> str:
+def _namespace(kube: Kubectl, prefix: str, labels: dict[str, str] | None = None) -> str:
     name = f"{prefix}-{secrets.token_hex(3)}"
     meta: dict[str, Any] = {"name": name, "labels": labels or {}}
     kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": meta})
@@ -87,7 +89,7 @@ RESTRICTED = {
 
 
 @pytest.fixture(scope="module")
-def release(cluster: Cluster, cluster_kube: Kube) -> Iterator[Release]:
+def release(cluster: Cluster, cluster_kube: Kubectl) -> Iterator[Release]:
     namespace = _namespace(cluster_kube, "disagg-chart", RESTRICTED)
     # A release name containing "disagg" is the chart's fullname: objects are "<name>-operator".
     name = f"disagg-e2e-{secrets.token_hex(2)}"
@@ -104,7 +106,7 @@ def release(cluster: Cluster, cluster_kube: Kube) -> Iterator[Release]:
         cluster_kube.delete("namespace", namespace)
 
 
-def can_i(kube: Kube, subject: str, verb: str, resource: str, namespace: str | None) -> bool:
+def can_i(kube: Kubectl, subject: str, verb: str, resource: str, namespace: str | None) -> bool:
     """``kubectl auth can-i VERB RESOURCE --as=SUBJECT``, asked as a SubjectAccessReview.
 
     The same question the API server's authorizer answers for can-i; the review names the API
@@ -182,7 +184,7 @@ MATRIX: list[tuple[str, str, str | None, bool]] = [
 Row = tuple[str, str, str | None, bool]
 
 
-def _check(kube: Kube, subject: str, rows: list[Row]) -> list[str]:
+def _check(kube: Kubectl, subject: str, rows: list[Row]) -> list[str]:
     """Ask can-i for each row, print the matrix, return the rows whose answer is wrong."""
     wrong = []
     for verb, resource, namespace, expected in rows:
@@ -195,7 +197,7 @@ def _check(kube: Kube, subject: str, rows: list[Row]) -> list[str]:
     return wrong
 
 
-def test_release_objects_and_crds(release: Release, cluster_kube: Kube) -> None:
+def test_release_objects_and_crds(release: Release, cluster_kube: Kubectl) -> None:
     kube = cluster_kube.in_namespace(release.namespace)
     assert kube.get("serviceaccount", release.service_account)
     deployment = kube.get("deployment", release.operator)
@@ -207,7 +209,7 @@ def test_release_objects_and_crds(release: Release, cluster_kube: Kube) -> None:
         assert obj["metadata"]["annotations"]["meta.helm.sh/release-name"] == release.name
 
 
-def test_can_i_matrix_cluster_wide(release: Release, cluster_kube: Kube) -> None:
+def test_can_i_matrix_cluster_wide(release: Release, cluster_kube: Kubectl) -> None:
     work = _namespace(cluster_kube, "disagg-chart-work")
     try:
         print(f"\ncan-i as {release.subject} (cluster-wide mode):")
@@ -219,7 +221,7 @@ def test_can_i_matrix_cluster_wide(release: Release, cluster_kube: Kube) -> None
     assert wrong == []
 
 
-def test_namespaced_mode_confines_the_operator(release: Release, cluster_kube: Kube) -> None:
+def test_namespaced_mode_confines_the_operator(release: Release, cluster_kube: Kubectl) -> None:
     watched = _namespace(cluster_kube, "disagg-chart-watched")
     other = _namespace(cluster_kube, "disagg-chart-other")
     home = _namespace(cluster_kube, "disagg-chart-ns", RESTRICTED)
@@ -279,7 +281,7 @@ def _idle_pool(name: str) -> dict[str, Any]:
 
 
 def _scoped_operator_acts_only_where_it_watches(
-    release: Release, scoped: Release, cluster_kube: Kube, watched: str, other: str
+    release: Release, scoped: Release, cluster_kube: Kubectl, watched: str, other: str
 ) -> None:
     """With every cluster-wide operator stopped, the namespaced one reconciles only ``watched``.
 
@@ -337,7 +339,7 @@ def rbac_denials(logs: str) -> list[str]:
     return [line for line in logs.splitlines() if any(m in line for m in marks)]
 
 
-def _operator_pod(kube: Kube) -> dict[str, Any]:
+def _operator_pod(kube: Kubectl) -> dict[str, Any]:
     pods = kube.wait_for(
         lambda: kube.items("pods", "app.kubernetes.io/component=operator"), 60, "operator pod"
     )
@@ -345,7 +347,7 @@ def _operator_pod(kube: Kube) -> dict[str, Any]:
     return pod
 
 
-def test_operator_pod_is_admitted_under_restricted(release: Release, cluster_kube: Kube) -> None:
+def test_operator_pod_is_admitted_under_restricted(release: Release, cluster_kube: Kubectl) -> None:
     kube = cluster_kube.in_namespace(release.namespace)
     labels = cluster_kube.get("namespace", release.namespace)["metadata"]["labels"]  # type: ignore[index]
     assert labels["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -366,7 +368,7 @@ def test_operator_pod_is_admitted_under_restricted(release: Release, cluster_kub
     assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
 
 
-def test_rdma_worker_needs_a_privileged_namespace(cluster_kube: Kube) -> None:
+def test_rdma_worker_needs_a_privileged_namespace(cluster_kube: Kubectl) -> None:
     """IPC_LOCK is outside baseline's capability list: only enforce=privileged admits it."""
     pod = {
         "apiVersion": "v1",
@@ -401,7 +403,7 @@ def test_rdma_worker_needs_a_privileged_namespace(cluster_kube: Kube) -> None:
     assert verdicts == {"baseline": False, "privileged": True}
 
 
-def test_operator_runs_without_forbidden_errors(release: Release, cluster_kube: Kube) -> None:
+def test_operator_runs_without_forbidden_errors(release: Release, cluster_kube: Kubectl) -> None:
     kube = cluster_kube.in_namespace(release.namespace)
     pod = _operator_pod(kube)
     image = pod["spec"]["containers"][0]["image"]
@@ -419,7 +421,7 @@ def test_operator_runs_without_forbidden_errors(release: Release, cluster_kube: 
     state = kube.wait_for(ready_or_stuck, 180, "operator pod ready")
     if state == "no-image":
         pytest.skip(
-            f"{image} is not loaded into the node; build it with `python e2e/images.py all`"
+            f"{image} is not loaded into the node; build it with `python testbed/images.py all`"
         )
     logs = kube.kubectl("logs", pod["metadata"]["name"])
     assert rbac_denials(logs) == [], logs[-3000:]
@@ -451,7 +453,7 @@ def _smoke_disagg(name: str) -> dict[str, Any]:
 
 
 def test_helm_test_serves_one_request_through_a_gateway(
-    release: Release, cluster_kube: Kube
+    release: Release, cluster_kube: Kubectl
 ) -> None:
     """The e2e smoke with the chart-installed operator, checked by the chart's own `helm test`."""
     operator_pod = _operator_pod(cluster_kube.in_namespace(release.namespace))
@@ -516,14 +518,14 @@ def _changed_chart(tmp: Path) -> Path:
     return copy
 
 
-def _columns(kube: Kube) -> list[str]:
+def _columns(kube: Kubectl) -> list[str]:
     crd = kube.get("crd", "inferencepools.disagg.dev") or {}
     version = crd["spec"]["versions"][0]
     return [c["name"] for c in version.get("additionalPrinterColumns", [])]
 
 
 def test_upgrade_applies_a_changed_crd(
-    release: Release, cluster_kube: Kube, tmp_path: Path
+    release: Release, cluster_kube: Kubectl, tmp_path: Path
 ) -> None:
     assert "Upgraded" not in _columns(cluster_kube)
     release.run("upgrade", release.name, str(_changed_chart(tmp_path)), "--force-conflicts")
@@ -533,7 +535,7 @@ def test_upgrade_applies_a_changed_crd(
 
 
 def test_uninstall_keeps_the_crds_and_the_custom_resources(
-    release: Release, cluster_kube: Kube
+    release: Release, cluster_kube: Kubectl
 ) -> None:
     work = _namespace(cluster_kube, "disagg-chart-keep")
     kube = cluster_kube.in_namespace(work)

@@ -14,8 +14,8 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.config import PAUSE_IMAGE
-from e2e.cluster.kube import Kube, condition
+from testbed.cluster.config import PAUSE_IMAGE
+from testbed.cluster.kubectl import Kubectl, condition
 
 pytestmark = pytest.mark.e2e
 
@@ -44,13 +44,13 @@ def pod(name: str, gpus: int, rdma: int, command: list[str] | None = None) -> di
     }
 
 
-def test_api_server_is_healthy(cluster_kube: Kube) -> None:
+def test_api_server_is_healthy(cluster_kube: Kubectl) -> None:
     assert cluster_kube.kubectl("get", "--raw", "/readyz").strip() == "ok"
     verbose = cluster_kube.kubectl("get", "--raw", "/livez?verbose")
     assert "livez check passed" in verbose
 
 
-def test_aggregation_layer_is_configured(cluster_kube: Kube) -> None:
+def test_aggregation_layer_is_configured(cluster_kube: Kubectl) -> None:
     auth = cluster_kube.in_namespace("kube-system").get(
         "configmap", "extension-apiserver-authentication"
     )
@@ -61,7 +61,7 @@ def test_aggregation_layer_is_configured(cluster_kube: Kube) -> None:
 
 
 def test_node_is_ready_and_advertises_gpus_and_rdma(
-    cluster_kube: Kube, gpu_node: dict[str, Any]
+    cluster_kube: Kubectl, gpu_node: dict[str, Any]
 ) -> None:
     name = gpu_node["metadata"]["name"]
     assert (condition(gpu_node, "Ready") or {}).get("status") == "True"
@@ -76,7 +76,9 @@ def test_node_is_ready_and_advertises_gpus_and_rdma(
     assert "nvidia.com/gpu:" in described and "rdma/ib:" in described
 
 
-def test_pod_with_gpus_and_rdma_is_scheduled_and_runs(kube: Kube, gpu_node: dict[str, Any]) -> None:
+def test_pod_with_gpus_and_rdma_is_scheduled_and_runs(
+    kube: Kubectl, gpu_node: dict[str, Any]
+) -> None:
     kube.apply(pod("gpu-worker", gpus=2, rdma=1))
     running = kube.wait_for_object(
         "pod", "gpu-worker", lambda p: p["status"].get("phase") == "Running", timeout=90
@@ -89,7 +91,7 @@ def test_pod_with_gpus_and_rdma_is_scheduled_and_runs(kube: Kube, gpu_node: dict
 
 
 def test_pod_asking_for_more_gpus_than_the_node_has_stays_pending(
-    kube: Kube, gpu_node: dict[str, Any]
+    kube: Kubectl, gpu_node: dict[str, Any]
 ) -> None:
     too_many = int(gpu_node["status"]["allocatable"]["nvidia.com/gpu"]) + 1
     kube.apply(pod("too-big", gpus=too_many, rdma=1))
@@ -109,7 +111,7 @@ def test_pod_asking_for_more_gpus_than_the_node_has_stays_pending(
     assert "Insufficient nvidia.com/gpu" in event["message"]
 
 
-def test_pod_reaches_the_api_server_through_the_kubernetes_service(kube: Kube) -> None:
+def test_pod_reaches_the_api_server_through_the_kubernetes_service(kube: Kubectl) -> None:
     service = kube.in_namespace("default").get("service", "kubernetes")
     assert service is not None
     target = f"{service['spec']['clusterIP']}:{service['spec']['ports'][0]['port']}"
@@ -122,7 +124,7 @@ def test_pod_reaches_the_api_server_through_the_kubernetes_service(kube: Kube) -
     assert "connected to" in logs
 
 
-def test_pod_resolves_service_names_through_cluster_dns(kube: Kube, namespace: str) -> None:
+def test_pod_resolves_service_names_through_cluster_dns(kube: Kubectl, namespace: str) -> None:
     kube.apply(
         {
             "apiVersion": "v1",
@@ -142,7 +144,7 @@ def test_pod_resolves_service_names_through_cluster_dns(kube: Kube, namespace: s
     assert service["spec"]["clusterIP"] in logs
 
 
-def test_hpa_controller_scales_a_deployment_to_its_minimum(kube: Kube) -> None:
+def test_hpa_controller_scales_a_deployment_to_its_minimum(kube: Kubectl) -> None:
     labels = {"app": "hpa-target"}
     kube.apply(
         {

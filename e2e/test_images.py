@@ -5,7 +5,7 @@ no privilege escalation; the simulator image serves ``/health`` and ``/v1/models
 published on 127.0.0.1 only.  The last test loads the images into the local cluster's containerd
 and runs each as a pod in a namespace that enforces Pod Security "restricted".
 
-The images are (re)built first through ``e2e.images`` -- seconds when nothing changed -- so the
+The images are (re)built first through ``testbed.images`` -- seconds when nothing changed -- so the
 tests check the code in this checkout.  No Docker (no daemon and no ``dockerd`` we may start)
 skips the module; ``E2E_BASE_IMAGE`` builds from another base (e.g. ``python:3.11-slim-bookworm``
 where a registry is reachable) instead of the debootstrapped one.
@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import httpx
 import pytest
 
-from e2e import images
-from e2e.cluster.kube import Kube, condition
-from e2e.images_docker import Docker, load_into_containerd
+from testbed import images
+from testbed.cluster.kubectl import Kubectl, condition
+from testbed.images_docker import Docker, load_into_containerd
 
 if TYPE_CHECKING:
     from e2e.conftest import Cluster
@@ -178,7 +178,7 @@ def _pod(name: str, image: str, args: list[str], **container: Any) -> dict[str, 
 
 
 def test_images_run_as_pods_under_restricted_pod_security(
-    docker: Docker, cluster: Cluster, kube: Kube, namespace: str
+    docker: Docker, cluster: Cluster, kube: Kubectl, namespace: str
 ) -> None:
     if cluster.local is None:
         pytest.skip("E2E_KUBECONFIG cluster: load the images yourself (docs/images.md, kind)")

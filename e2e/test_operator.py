@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.kube import Kube, condition
 from e2e.operator_process import OperatorProcess
+from testbed.cluster.kubectl import Kubectl, condition
 
 pytestmark = pytest.mark.e2e
 
@@ -73,7 +73,7 @@ def cond_is(obj: dict[str, Any], type_: str, status: str) -> bool:
     return (condition(obj, type_) or {}).get("status") == status
 
 
-def test_pool_becomes_deployment_service_and_pdb(operator: OperatorProcess, kube: Kube) -> None:
+def test_pool_becomes_deployment_service_and_pdb(operator: OperatorProcess, kube: Kubectl) -> None:
     kube.apply(a_pool("solo", replicas=1))
     deployment = kube.wait_for(lambda: kube.get("deployment", "solo"), 60, "Deployment solo")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -100,7 +100,7 @@ def test_pool_becomes_deployment_service_and_pdb(operator: OperatorProcess, kube
 
 
 def test_sim_workers_become_ready_and_pool_reports_ready(
-    operator: OperatorProcess, kube: Kube
+    operator: OperatorProcess, kube: Kubectl
 ) -> None:
     kube.apply(a_pool("ready", replicas=1))
     pool = kube.wait_for_object(IP, "ready", lambda o: cond_is(o, "Ready", "True"), 180)
@@ -113,7 +113,7 @@ def test_sim_workers_become_ready_and_pool_reports_ready(
 
 
 def test_pool_wanting_more_gpus_than_the_node_has_stays_pending_and_says_why(
-    operator: OperatorProcess, kube: Kube
+    operator: OperatorProcess, kube: Kubectl
 ) -> None:
     kube.apply(a_pool("greedy", parallelism={"tensor": 16}))
     pool = kube.wait_for_object(
@@ -129,7 +129,7 @@ def test_pool_wanting_more_gpus_than_the_node_has_stays_pending_and_says_why(
 
 
 def test_kubectl_scale_on_a_pool_changes_its_deployment(
-    operator: OperatorProcess, kube: Kube
+    operator: OperatorProcess, kube: Kubectl
 ) -> None:
     kube.apply(a_pool("scaled", replicas=1))
     kube.wait_for(lambda: kube.get("deployment", "scaled"), 60, "Deployment scaled")
@@ -137,7 +137,7 @@ def test_kubectl_scale_on_a_pool_changes_its_deployment(
     kube.wait_for_object("deployment", "scaled", lambda d: d["spec"]["replicas"] == 2, 60)
 
 
-def test_autoscaling_off_prunes_the_hpa(operator: OperatorProcess, kube: Kube) -> None:
+def test_autoscaling_off_prunes_the_hpa(operator: OperatorProcess, kube: Kubectl) -> None:
     kube.apply(a_pool("auto", autoscaling={"enabled": True, "minReplicas": 1, "maxReplicas": 3}))
     hpa = kube.wait_for(lambda: kube.get("hpa", "auto"), 60, "HPA auto")
     assert hpa["spec"]["scaleTargetRef"] == {
@@ -149,7 +149,7 @@ def test_autoscaling_off_prunes_the_hpa(operator: OperatorProcess, kube: Kube) -
     kube.wait_for(lambda: kube.get("hpa", "auto") is None, 60, "HPA auto pruned")
 
 
-def _children(kube: Kube) -> dict[str, list[str]]:
+def _children(kube: Kubectl) -> dict[str, list[str]]:
     out: dict[str, list[str]] = {}
     for kind in (
         IP,
@@ -171,7 +171,7 @@ def _children(kube: Kube) -> dict[str, list[str]]:
 
 
 def test_disaggdeployment_children_update_in_place_and_are_garbage_collected(
-    operator: OperatorProcess, kube: Kube
+    operator: OperatorProcess, kube: Kubectl
 ) -> None:
     kube.apply(a_disagg("llm"))
     for name in ("llm-prefill", "llm-decode", "llm-gateway"):
@@ -210,7 +210,7 @@ def test_disaggdeployment_children_update_in_place_and_are_garbage_collected(
 
 
 def test_disaggdeployment_reports_ready_when_all_components_are(
-    operator: OperatorProcess, kube: Kube
+    operator: OperatorProcess, kube: Kubectl
 ) -> None:
     kube.apply(a_disagg("llm"))
     dd = kube.wait_for_object(DD, "llm", lambda o: cond_is(o, "Ready", "True"), 240)
@@ -226,7 +226,7 @@ def test_disaggdeployment_reports_ready_when_all_components_are(
 
 
 def test_operator_restart_mid_reconcile_converges_without_duplicates(
-    operator: OperatorProcess, kube: Kube
+    operator: OperatorProcess, kube: Kubectl
 ) -> None:
     if not operator.proc:
         pytest.skip(

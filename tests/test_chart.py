@@ -7,7 +7,7 @@ wildcard, nothing beyond the list below, everything ``controller.kube`` touches)
 pod must meet Pod Security "restricted".  The e2e tier (e2e/test_chart.py) proves the same on an
 API server.
 
-helm comes from ``$HELM``, ``PATH`` or the local cluster's cache (``python -m e2e.cluster
+helm comes from ``$HELM``, ``PATH`` or the local cluster's cache (``python -m testbed.cluster
 install`` puts helm v4 in ``~/.cache/disagg/bin``); without it these tests skip, saying so.
 """
 
@@ -80,7 +80,7 @@ HELM = helm_binary()
 pytestmark = pytest.mark.skipif(
     HELM is None,
     reason="helm not found ($HELM, PATH or ~/.cache/disagg/bin/helm); "
-    "`python -m e2e.cluster install` fetches it",
+    "`python -m testbed.cluster install` fetches it",
 )
 
 

@@ -1,4 +1,4 @@
-"""The local metrics pipeline's configuration (e2e/monitoring), checked without a cluster.
+"""The local metrics pipeline's configuration (testbed/monitoring), checked without a cluster.
 
 ``promtool`` (Debian's prometheus package) judges the generated Prometheus configuration, and the
 pod-discovery translation is checked on pod objects as the API server returns them.
@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from e2e.cluster.config import Settings
-from e2e.monitoring.pod_discovery import target_groups
-from e2e.monitoring.stack import RULES, prometheus_config, registration
+
+from testbed.cluster.config import Settings
+from testbed.monitoring.pod_discovery import target_groups
+from testbed.monitoring.stack import RULES, prometheus_config, registration
 
 
 def _pod(name: str, ip: str | None, annotations: dict[str, str]) -> dict[str, object]:

@@ -8,7 +8,7 @@ group per pod, labelled with the same ``__meta_kubernetes_*`` names that ``kuber
 (role ``pod``) produces. The relabelling in ``stack.prometheus_config`` is therefore the one a
 real cluster uses (docs/autoscaling.md), with only the discovery block swapped.
 
-Run: ``python -m e2e.monitoring.pod_discovery --port 19091`` (``stack.up`` does it).
+Run: ``python -m testbed.monitoring.pod_discovery --port 19091`` (``stack.up`` does it).
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ import sys
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from e2e.cluster.apiclient import ApiClient
-from e2e.cluster.config import Settings
+from testbed.cluster.apiclient import ApiClient
+from testbed.cluster.config import Settings
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 
@@ -78,7 +78,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m e2e.monitoring.pod_discovery")
+    parser = argparse.ArgumentParser(prog="python -m testbed.monitoring.pod_discovery")
     parser.add_argument("--port", type=int, required=True, help="port on 127.0.0.1")
     args = parser.parse_args(argv)
     _Handler.api = ApiClient(Settings.from_env())

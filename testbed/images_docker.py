@@ -229,7 +229,7 @@ def containerd_address() -> str:
     """The cluster's containerd: ``$DISAGG_CONTAINERD_ADDRESS``, else the local cluster's socket."""
     if address := os.environ.get("DISAGG_CONTAINERD_ADDRESS"):
         return address
-    from e2e.cluster.config import Settings
+    from testbed.cluster.config import Settings
 
     return str(Settings.from_env().containerd_socket)
 
@@ -242,12 +242,14 @@ def load_into_containerd(docker: Docker, refs: list[str], address: str, logs: Pa
     if not _ctr_answers(ctr, address):
         print(
             f"    NOT LOADED: no containerd answers at {address}. The images are built; start the"
-            " cluster, then run `python -m e2e.images load` (or pass --containerd-address)."
+            " cluster, then run `python -m testbed.images load` (or pass --containerd-address)."
         )
         return False
     ids = {ref: docker.image_id(ref) for ref in refs}
     if missing := [ref for ref, image_id in ids.items() if image_id is None]:
-        raise ImageError(f"not built yet: {', '.join(missing)} (run `python -m e2e.images build`)")
+        raise ImageError(
+            f"not built yet: {', '.join(missing)} (run `python -m testbed.images build`)"
+        )
     stamp = logs.parent / "loaded" / (address.strip("/").replace("/", "_") + ".json")
     listed = subprocess.run(
         [ctr, "--address", address, "-n", "k8s.io", "images", "ls", "-q"],

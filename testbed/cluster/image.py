@@ -117,7 +117,7 @@ def write_image_archive(binary: Path, reference: str, archive: Path) -> None:
         "os": "linux",
         "config": {"Entrypoint": ["/pause"], "User": "65535:65535", "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [f"sha256:{layer_digest}"]},
-        "history": [{"created_by": "disagg e2e.cluster image.py"}],
+        "history": [{"created_by": "disagg testbed.cluster image.py"}],
     }
     config_bytes = json.dumps(config, sort_keys=True).encode()
     config_name = hashlib.sha256(config_bytes).hexdigest() + ".json"

@@ -1,9 +1,9 @@
 """``make demo``: the whole system on this machine, from nothing, in one command.
 
-1. builds and starts a real one-node Kubernetes cluster (``e2e.cluster``), with fake GPUs and
+1. builds and starts a real one-node Kubernetes cluster (``testbed.cluster``), with fake GPUs and
    RDMA devices advertised on the node;
 2. builds the operator, gateway and simulator images and loads them into the node
-   (``e2e.images``);
+   (``testbed.images``);
 3. installs the CRDs and the operator with the Helm chart;
 4. applies ``examples/disaggdeployment-sim.yaml`` (simulated Llama-3.1-8B on simulated H100s
    with RDMA) and waits on its ``Ready`` condition;
@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from e2e.cluster.config import Settings
+from testbed.cluster.config import Settings
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "disaggdeployment-sim.yaml"
@@ -169,6 +169,7 @@ def short_worker(url: str | None) -> str:
 
 def send_requests(base_url: str) -> list[dict[str, Any]]:
     from openai import OpenAI
+    from openai.types.chat import ChatCompletionMessageParam
 
     client = OpenAI(base_url=f"{base_url}/v1", api_key="demo", max_retries=0, timeout=120)
     cases = [
@@ -179,20 +180,20 @@ def send_requests(base_url: str) -> list[dict[str, Any]]:
     ]
     rows = []
     for label, prompt, stream in cases:
-        messages = [{"role": "user", "content": prompt}]
+        messages: list[ChatCompletionMessageParam] = [{"role": "user", "content": prompt}]
         start = time.perf_counter()
         if stream:
-            raw = client.chat.completions.with_raw_response.create(
+            streamed = client.chat.completions.with_raw_response.create(
                 model=MODEL,
                 messages=messages,
                 max_tokens=32,
-                stream=True,  # type: ignore[arg-type]
+                stream=True,
                 stream_options={"include_usage": True},
             )
-            headers = raw.headers
+            headers = streamed.headers
             stamps: list[float] = []
             prompt_tokens = 0
-            for chunk in raw.parse():
+            for chunk in streamed.parse():
                 if chunk.choices and chunk.choices[0].delta.content:
                     stamps.append(time.perf_counter())
                 if chunk.usage:
@@ -201,13 +202,11 @@ def send_requests(base_url: str) -> list[dict[str, Any]]:
             gaps = [b - a for a, b in itertools.pairwise(stamps)]
             itl = sum(gaps) / len(gaps) if gaps else float("nan")
         else:
-            raw = client.chat.completions.with_raw_response.create(
-                model=MODEL,
-                messages=messages,
-                max_tokens=32,  # type: ignore[arg-type]
+            whole = client.chat.completions.with_raw_response.create(
+                model=MODEL, messages=messages, max_tokens=32
             )
-            headers = raw.headers
-            completion = raw.parse()
+            headers = whole.headers
+            completion = whole.parse()
             ttft = time.perf_counter() - start
             itl = float("nan")
             prompt_tokens = completion.usage.prompt_tokens if completion.usage else 0
@@ -252,9 +251,9 @@ def print_rows(rows: list[dict[str, Any]], pods: dict[str, str]) -> None:
 def up(tools: Tools) -> None:
     started = time.monotonic()
     say("1/5 Kubernetes: build (first run only: ~7 min on 2 cores) and start one node")
-    run(sys.executable, "-m", "e2e.cluster", "up")
+    run(sys.executable, "-m", "testbed.cluster", "up")
     say("2/5 images: operator, gateway, simulator (first run: ~2 min)")
-    run(sys.executable, "-m", "e2e.images", "all")
+    run(sys.executable, "-m", "testbed.images", "all")
     say("3/5 CRDs (kubectl apply -f crds/) and the operator (Helm chart)")
     # The CRDs go in with kubectl so that CRDs left by an earlier release (the chart keeps them
     # on uninstall) or by `kubectl apply` never block the install; the chart then skips them.
@@ -315,7 +314,7 @@ Demo finished in {time.monotonic() - started:.0f}s.  Tear down with: make demo-d
 
 def down(tools: Tools) -> None:
     settings = tools.settings
-    from e2e.cluster.lifecycle import is_up
+    from testbed.cluster.lifecycle import is_up
 
     if is_up(settings):
         say("removing the demo")
@@ -324,14 +323,14 @@ def down(tools: Tools) -> None:
         )
         tools.helm("uninstall", RELEASE, "--namespace", OPERATOR_NAMESPACE, "--ignore-not-found")
     say("stopping the cluster")
-    run(sys.executable, "-m", "e2e.cluster", "down")
-    run(sys.executable, "-m", "e2e.images", "stop", check=False)
+    run(sys.executable, "-m", "testbed.cluster", "down")
+    run(sys.executable, "-m", "testbed.images", "stop", check=False)
     print("Nothing of the demo is left running; caches stay in", settings.cache)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m e2e.demo",
+        prog="python -m testbed.demo",
         description="Run disagg end to end on a local cluster (see README).",
     )
     parser.add_argument(

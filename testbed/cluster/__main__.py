@@ -1,4 +1,4 @@
-"""Command line: ``python -m e2e.cluster install | up | down | status | load-image | kubectl``."""
+"""Command line: ``python -m testbed.cluster install|up|down|status|load-image|kubectl``."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from .lifecycle import down, load_image, status, up
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m e2e.cluster",
+        prog="python -m testbed.cluster",
         description="A real single-node Kubernetes cluster built from source (docs/cluster.md).",
     )
     sub = parser.add_subparsers(dest="command", required=True)

@@ -1,5 +1,5 @@
 """Prometheus + prometheus-adapter beside the local cluster (see ``stack``)."""
 
-from e2e.monitoring.stack import PROMETHEUS_URL, down, is_up, up
+from testbed.monitoring.stack import PROMETHEUS_URL, down, is_up, up
 
 __all__ = ["PROMETHEUS_URL", "down", "is_up", "up"]

@@ -16,10 +16,10 @@ When no Docker daemon answers, one is started in the background (``dockerd``) wi
 containerd, so image builds never depend on -- or disturb -- the cluster's containerd, and with
 ``--iptables=false`` so Docker leaves the host firewall (and the cluster's pod traffic) alone.
 
-    python -m e2e.images build             # base + wheels + disagg/{operator,gateway,sim}
-    python -m e2e.images load              # docker save | ctr -n k8s.io images import -
-    python -m e2e.images all               # both; "not loaded" is a notice, not an error
-    python -m e2e.images status | stop     # show / stop the dockerd this script started
+    python -m testbed.images build             # base + wheels + disagg/{operator,gateway,sim}
+    python -m testbed.images load              # docker save | ctr -n k8s.io images import -
+    python -m testbed.images all               # both; "not loaded" is a notice, not an error
+    python -m testbed.images status | stop     # show / stop the dockerd this script started
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from e2e.images_docker import (
+from testbed.images_docker import (
     Docker,
     ImageError,
     containerd_address,
@@ -297,7 +297,7 @@ def exclusive() -> Iterator[None]:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            print("    waiting for another e2e.images run to finish", flush=True)
+            print("    waiting for another testbed.images run to finish", flush=True)
             fcntl.flock(lock, fcntl.LOCK_EX)
         yield
 
@@ -353,7 +353,7 @@ def report_sizes(docker: Docker, refs: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m e2e.images", description=__doc__.split("\n\n")[0]
+        prog="python -m testbed.images", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("command", choices=["build", "load", "all", "status", "stop"])
     parser.add_argument("--component", action="append", choices=COMPONENTS, dest="components")

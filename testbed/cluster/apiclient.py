@@ -1,6 +1,6 @@
 """A tiny HTTPS client for the cluster's own health checks, using the admin certificate.
 
-The lifecycle code must not depend on the project's virtualenv (``python3 -m e2e.cluster`` works
+The lifecycle code must not depend on the project's virtualenv (``python3 -m testbed.cluster`` works
 with the system interpreter), so it speaks to the apiserver with the standard library only.
 """
 

@@ -1,6 +1,6 @@
 """The local cluster's metrics pipeline: Prometheus and prometheus-adapter beside the cluster.
 
-Both run as host processes (like every other component of ``e2e.cluster``), not as pods: no
+Both run as host processes (like every other component of ``testbed.cluster``), not as pods: no
 image to build, and they come up in seconds.
 
 * **Prometheus** (Debian's package) listens on ``127.0.0.1:PROMETHEUS_PORT`` only. It finds pods
@@ -20,7 +20,7 @@ image to build, and they come up in seconds.
   its serving certificate is signed by the cluster CA for ``prometheus-adapter.monitoring.svc``,
   the name the aggregator checks, so TLS is verified (no ``insecureSkipTLSVerify``).
 
-``python -m e2e.monitoring up|down|status`` (``make monitoring-up``/``monitoring-down``).
+``python -m testbed.monitoring up|down|status`` (``make monitoring-up``/``monitoring-down``).
 """
 
 from __future__ import annotations
@@ -36,9 +36,9 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from e2e.cluster import pki, procs
-from e2e.cluster.config import Settings
-from e2e.cluster.kube import Kube
+from testbed.cluster import pki, procs
+from testbed.cluster.config import Settings
+from testbed.cluster.kubectl import Kubectl
 
 REPO = Path(__file__).resolve().parents[2]
 RULES = REPO / "charts" / "disagg" / "files" / "prometheus-adapter-rules.yaml"
@@ -137,7 +137,7 @@ def _start_discovery(settings: Settings) -> None:
     procs.start(
         settings,
         "pod-discovery",
-        [sys.executable, "-m", "e2e.monitoring.pod_discovery", f"--port={DISCOVERY_PORT}"],
+        [sys.executable, "-m", "testbed.monitoring.pod_discovery", f"--port={DISCOVERY_PORT}"],
         env={"PYTHONPATH": str(REPO)},
     )
 
@@ -145,7 +145,7 @@ def _start_discovery(settings: Settings) -> None:
 def _start_prometheus(settings: Settings) -> None:
     binary = shutil.which("prometheus")
     if binary is None:
-        from e2e.cluster.install import install_debian_packages
+        from testbed.cluster.install import install_debian_packages
 
         install_debian_packages(settings)  # prometheus is one of the installer's packages
         binary = shutil.which("prometheus")
@@ -173,7 +173,7 @@ def _start_prometheus(settings: Settings) -> None:
 def _start_adapter(settings: Settings) -> None:
     binary = settings.tool("prometheus-adapter")
     if not binary.exists():
-        from e2e.cluster.install import build_prometheus_adapter
+        from testbed.cluster.install import build_prometheus_adapter
 
         build_prometheus_adapter(settings)
     crt, key = _adapter_cert(settings)
@@ -269,11 +269,11 @@ def _wait(what: str, probe: Any, timeout: float, log: str, settings: Settings) -
     raise RuntimeError(f"{what} {state}; {log}.log ends:\n{tail}")
 
 
-def _kube(settings: Settings) -> Kube:
-    return Kube(str(settings.tool("kubectl")), settings.kubeconfig)
+def _kube(settings: Settings) -> Kubectl:
+    return Kubectl(str(settings.tool("kubectl")), settings.kubeconfig)
 
 
-def apiservices_available(kube: Kube) -> bool:
+def apiservices_available(kube: Kubectl) -> bool:
     for group in APIS:
         svc = kube.get("apiservice", f"v1beta1.{group}")
         conds = (svc or {}).get("status", {}).get("conditions", [])
@@ -285,7 +285,7 @@ def apiservices_available(kube: Kube) -> bool:
 def up(settings: Settings | None = None) -> dict[str, float]:
     """Start Prometheus and the adapter (idempotent); returns seconds per step."""
     settings = settings or Settings.from_env()
-    from e2e.cluster.lifecycle import is_up as cluster_is_up
+    from testbed.cluster.lifecycle import is_up as cluster_is_up
 
     if not cluster_is_up(settings):
         raise RuntimeError("the local cluster is not up: run `make cluster-up` first")
@@ -334,7 +334,7 @@ def is_up(settings: Settings | None = None) -> bool:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m e2e.monitoring")
+    parser = argparse.ArgumentParser(prog="python -m testbed.monitoring")
     parser.add_argument("command", choices=("up", "down", "status"))
     args = parser.parse_args(argv)
     settings = Settings.from_env()

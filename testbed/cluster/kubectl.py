@@ -1,4 +1,7 @@
-"""``Kube``: the e2e tests' handle on a cluster — apply, get, delete, wait, kubectl.
+"""``Kubectl``: the e2e tests' handle on a cluster — apply, get, delete, wait, kubectl.
+
+(Named after the tool it drives, not ``Kube``: the operator's own API client is
+``disagg.controller.kube.Kube``, and the two must never be mistaken for each other.)
 
 Everything goes through ``kubectl`` with JSON output, so the same helper drives the local
 cluster, a kind cluster or any kubeconfig (``E2E_KUBECONFIG``) with no client library in the
@@ -36,7 +39,7 @@ class WaitTimeout(AssertionError):
     """A ``wait_for`` deadline passed; the message names the condition and the last value."""
 
 
-class Kube:
+class Kubectl:
     """Bound to one kubeconfig and (optionally) one default namespace."""
 
     def __init__(self, kubectl: str, kubeconfig: Path, namespace: str | None = None) -> None:
@@ -44,8 +47,8 @@ class Kube:
         self.kubeconfig = kubeconfig
         self.namespace = namespace
 
-    def in_namespace(self, namespace: str) -> Kube:
-        return Kube(self.kubectl_path, self.kubeconfig, namespace)
+    def in_namespace(self, namespace: str) -> Kubectl:
+        return Kubectl(self.kubectl_path, self.kubeconfig, namespace)
 
     # kubectl ------------------------------------------------------------------------------
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> str:

@@ -23,8 +23,8 @@ from typing import Any
 
 import httpx
 
-from e2e.cluster.apiclient import ApiClient
-from e2e.cluster.config import Settings
+from testbed.cluster.apiclient import ApiClient
+from testbed.cluster.config import Settings
 
 
 @dataclass

@@ -8,11 +8,8 @@ fake GPU and RDMA devices: extended resources are PATCHed into the Node's status
 documented way for resources no device plugin manages) after every kubelet start, because a
 restarted kubelet zeroes unknown extended resources.
 
-``down`` leaves nothing behind: processes (ours, found by pid file or by our containerd socket
-in their command line), container tasks, mounts under our state directories, pod network
-namespaces, the bridge and its veths, iptables chains, cgroups under ``kubepods``. Images
-imported into containerd and the certificates stay in the cache, which is what makes a warm
-``up`` fast.
+``down`` leaves nothing behind (``teardown``); images imported into containerd and the
+certificates stay in the cache, which is what makes a warm ``up`` fast.
 """
 
 from __future__ import annotations
@@ -20,9 +17,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
-import os
-import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -31,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import components, config, network, pki, procs
+from . import components, config, network, pki, procs, teardown
 from .apiclient import ApiClient, Deadline, wait_until
 from .config import Settings
 
@@ -196,7 +190,7 @@ def up(settings: Settings) -> dict[str, float]:
 def down(settings: Settings) -> list[str]:
     """Stop everything; returns what was cleaned, for the caller to print."""
     with exclusive(settings):
-        return _down(settings)
+        return teardown.clean(settings)
 
 
 def _up(settings: Settings) -> dict[str, float]:
@@ -216,15 +210,15 @@ def _up(settings: Settings) -> dict[str, float]:
         if not settings.tool(n).exists()
     ]
     if missing:
-        raise RuntimeError(f"not installed: {missing}; run `python -m e2e.cluster install`")
+        raise RuntimeError(f"not installed: {missing}; run `python -m testbed.cluster install`")
     if is_up(settings):
         _say("cluster is already up")
         return {"total": round(time.monotonic() - started, 2)}
     if all(procs.pid_of(settings, name) is None for name in ALL):
         # Nothing of ours runs: start from a clean slate. A previous run may have been killed
         # without `down` (a CI job's end, a crash) and left mounts, veths, chains and old etcd
-        # data behind; `_down` removes exactly those and is quick when there is nothing.
-        _down(settings)
+        # data behind; `teardown.clean` removes exactly those and is quick when there is nothing.
+        teardown.clean(settings)
         mark("clean slate")
     for d in (settings.state, settings.logs, settings.run):
         d.mkdir(parents=True, exist_ok=True)
@@ -310,121 +304,6 @@ def _up(settings: Settings) -> dict[str, float]:
     marks["total"] = round(time.monotonic() - started, 2)
     (settings.state / "up-times.json").write_text(json.dumps(marks))
     return marks
-
-
-def _our_shims(settings: Settings) -> list[int]:
-    pids = []
-    needle = str(settings.containerd_socket).encode()
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-        except OSError:
-            continue
-        if b"containerd-shim" in cmdline and needle in cmdline:
-            pids.append(int(entry.name))
-    return pids
-
-
-def _kubepods_cgroups() -> list[Path]:
-    found: list[Path] = []
-    for hierarchy in Path("/sys/fs/cgroup").iterdir():
-        root = hierarchy / "kubepods"
-        if root.is_dir():
-            found += sorted((p for p in root.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts))
-            found.append(root)
-    return found
-
-
-def _mounts_under(prefixes: list[Path]) -> list[str]:
-    points = []
-    with open("/proc/self/mountinfo") as info:
-        for line in info:
-            point = line.split()[4].replace("\\040", " ")
-            if any(point == str(p) or point.startswith(f"{p}/") for p in prefixes):
-                points.append(point)
-    return sorted(set(points), key=lambda p: -p.count("/"))
-
-
-def _down(settings: Settings) -> list[str]:
-    done: list[str] = []
-    for name in ("kubelet", "kube-proxy", "coredns", "kube-scheduler", "kube-controller-manager"):
-        if procs.stop(settings, name):
-            done.append(f"stopped {name}")
-    if procs.pid_of(settings, "containerd"):
-        tasks = subprocess.run(
-            components.ctr(settings, "tasks", "ls", "-q"),
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        for task in tasks:
-            subprocess.run(
-                components.ctr(settings, "tasks", "kill", "-s", "SIGKILL", task),
-                capture_output=True,
-                check=False,
-            )
-        for task in tasks:
-            subprocess.run(
-                components.ctr(settings, "tasks", "delete", "-f", task),
-                capture_output=True,
-                check=False,
-            )
-        containers = subprocess.run(
-            components.ctr(settings, "containers", "ls", "-q"),
-            capture_output=True,
-            text=True,
-            check=False,
-        ).stdout.split()
-        for container in containers:
-            subprocess.run(
-                components.ctr(settings, "containers", "delete", container),
-                capture_output=True,
-                check=False,
-            )
-        done.append(f"removed {len(tasks)} tasks, {len(containers)} containers")
-    for name in ("containerd", "kube-apiserver", "etcd"):
-        if procs.stop(settings, name):
-            done.append(f"stopped {name}")
-    for pid in _our_shims(settings):
-        procs.kill_and_wait(pid, 2)
-        done.append(f"killed shim {pid}")
-    for cgroup in _kubepods_cgroups():
-        for pid_text in (cgroup / "cgroup.procs").read_text().split():
-            try:
-                os.kill(int(pid_text), signal.SIGKILL)
-                done.append(f"killed pod process {pid_text}")
-            except ProcessLookupError:
-                pass
-    netns = sorted(Path("/run/netns").glob("cni-*")) if Path("/run/netns").is_dir() else []
-    roots = [settings.state, settings.run, settings.containerd_root, *netns]
-    for point in _mounts_under(roots):
-        if subprocess.run(["umount", point], capture_output=True, check=False).returncode != 0:
-            subprocess.run(["umount", "-l", point], capture_output=True, check=False)
-        done.append(f"unmounted {point}")
-    for path in netns:
-        path.unlink(missing_ok=True)
-    # The CNI plugins' netns helper bind-mounts /run/netns onto itself on first use; once no
-    # namespace is left in it, that mount is ours to remove too.
-    run_netns = Path("/run/netns")
-    if _mounts_under([run_netns]) and not any(run_netns.iterdir()):
-        subprocess.run(["umount", str(run_netns)], capture_output=True, check=False)
-        done.append(f"unmounted {run_netns}")
-    if settings.tool("kube-proxy").exists():
-        subprocess.run(
-            [str(settings.tool("kube-proxy")), "--cleanup"], capture_output=True, check=False
-        )
-    network.teardown(settings)
-    for cgroup in _kubepods_cgroups():
-        with contextlib.suppress(OSError):
-            cgroup.rmdir()
-    left = _mounts_under([settings.state, settings.run])
-    if left:
-        raise RuntimeError(f"still mounted, not deleting state: {left}")
-    shutil.rmtree(settings.state, ignore_errors=True)
-    shutil.rmtree(settings.run, ignore_errors=True)
-    return done
 
 
 def status(settings: Settings) -> tuple[bool, list[str]]:
