@@ -24,27 +24,29 @@ from disagg.api.common import (
     SecretKeyRef,
 )
 from disagg.api.inferencepool import ENGINE_KV_RULES, PoolSection
+from disagg.api.scorers import (
+    DEFAULT_DECODE_SCORERS,
+    DEFAULT_PREFILL_SCORERS,
+    ScorerType,
+    type_description,
+)
 from disagg.api.versions import DEFAULT_GATEWAY_IMAGE
-
-ScorerType = Literal["roundRobin", "leastLoaded", "kvCacheUsage", "prefixAffinity"]
 
 
 class Scorer(ApiModel):
     """One routing scorer and its weight; scores are in [0,1], the gateway sums them weighted."""
 
-    type: ScorerType
-    """``prefixAffinity`` (prompt blocks likely cached on a worker), ``leastLoaded`` (in-flight
-    and vLLM's waiting queue), ``kvCacheUsage`` (free KV cache), ``roundRobin``."""
+    type: ScorerType = Field(description=type_description())
     weight: float = Field(default=1.0, ge=0, le=100)
     """Relative weight of this scorer."""
 
 
 def _prefill_scorers() -> list[Scorer]:
-    return [Scorer(type="prefixAffinity", weight=2.0), Scorer(type="leastLoaded", weight=1.0)]
+    return [Scorer(type=name, weight=weight) for name, weight in DEFAULT_PREFILL_SCORERS]
 
 
 def _decode_scorers() -> list[Scorer]:
-    return [Scorer(type="leastLoaded", weight=1.0), Scorer(type="kvCacheUsage", weight=1.0)]
+    return [Scorer(type=name, weight=weight) for name, weight in DEFAULT_DECODE_SCORERS]
 
 
 class SelectiveSpec(ApiModel):

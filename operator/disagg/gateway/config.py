@@ -17,6 +17,8 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
+from disagg.api.scorers import DEFAULT_DECODE_SCORERS, DEFAULT_PREFILL_SCORERS, plugin_name
+
 
 class _Model(BaseModel):
     model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, extra="forbid")
@@ -24,8 +26,7 @@ class _Model(BaseModel):
 
 class PluginConfig(_Model):
     type: str
-    """Registered plugin name: scorers ``round-robin``, ``least-loaded``, ``kv-cache-usage``,
-    ``prefix-affinity``; filters ``healthy``; pickers ``max-score``, ``random``."""
+    """Registered plugin name (``disagg.gateway.routing.registry``; docs/gateway.md lists them)."""
     weight: float = Field(default=1.0, gt=0)
     """Scorers only: multiplier of the scorer's [0, 1] score in the profile's sum."""
     params: dict[str, Any] = Field(default_factory=dict)
@@ -33,15 +34,11 @@ class PluginConfig(_Model):
 
 
 def _default_prefill_scorers() -> list[PluginConfig]:
-    return [PluginConfig(type="prefix-affinity", weight=2.0), PluginConfig(type="least-loaded")]
+    return [PluginConfig(type=plugin_name(n), weight=w) for n, w in DEFAULT_PREFILL_SCORERS]
 
 
 def _default_decode_scorers() -> list[PluginConfig]:
-    return [
-        PluginConfig(type="prefix-affinity"),
-        PluginConfig(type="least-loaded"),
-        PluginConfig(type="kv-cache-usage"),
-    ]
+    return [PluginConfig(type=plugin_name(n), weight=w) for n, w in DEFAULT_DECODE_SCORERS]
 
 
 class ProfileConfig(_Model):

@@ -15,20 +15,13 @@ import hashlib
 import json
 from typing import Any
 
-from disagg.api.disaggdeployment import DisaggDeploymentSpec
+from disagg.api.disaggdeployment import DisaggDeploymentSpec, Scorer
+from disagg.api.scorers import plugin_name
 from disagg.render import names
 
 CONFIG_DIR = "/etc/disagg-gateway"
 CONFIG_FILE = "config.json"
 API_KEY_DIR = f"{CONFIG_DIR}/api-key"
-
-#: API scorer names -> the gateway's plugin registry names.
-_SCORER_PLUGINS = {
-    "roundRobin": "round-robin",
-    "leastLoaded": "least-loaded",
-    "kvCacheUsage": "kv-cache-usage",
-    "prefixAffinity": "prefix-affinity",
-}
 
 
 def render_gateway_config(name: str, namespace: str, spec: DisaggDeploymentSpec) -> dict[str, Any]:
@@ -36,8 +29,8 @@ def render_gateway_config(name: str, namespace: str, spec: DisaggDeploymentSpec)
     routing = spec.gateway.routing
     prefill, decode = names.pool_name(name, "prefill"), names.pool_name(name, "decode")
 
-    def scorers(items: list[Any]) -> list[dict[str, Any]]:
-        return [{"type": _SCORER_PLUGINS[s.type], "weight": s.weight} for s in items if s.weight]
+    def scorers(items: list[Scorer]) -> list[dict[str, Any]]:
+        return [{"type": plugin_name(s.type), "weight": s.weight} for s in items if s.weight]
 
     config: dict[str, Any] = {
         "pools": {"prefill": prefill, "decode": decode},

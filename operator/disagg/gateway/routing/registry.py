@@ -1,25 +1,31 @@
 """Build plugins and profiles by type name, from plain data (the gateway's config).
 
-Each plugin type is registered once here with a factory taking the plugin's parameters and the
-pool's shared ``PrefixIndex``.  Unknown types and bad parameters raise ``ValueError`` with the
-name, so a typo in the ConfigMap stops the gateway at start-up with a clear message.
+Scorers come from the one scorer table, ``disagg.api.scorers`` (shared with the API and the
+renderer, see there why it lives in the API): each row's class is imported here, once, when this
+module loads, and built with the plugin's parameters; a constructor parameter named ``index``
+receives the pool's shared ``PrefixIndex``.  Filters and pickers exist only in the gateway's
+configuration (the API does not expose them), so they are registered here.  Unknown types and
+bad parameters raise ``ValueError`` with the name, so a typo in the ConfigMap stops the gateway
+at start-up with a clear message.
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from disagg.api.scorers import SCORERS as SCORER_TABLE
+from disagg.api.scorers import ScorerKind
 from disagg.gateway.routing.contracts import Filter, Picker, Profile, Scorer, WeightedScorer
 from disagg.gateway.routing.healthy_filter import HealthyFilter
-from disagg.gateway.routing.kv_cache_usage import KVCacheUsageScorer
-from disagg.gateway.routing.least_loaded import LeastLoadedScorer
 from disagg.gateway.routing.max_score_picker import MaxScorePicker
-from disagg.gateway.routing.prefix_affinity import PrefixAffinityScorer
 from disagg.gateway.routing.prefix_index import PrefixIndex
 from disagg.gateway.routing.random_picker import RandomPicker
-from disagg.gateway.routing.round_robin import RoundRobinScorer
+
+ScorerFactory = Callable[[Mapping[str, Any], PrefixIndex], Scorer]
 
 
 @dataclass(frozen=True)
@@ -31,11 +37,23 @@ class PluginSpec:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-SCORERS: dict[str, Callable[[Mapping[str, Any], PrefixIndex], Scorer]] = {
-    "round-robin": lambda p, _: RoundRobinScorer(**p),
-    "least-loaded": lambda p, _: LeastLoadedScorer(**p),
-    "kv-cache-usage": lambda p, _: KVCacheUsageScorer(**p),
-    "prefix-affinity": lambda p, index: PrefixAffinityScorer(index, **p),
+def scorer_factory(kind: ScorerKind) -> ScorerFactory:
+    """Import ``kind.implementation``; a factory building it (raises if it is no Scorer)."""
+    module, _, name = kind.implementation.rpartition(".")
+    cls = getattr(importlib.import_module(module), name)
+    if not (inspect.isclass(cls) and issubclass(cls, Scorer)):
+        raise TypeError(f"{kind.implementation} does not implement Scorer")
+    make: Callable[..., Scorer] = cls
+    takes_index = "index" in inspect.signature(cls).parameters
+
+    def build(params: Mapping[str, Any], index: PrefixIndex) -> Scorer:
+        return make(**params, index=index) if takes_index else make(**params)
+
+    return build
+
+
+SCORERS: dict[str, ScorerFactory] = {
+    kind.plugin: scorer_factory(kind) for kind in SCORER_TABLE.values()
 }
 FILTERS: dict[str, Callable[[Mapping[str, Any]], Filter]] = {
     "healthy": lambda p: HealthyFilter(**p),
@@ -80,3 +98,4 @@ def build_profile(
         filters=[_build("filter", FILTERS, f) for f in filters],
         scorers=weighted,
     )
+
