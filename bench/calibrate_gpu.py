@@ -37,8 +37,8 @@ from disagg.planner.calibration import (
     fit_efficiency,
     layer_model,
 )
+from disagg.planner.catalog import get_model
 from disagg.planner.hardware import get_gpu
-from disagg.planner.models import get_model
 
 
 def _ints(text: str) -> list[int]:

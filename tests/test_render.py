@@ -19,7 +19,7 @@ from disagg.api import DisaggDeployment, InferencePool
 from disagg.render import render_disaggdeployment_children, render_pool_children
 from disagg.render.disaggdeployment import child_pool_spec
 from disagg.render.gateway import render_gateway_config
-from disagg.render.pool import owner_reference
+from disagg.render.metadata import owner_reference
 
 ROOT = Path(__file__).parent.parent
 GOLDEN = ROOT / "tests" / "golden"

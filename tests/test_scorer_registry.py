@@ -74,9 +74,8 @@ def test_every_api_scorer_renders_to_a_config_the_gateway_builds() -> None:
     expected = [(kind.plugin, 1.0 + i) for i, kind in enumerate(SCORERS.values())]
     assert _scorers(config.routing.prefill) == expected
     assert _scorers(config.routing.decode) == expected
-    specs = [registry.PluginSpec(p.type, p.weight, p.params) for p in config.routing.decode.scorers]
-    profile = registry.build_profile("decode", specs, PrefixIndex(16))
-    assert [ws.name for ws in profile.scorers] == [kind.plugin for kind in SCORERS.values()]
+    router = registry.build_router(config)
+    assert [ws.name for ws in router.decode.scorers] == [kind.plugin for kind in SCORERS.values()]
 
 
 def test_api_defaults_render_to_the_gateways_own_defaults() -> None:

@@ -30,42 +30,12 @@ from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.pools import Pool, QueueFull
 from disagg.gateway.requests import BadRequest, Kind, error_body, parse_client_request
 from disagg.gateway.routing.contracts import RoutingRequest
-from disagg.gateway.routing.disagg import DisaggRouter
-from disagg.gateway.routing.prefix_index import PrefixIndex
 from disagg.gateway.routing.prompt import block_hashes, prompt_tokens
-from disagg.gateway.routing.registry import PluginSpec, build_profile
-from disagg.gateway.routing.selective import PrefixDecider
+from disagg.gateway.routing.registry import build_router
 from disagg.gateway.telemetry import Telemetry
 from disagg.gateway.upstream import UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
-
-
-def _specs(plugins: list) -> list[PluginSpec]:  # type: ignore[type-arg]
-    return [PluginSpec(p.type, p.weight, p.params) for p in plugins]
-
-
-def build_router(config: GatewayConfig) -> DisaggRouter:
-    routing = config.routing
-    indexes = {role: PrefixIndex(routing.prefix_index_blocks) for role in ("prefill", "decode")}
-    profiles = {
-        role: build_profile(
-            role,
-            _specs(profile.scorers),
-            indexes[role],
-            filters=_specs(profile.filters),
-            picker=_specs([profile.picker])[0],
-        )
-        for role, profile in (("prefill", routing.prefill), ("decode", routing.decode))
-    }
-    threshold = config.selective.min_uncached_prompt_tokens if config.selective.enabled else 0
-    return DisaggRouter(
-        profiles["prefill"],
-        profiles["decode"],
-        indexes["prefill"],
-        indexes["decode"],
-        PrefixDecider(threshold),
-    )
 
 
 def _has_prefill_pool(config: GatewayConfig) -> bool:

@@ -6,15 +6,10 @@ Pure arithmetic (no Kubernetes, no network, no files except where a caller hands
 the same functions the ``disagg plan`` CLI prints, so there is one timing model in the project.
 """
 
+from disagg.planner.catalog import get_model
 from disagg.planner.errors import PlannerError, UnknownPresetError
 from disagg.planner.hardware import GPUS, GPUSpec, get_gpu
-from disagg.planner.models import (
-    MODELS,
-    ModelSpec,
-    get_model,
-    kv_bytes_per_token,
-    preset_for_model_name,
-)
+from disagg.planner.models import MODELS, ModelSpec, kv_bytes_per_token, preset_for_model_name
 from disagg.planner.plan import Plan, make_plan
 from disagg.planner.roofline import (
     DEFAULT_EFFICIENCY,

@@ -14,10 +14,11 @@ import sys
 from dataclasses import replace
 
 from disagg.planner.calibration import load_calibration
+from disagg.planner.catalog import get_model
 from disagg.planner.emit import deployment_manifest, manifest_comment
 from disagg.planner.errors import PlannerError
 from disagg.planner.hardware import DEFAULT_GPU, GPUS, get_gpu
-from disagg.planner.models import DEFAULT_MODEL, MODELS, ModelSpec, get_model, kv_bytes_per_token
+from disagg.planner.models import DEFAULT_MODEL, MODELS, ModelSpec, kv_bytes_per_token
 from disagg.planner.plan import make_plan
 from disagg.planner.report import render_text
 from disagg.planner.roofline import DEFAULT_EFFICIENCY

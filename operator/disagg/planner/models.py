@@ -8,14 +8,12 @@ prefill token; :mod:`disagg.planner.roofline` turns those into seconds.
 Presets carry the published parameter counts; a Hugging Face ``config.json`` (see
 :mod:`disagg.planner.hf_config`) carries only the shape, so its counts are derived from the shape
 by :func:`estimate_params` -- the same function a unit test checks against the presets.
+:func:`disagg.planner.catalog.get_model` finds either by what a user typed.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-
-from disagg.planner.errors import UnknownPresetError
 
 
 @dataclass(frozen=True)
@@ -200,26 +198,3 @@ def preset_for_model_name(name: str) -> str | None:
     for suffix in ("-instruct", "-fp8", "-v0.1", "-instruct", "-chat", "-base"):
         key = key.removesuffix(suffix)
     return key if key in MODELS else None
-
-
-def get_model(name_or_path: str = DEFAULT_MODEL) -> ModelSpec:
-    """A preset by name (case-insensitive), or the model described by a Hugging Face
-    ``config.json`` (a path to the file, or to a folder holding one).
-
-    Raises :class:`UnknownPresetError` listing the presets when the name is neither.
-    """
-    preset = preset_for_model_name(name_or_path)
-    if preset is not None and not Path(name_or_path).exists():
-        return MODELS[preset]
-    path = Path(name_or_path)
-    if path.is_dir():
-        path = path / "config.json"
-    if path.suffix == ".json" or path.is_file():
-        from disagg.planner.hf_config import model_from_config_file
-
-        return model_from_config_file(path)
-    known = ", ".join(sorted(MODELS))
-    raise UnknownPresetError(
-        f"unknown model {name_or_path!r}; known models: {known} "
-        "(or give the path of a Hugging Face config.json)"
-    )

@@ -25,6 +25,7 @@ from typing import Any
 
 from disagg.api.common import AutoscalingSpec, ScalingMetric
 from disagg.api.versions import API_VERSION
+from disagg.render.metadata import object_meta
 
 #: Our metric name -> (HPA metric type, adapter-exposed metric name).
 METRICS: dict[str, tuple[str, str]] = {
@@ -74,7 +75,13 @@ def _hpa_metric(metric: ScalingMetric, pool: str) -> dict[str, Any]:
 
 
 def render_hpa(
-    *, pool: str, namespace: str, role: str, spec: AutoscalingSpec, labels: dict[str, str]
+    *,
+    pool: str,
+    namespace: str,
+    role: str,
+    spec: AutoscalingSpec,
+    labels: dict[str, str],
+    owner: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The HorizontalPodAutoscaler of a pool, scaling its InferencePool's ``/scale``."""
     hpa_spec: dict[str, Any] = {
@@ -88,7 +95,7 @@ def render_hpa(
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
-        "metadata": {"name": pool, "namespace": namespace, "labels": labels},
+        "metadata": object_meta(pool, namespace, labels, owner),
         "spec": hpa_spec,
     }
 
@@ -110,6 +117,7 @@ def render_scaled_object(
     spec: AutoscalingSpec,
     labels: dict[str, str],
     prometheus_url: str,
+    owner: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """A KEDA ScaledObject (keda.sh/v1alpha1) for ``autoscaling.engine: keda``."""
     triggers = []
@@ -140,6 +148,6 @@ def render_scaled_object(
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",
-        "metadata": {"name": pool, "namespace": namespace, "labels": labels},
+        "metadata": object_meta(pool, namespace, labels, owner),
         "spec": so_spec,
     }

@@ -16,6 +16,7 @@ from disagg.api.inferencepool import InferencePoolSpec, PoolSection
 from disagg.api.versions import API_VERSION
 from disagg.render import names
 from disagg.render.gateway import render_gateway_children
+from disagg.render.metadata import object_meta
 
 ROLES = ("prefill", "decode")
 
@@ -57,17 +58,10 @@ def render_child_pool(
     owner: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     pool = names.pool_name(name, role)
-    meta: dict[str, Any] = {
-        "name": pool,
-        "namespace": namespace,
-        "labels": names.pool_labels(pool, role, name),
-    }
-    if owner:
-        meta["ownerReferences"] = [owner]
     return {
         "apiVersion": API_VERSION,
         "kind": "InferencePool",
-        "metadata": meta,
+        "metadata": object_meta(pool, namespace, names.pool_labels(pool, role, name), owner),
         "spec": child_pool_spec(spec, role, current_replicas).to_wire(),
     }
 

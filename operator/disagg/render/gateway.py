@@ -18,6 +18,7 @@ from typing import Any
 from disagg.api.disaggdeployment import DisaggDeploymentSpec, Scorer
 from disagg.api.scorers import plugin_name
 from disagg.render import names
+from disagg.render.metadata import object_meta
 
 CONFIG_DIR = "/etc/disagg-gateway"
 CONFIG_FILE = "config.json"
@@ -67,15 +68,6 @@ def render_gateway_config(name: str, namespace: str, spec: DisaggDeploymentSpec)
     return config
 
 
-def _meta(
-    name: str, namespace: str, labels: dict[str, str], owner: dict[str, Any] | None
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
-    if owner:
-        meta["ownerReferences"] = [owner]
-    return meta
-
-
 def render_gateway_children(
     name: str, namespace: str, spec: DisaggDeploymentSpec, owner: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
@@ -88,7 +80,7 @@ def render_gateway_children(
     config_hash = hashlib.sha256(config_json.encode()).hexdigest()[:16]
 
     def meta() -> dict[str, Any]:
-        return _meta(gw_name, namespace, labels, owner)
+        return object_meta(gw_name, namespace, labels, owner)
 
     configmap = {
         "apiVersion": "v1",

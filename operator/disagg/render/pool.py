@@ -15,6 +15,8 @@ from typing import Any
 from disagg.api.inferencepool import InferencePoolSpec
 from disagg.render import names
 from disagg.render.autoscaling import render_hpa, render_scaled_object
+from disagg.render.metadata import object_meta
+from disagg.render.metadata import owner_reference as owner_reference  # for the controller
 from disagg.render.overlay import merge
 from disagg.render.rdma import rdma_annotations, rdma_capabilities, rdma_env, rdma_resources
 from disagg.render.vllm import vllm_args, vllm_command, vllm_env
@@ -41,27 +43,6 @@ while time.monotonic() < limit:
         break
     time.sleep(1)
 """
-
-
-def owner_reference(api_version: str, kind: str, name: str, uid: str) -> dict[str, Any]:
-    """A controller ownerReference: deleting the owner garbage-collects the child."""
-    return {
-        "apiVersion": api_version,
-        "kind": kind,
-        "name": name,
-        "uid": uid,
-        "controller": True,
-        "blockOwnerDeletion": True,
-    }
-
-
-def _metadata(
-    name: str, namespace: str, labels: dict[str, str], owner: dict[str, Any] | None
-) -> dict[str, Any]:
-    meta: dict[str, Any] = {"name": name, "namespace": namespace, "labels": dict(labels)}
-    if owner:
-        meta["ownerReferences"] = [owner]
-    return meta
 
 
 def _worker_container(spec: InferencePoolSpec) -> dict[str, Any]:
@@ -215,7 +196,7 @@ def render_pool_children(
     deployment_obj = {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": _metadata(name, namespace, labels, owner),
+        "metadata": object_meta(name, namespace, labels, owner),
         "spec": {
             "replicas": replicas,
             "selector": {"matchLabels": selector},
@@ -240,13 +221,13 @@ def render_pool_children(
     service = {
         "apiVersion": "v1",
         "kind": "Service",
-        "metadata": _metadata(name, namespace, labels, owner),
+        "metadata": object_meta(name, namespace, labels, owner),
         "spec": {"clusterIP": "None", "selector": selector, "ports": service_ports},
     }
     pdb = {
         "apiVersion": "policy/v1",
         "kind": "PodDisruptionBudget",
-        "metadata": _metadata(name, namespace, labels, owner),
+        "metadata": object_meta(name, namespace, labels, owner),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
     }
     children = [deployment_obj, service, pdb]
@@ -259,12 +240,16 @@ def render_pool_children(
                 spec=spec.autoscaling,
                 labels=labels,
                 prometheus_url=prometheus_url,
+                owner=owner,
             )
         else:
             scaler = render_hpa(
-                pool=name, namespace=namespace, role=spec.role, spec=spec.autoscaling, labels=labels
+                pool=name,
+                namespace=namespace,
+                role=spec.role,
+                spec=spec.autoscaling,
+                labels=labels,
+                owner=owner,
             )
-        if owner:
-            scaler["metadata"]["ownerReferences"] = [owner]
         children.append(scaler)
     return children

@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from disagg.planner import roofline
+from disagg.planner.catalog import get_model
 from disagg.planner.hardware import GPUSpec, get_gpu
-from disagg.planner.models import DEFAULT_MODEL, MODELS, ModelSpec, get_model, kv_bytes_per_token
+from disagg.planner.models import DEFAULT_MODEL, MODELS, ModelSpec, kv_bytes_per_token
 
 
 def resolve_model(model_arg: str, preset: str | None) -> ModelSpec:

@@ -6,9 +6,9 @@ result to a picker.  Scorers never weight themselves, so the same plugin can cou
 in one pool as in another purely by configuration.  Plugins receive immutable snapshots
 (``Endpoint``, ``RoutingRequest``) so a policy can be tested with a table and no server.
 
-A plugin that keeps state (round-robin's turn, prefix affinity's block index) owns it per
-instance; nothing is global.  ``Observer.on_routed`` lets a plugin learn which endpoint served a
-request (prefix affinity records the prompt's blocks there).
+A plugin that keeps state (round-robin's turn) owns it per instance; nothing is global.  Where
+a request went is recorded by the P/D handler (``DisaggRouter`` in ``disagg.py`` writes the prefix
+index, which prefix affinity reads), not by the plugins, so a plugin only ever scores.
 """
 
 from __future__ import annotations
@@ -80,13 +80,6 @@ class Picker(Protocol):
     def pick(self, totals: Sequence[tuple[Endpoint, float]]) -> Endpoint: ...
 
 
-@runtime_checkable
-class Observer(Protocol):
-    """Optional: told which endpoint a request was routed to."""
-
-    def on_routed(self, request: RoutingRequest, endpoint: Endpoint) -> None: ...
-
-
 @dataclass(frozen=True)
 class WeightedScorer:
     weight: float
@@ -133,15 +126,4 @@ class Profile:
                     raise RoutingError(f"scorer {ws.name} returned {value!r} for {url} (need 0..1)")
                 totals[url] += ws.weight * value
         picked = self.picker.pick([(e, totals[e.url]) for e in candidates])
-        self.routed(request, picked)
         return ProfileResult(picked=picked, totals=totals)
-
-    def __post_init__(self) -> None:
-        # Found once: a runtime Protocol check per request costs more than the routing itself.
-        plugins = [*self.filters, *(ws.scorer for ws in self.scorers), self.picker]
-        self._observers = [p for p in plugins if isinstance(p, Observer)]
-
-    def routed(self, request: RoutingRequest, endpoint: Endpoint) -> None:
-        """Tell the observing plugins where the request went (also used for fallbacks)."""
-        for plugin in self._observers:
-            plugin.on_routed(request, endpoint)

@@ -1,4 +1,4 @@
-"""Build plugins and profiles by type name, from plain data (the gateway's config).
+"""Build the router from the gateway's configuration: plugins by type name, profiles, decider.
 
 Scorers come from the one scorer table, ``disagg.api.scorers`` (shared with the API and the
 renderer, see there why it lives in the API): each row's class is imported here, once, when this
@@ -6,7 +6,8 @@ module loads, and built with the plugin's parameters; a constructor parameter na
 receives the pool's shared ``PrefixIndex``.  Filters and pickers exist only in the gateway's
 configuration (the API does not expose them), so they are registered here.  Unknown types and
 bad parameters raise ``ValueError`` with the name, so a typo in the ConfigMap stops the gateway
-at start-up with a clear message.
+at start-up with a clear message.  ``build_router`` assembles the whole P/D router from a
+``GatewayConfig``: one profile and one prefix index per pool, and the selective decider.
 """
 
 from __future__ import annotations
@@ -19,11 +20,14 @@ from typing import Any
 
 from disagg.api.scorers import SCORERS as SCORER_TABLE
 from disagg.api.scorers import ScorerKind
+from disagg.gateway.config import GatewayConfig, PluginConfig
 from disagg.gateway.routing.contracts import Filter, Picker, Profile, Scorer, WeightedScorer
+from disagg.gateway.routing.disagg import DisaggRouter
 from disagg.gateway.routing.healthy_filter import HealthyFilter
 from disagg.gateway.routing.max_score_picker import MaxScorePicker
 from disagg.gateway.routing.prefix_index import PrefixIndex
 from disagg.gateway.routing.random_picker import RandomPicker
+from disagg.gateway.routing.selective import PrefixDecider
 
 ScorerFactory = Callable[[Mapping[str, Any], PrefixIndex], Scorer]
 
@@ -99,3 +103,30 @@ def build_profile(
         scorers=weighted,
     )
 
+
+def _spec(plugin: PluginConfig) -> PluginSpec:
+    return PluginSpec(plugin.type, plugin.weight, plugin.params)
+
+
+def build_router(config: GatewayConfig) -> DisaggRouter:
+    """The P/D router a configuration describes (raises ``ValueError`` naming a bad plugin)."""
+    routing = config.routing
+    indexes = {role: PrefixIndex(routing.prefix_index_blocks) for role in ("prefill", "decode")}
+    profiles = {
+        role: build_profile(
+            role,
+            [_spec(p) for p in profile.scorers],
+            indexes[role],
+            filters=[_spec(p) for p in profile.filters],
+            picker=_spec(profile.picker),
+        )
+        for role, profile in (("prefill", routing.prefill), ("decode", routing.decode))
+    }
+    threshold = config.selective.min_uncached_prompt_tokens if config.selective.enabled else 0
+    return DisaggRouter(
+        profiles["prefill"],
+        profiles["decode"],
+        indexes["prefill"],
+        indexes["decode"],
+        PrefixDecider(threshold),
+    )
