@@ -2,7 +2,8 @@
 
 It applies the CRD schema's defaults the way the API server does (structural
 defaulting), validates with JSON Schema (types, enums, bounds, patterns), then
-evaluates every ``x-kubernetes-validations`` CEL rule with cel-python.  It lets
+evaluates every ``x-kubernetes-validations`` CEL rule with cel-python (plus
+Kubernetes' quantity library, tests/cel_quantity.py).  It lets
 the fast tier check the generated CRDs without a cluster; the e2e tier sends the
 same cases to a real API server, which is the proof.
 """
@@ -10,6 +11,7 @@ same cases to a real API server, which is the proof.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +19,7 @@ import celpy
 import jsonschema
 
 from disagg.api.crdgen import disaggdeployment_crd, inferencepool_crd
+from tests.cel_quantity import FUNCTIONS
 
 Schema = dict[str, Any]
 
@@ -27,8 +30,13 @@ class Rejection:
     message: str
 
 
+@functools.cache
+def _crd(kind: str) -> dict[str, Any]:
+    return inferencepool_crd() if kind == "InferencePool" else disaggdeployment_crd()
+
+
 def crd_schema_for(kind: str) -> Schema:
-    crd = inferencepool_crd() if kind == "InferencePool" else disaggdeployment_crd()
+    crd = copy.deepcopy(_crd(kind))
     schema: Schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
     return schema
 
@@ -46,14 +54,34 @@ def apply_defaults(schema: Schema, obj: Any) -> Any:
     return obj
 
 
+def numbers_as_doubles(schema: Schema, obj: Any) -> Any:
+    """CEL sees a ``type: number`` field as a double even when the JSON holds ``1``; so does
+    the API server, which converts it before evaluating rules."""
+    if schema.get("type") == "number" and isinstance(obj, int) and not isinstance(obj, bool):
+        return float(obj)
+    if isinstance(obj, dict):
+        props = schema.get("properties", {})
+        return {k: numbers_as_doubles(props.get(k, {}), v) for k, v in obj.items()}
+    if isinstance(obj, list) and "items" in schema:
+        return [numbers_as_doubles(schema["items"], item) for item in obj]
+    return obj
+
+
 _cel_env = celpy.Environment()
+
+
+@functools.cache
+def _program(rule: str) -> celpy.Runner:
+    return _cel_env.program(_cel_env.compile(rule), functions=FUNCTIONS)
 
 
 def _cel_failures(schema: Schema, obj: Any, path: str) -> list[Rejection]:
     out: list[Rejection] = []
     for rule in schema.get("x-kubernetes-validations", []):
-        program = _cel_env.program(_cel_env.compile(rule["rule"]))
-        result = program.evaluate({"self": celpy.json_to_cel(obj)})
+        try:
+            result = _program(rule["rule"]).evaluate({"self": celpy.json_to_cel(obj)})
+        except celpy.CELEvalError as exc:  # the API server reports an evaluation error too
+            result = exc
         if isinstance(result, celpy.CELEvalError) or not bool(result):
             out.append(Rejection(path + rule.get("fieldPath", ""), rule["message"]))
     if isinstance(obj, dict):
@@ -77,4 +105,4 @@ def admit(obj: dict[str, Any]) -> list[Rejection]:
     ]
     if errors:  # the API server runs CEL only on schema-valid objects
         return errors
-    return _cel_failures(schema, obj, "")
+    return _cel_failures(schema, numbers_as_doubles(schema, obj), "")

@@ -6,16 +6,39 @@ placement.  Defaults are what a first deployment of Llama-3.1-8B with NIXL on a
 GPU node should get; anything an upstream Kubernetes type already describes
 (tolerations, affinity, HPA behavior) is passed through verbatim rather than
 re-declared, and validated when the rendered object is.
+
+Everything else the operator would have to refuse later is refused at admission:
+strings vLLM reads as one token, quantities that cannot work, targets that round to
+nothing.  Every list and string is bounded, so the API server can price the CEL rules.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field
 
-from disagg.api.base import ApiModel, DNSLabel, FreeForm, Quantity, cel, validations
+from disagg.api.base import ApiModel, FreeForm, cel, validations
+from disagg.api.formats import (
+    LABEL_VALUE,
+    QUALIFIED_NAME,
+    ConfigKey,
+    ContainerMemory,
+    CPURequest,
+    DNSSubdomain,
+    ExtendedResourceName,
+    HCAPort,
+    MountPath,
+    MultusNetwork,
+    SharedMemorySize,
+    Word,
+    cel_string,
+)
+from disagg.api.overrides import ExtraArgs, env_names_rule
 from disagg.api.versions import DEFAULT_VLLM_IMAGE
+
+#: The largest 32-bit integer: bounds for counts that end up in int32 Kubernetes fields.
+INT32_MAX = 2**31 - 1
 
 Role = Literal["prefill", "decode", "aggregated"]
 Connector = Literal["NixlConnector", "MooncakeConnector", "LMCacheConnectorV1", "None"]
@@ -29,31 +52,46 @@ ScalingMetricName = Literal[
 class SecretKeyRef(ApiModel):
     """A key of a Secret in the object's namespace."""
 
-    name: DNSLabel
+    name: DNSSubdomain
     """Name of the Secret."""
-    key: str = Field(min_length=1)
+    key: ConfigKey
     """Key inside the Secret."""
 
 
 class ModelVolume(ApiModel):
     """Weights on a PersistentVolumeClaim instead of a download from a model hub."""
 
-    claim_name: DNSLabel
+    claim_name: DNSSubdomain
     """The PersistentVolumeClaim holding the weights (mounted read-only)."""
-    mount_path: str = Field(default="/models", pattern=r"^/.*")
-    """Where the claim is mounted in the worker; ``model.name`` is then a path under it."""
+    mount_path: MountPath = "/models"
+    """Where the claim is mounted in the worker; ``model.name`` is then a path under it.  An
+    absolute, normalised path of its own: not ``/dev/shm`` (the worker's shared memory) nor
+    any other directory the worker or its image needs (``/dev``, ``/proc``, ``/etc``, ``/tmp``,
+    ...)."""
 
 
 class ModelSpec(ApiModel):
-    """The model every worker serves."""
+    """The model every worker serves.  Names are single words: no whitespace, and no leading
+    ``-`` (vLLM would read it as a flag)."""
 
-    name: str = Field(min_length=1, max_length=512)
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                f"!self.name.matches({cel_string(r'(^|/)[.][.]?(/|$)')})",
+                "model.name must not contain '.' or '..' path segments (with a volume it is a "
+                "path under the mount)",
+                ".name",
+            ),
+        )
+    )
+
+    name: Word
     """Hugging Face repository id (``meta-llama/Llama-3.1-8B-Instruct``) or a path in the worker."""
-    served_name: str | None = Field(default=None, min_length=1, max_length=256)
+    served_name: Word | None = None
     """The model name clients send (``--served-model-name``); defaults to ``name``."""
-    revision: str | None = Field(default=None, min_length=1, max_length=128)
+    revision: Word | None = None
     """A branch, tag or commit of the Hugging Face repository (``--revision``)."""
-    architecture: str | None = Field(default=None, min_length=1, max_length=128)
+    architecture: Word | None = None
     """Planner preset for KV arithmetic in status (``llama-3.1-8b``, ``llama-3.1-70b``, ...);
     guessed from ``name`` when omitted."""
     volume: ModelVolume | None = None
@@ -62,21 +100,60 @@ class ModelSpec(ApiModel):
     """Secret key holding a Hugging Face token, exposed to vLLM as ``HF_TOKEN``."""
 
 
-class EnvVar(ApiModel):
-    """An environment variable: a literal value or a ``valueFrom`` source (core/v1 EnvVarSource)."""
+class EnvVarSource(ApiModel):
+    """Where a variable's value comes from (core/v1 EnvVarSource): exactly one source, each
+    passed through verbatim and validated with the Deployment."""
 
-    name: str = Field(min_length=1, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "(has(self.secretKeyRef) ? 1 : 0) + (has(self.configMapKeyRef) ? 1 : 0) + "
+                "(has(self.fieldRef) ? 1 : 0) + (has(self.resourceFieldRef) ? 1 : 0) + "
+                "(has(self.fileKeyRef) ? 1 : 0) == 1",
+                "valueFrom must hold exactly one of secretKeyRef, configMapKeyRef, fieldRef, "
+                "resourceFieldRef, fileKeyRef",
+            ),
+        )
+    )
+
+    secret_key_ref: FreeForm | None = None
+    """A key of a Secret (``name``, ``key``, ``optional``)."""
+    config_map_key_ref: FreeForm | None = None
+    """A key of a ConfigMap (``name``, ``key``, ``optional``)."""
+    field_ref: FreeForm | None = None
+    """A field of the pod (``fieldPath``, e.g. ``status.podIP``)."""
+    resource_field_ref: FreeForm | None = None
+    """A resource of the container (``resource``, e.g. ``limits.memory``)."""
+    file_key_ref: FreeForm | None = None
+    """A key of an env file in a volume (Kubernetes 1.34+, alpha)."""
+
+
+class EnvVar(ApiModel):
+    """An environment variable: a literal value or a ``valueFrom`` source."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.valueFrom) || !has(self.value) || self.value == ''",
+                "set either value or valueFrom, not both",
+                ".valueFrom",
+            ),
+        )
+    )
+
+    name: str = Field(min_length=1, max_length=256, pattern=r"^[-._a-zA-Z][-._a-zA-Z0-9]*$")
     """Variable name."""
-    value: str | None = None
+    value: str | None = Field(default=None, max_length=32768)
     """Literal value."""
-    value_from: FreeForm | None = None
-    """A core/v1 EnvVarSource (secretKeyRef, configMapKeyRef, fieldRef, resourceFieldRef)."""
+    value_from: EnvVarSource | None = None
+    """A core/v1 EnvVarSource: exactly one of secretKeyRef, configMapKeyRef, fieldRef,
+    resourceFieldRef, fileKeyRef."""
 
 
 class EngineSpec(ApiModel):
     """The vLLM engine: image, entrypoint and the flags that matter for P/D."""
 
-    image: str = Field(default=DEFAULT_VLLM_IMAGE, min_length=1)
+    image: Word = DEFAULT_VLLM_IMAGE
     """Worker image: vLLM's OpenAI server, or the disagg simulator (it takes the same flags)."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     """Image pull policy; Kubernetes' default when omitted."""
@@ -87,20 +164,35 @@ class EngineSpec(ApiModel):
     """HTTP port of the OpenAI server (``--port``)."""
     block_size: Literal[1, 8, 16, 32, 64, 128] = 16
     """KV-cache block size in tokens (``--block-size``); the gateway hashes prefixes by it."""
-    max_model_len: int | None = Field(default=None, ge=1)
+    max_model_len: int | None = Field(default=None, ge=1, le=INT32_MAX)
     """Maximum context length (``--max-model-len``); the model's own when omitted."""
-    max_num_seqs: int | None = Field(default=None, ge=1)
+    max_num_seqs: int | None = Field(default=None, ge=1, le=INT32_MAX)
     """Maximum concurrent sequences per engine (``--max-num-seqs``)."""
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     """Fraction of GPU memory vLLM may use (``--gpu-memory-utilization``)."""
-    extra_args: list[str] = Field(default_factory=list)
-    """More vLLM flags, appended verbatim after the rendered ones."""
-    env: list[EnvVar] = Field(default_factory=list)
-    """More environment variables for the worker container."""
+    extra_args: ExtraArgs = Field(default_factory=list)
+    """More vLLM flags, appended verbatim after the rendered ones.  Flags the operator renders
+    from fields (``--port``, ``--tensor-parallel-size``, ``--block-size``, ...) are refused in
+    every spelling: set the field instead."""
+    env: list[EnvVar] = Field(
+        default_factory=list, max_length=64, json_schema_extra=env_names_rule()
+    )
+    """More environment variables for the worker container.  Names are unique, and those the
+    operator sets (``VLLM_NIXL_SIDE_CHANNEL_*``, ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``, the RDMA
+    variables, ``HF_TOKEN`` with ``model.tokenSecretRef``) are refused."""
 
 
 class ParallelismSpec(ApiModel):
     """How one replica spreads over GPUs; their product is the GPU count per replica."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.tensor * self.pipeline * self.data <= 64",
+                "tensor x pipeline x data must be at most 64: one replica is one pod on one node",
+            ),
+        )
+    )
 
     tensor: int = Field(default=1, ge=1, le=64)
     """Tensor-parallel size (``--tensor-parallel-size``)."""
@@ -117,17 +209,18 @@ class ParallelismSpec(ApiModel):
 class ResourcesSpec(ApiModel):
     """Compute resources of one worker replica."""
 
-    gpu_resource_name: str = Field(default="nvidia.com/gpu", min_length=1)
+    gpu_resource_name: ExtendedResourceName = "nvidia.com/gpu"
     """Extended resource name of the GPUs (``nvidia.com/gpu``, ``amd.com/gpu``)."""
-    gpus: int | None = Field(default=None, ge=1)
+    gpus: int | None = Field(default=None, ge=1, le=64)
     """GPUs per replica. Derived from parallelism when omitted; when set it must equal
     tensor x pipeline x data."""
-    cpu: Quantity | None = None
-    """CPU request and limit, e.g. ``16``."""
-    memory: Quantity | None = None
-    """Memory request and limit, e.g. ``128Gi``."""
-    shared_memory: Quantity = "16Gi"
-    """Size of the memory-backed ``/dev/shm`` (NCCL and RDMA need far more than Docker's 64Mi)."""
+    cpu: CPURequest | None = None
+    """CPU request, e.g. ``16``; above 0 (omit it to request none)."""
+    memory: ContainerMemory | None = None
+    """Memory request and limit, e.g. ``128Gi``; at least ``64Mi`` (a bare number is bytes)."""
+    shared_memory: SharedMemorySize = "16Gi"
+    """Size of the memory-backed ``/dev/shm`` (NCCL and RDMA need far more than Docker's 64Mi);
+    at least ``64Mi``."""
 
 
 class KVTransferSpec(ApiModel):
@@ -161,30 +254,48 @@ class RDMASpec(ApiModel):
 
     enabled: bool = False
     """Request RDMA devices and configure UCX for them."""
-    resource_name: str | None = Field(default=None, max_length=253)
+    resource_name: ExtendedResourceName | None = None
     """Device-plugin resource, e.g. ``rdma/ib`` or ``rdma/roce_gdr``."""
     count: int = Field(default=1, ge=1, le=64)
     """RDMA devices per replica."""
     transport: Transport = "ib"
     """Fabric: ``ib`` (InfiniBand), ``roce`` (RoCE v2), ``efa`` (AWS), ``tcp`` (no RDMA verbs)."""
-    networks: list[str] = Field(default_factory=list)
-    """Multus secondary networks (``k8s.v1.cni.cncf.io/networks``), ``[namespace/]name``."""
+    networks: list[MultusNetwork] = Field(default_factory=list, max_length=16)
+    """Multus secondary networks (``k8s.v1.cni.cncf.io/networks``),
+    ``[namespace/]name[@interface]``."""
     gid_index: int | None = Field(default=None, ge=0, le=255)
     """RoCE GID index (``UCX_IB_GID_INDEX``/``NCCL_IB_GID_INDEX``), often 3 for RoCE v2."""
-    hcas: list[str] = Field(default_factory=list)
+    hcas: list[HCAPort] = Field(default_factory=list, max_length=64)
     """HCA ports for UCX/NCCL (``mlx5_0:1``); all devices when empty."""
-    link_gbps: float = Field(default=200.0, gt=0)
+    link_gbps: float = Field(default=200.0, gt=0, le=100000)
     """Per-replica KV link speed in Gb/s, used for the transfer-time estimate in status."""
 
 
 class ScalingMetric(ApiModel):
     """One metric the autoscaler follows, with its per-replica target."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "self.target >= 0.001",
+                "target must be at least 0.001: the HPA target is a quantity in milli-units, "
+                "and a smaller one rounds to 0",
+                ".target",
+            ),
+            cel(
+                "self.name != 'kvCacheUsage' || self.target <= 1.0",
+                "a kvCacheUsage target is a fraction of the KV cache: at most 1 (0.8 is 80%)",
+                ".target",
+            ),
+        )
+    )
+
     name: ScalingMetricName
     """``gatewayQueueDepth`` (External, from the gateway), ``waitingRequests`` /
     ``runningRequests`` (Pods, vLLM's ``num_requests_*``), ``kvCacheUsage`` (Pods, 0..1)."""
-    target: float = Field(gt=0)
-    """Target average per replica (a fraction for ``kvCacheUsage``)."""
+    target: float = Field(gt=0, le=1000000)
+    """Target average per replica: at least 0.001 (the HPA's precision); a fraction in (0, 1]
+    for ``kvCacheUsage``."""
 
 
 class AutoscalingSpec(ApiModel):
@@ -204,11 +315,20 @@ class AutoscalingSpec(ApiModel):
     """Create an autoscaler for the pool."""
     engine: AutoscalingEngine = "hpa"
     """``hpa`` renders an autoscaling/v2 HorizontalPodAutoscaler; ``keda`` a KEDA ScaledObject."""
-    min_replicas: int = Field(default=1, ge=1)
-    """Lower bound."""
-    max_replicas: int = Field(default=4, ge=1)
+    min_replicas: int = Field(default=1, ge=1, le=1000)
+    """Lower bound; also the pool's starting replicas when ``replicas`` is omitted."""
+    max_replicas: int = Field(default=4, ge=1, le=1000)
     """Upper bound."""
-    metrics: list[ScalingMetric] = Field(default_factory=list, max_length=8)
+    metrics: list[ScalingMetric] = Field(
+        default_factory=list,
+        max_length=8,
+        json_schema_extra=validations(
+            cel(
+                "self.all(m, self.exists_one(n, n.name == m.name))",
+                "each metric may appear once (the autoscaler follows the largest answer)",
+            )
+        ),
+    )
     """Metrics and targets; role defaults when empty (prefill: gatewayQueueDepth and
     waitingRequests, the larger wins; decode: waitingRequests and kvCacheUsage)."""
     behavior: FreeForm | None = None
@@ -218,15 +338,26 @@ class AutoscalingSpec(ApiModel):
 class PlacementSpec(ApiModel):
     """Where worker pods may run."""
 
-    node_selector: dict[str, str] = Field(default_factory=dict)
+    node_selector: dict[str, Annotated[str, Field(max_length=63)]] = Field(
+        default_factory=dict,
+        max_length=32,
+        json_schema_extra=validations(
+            cel(
+                f"self.all(k, k.matches({cel_string(QUALIFIED_NAME)}) && "
+                f"self[k].matches({cel_string(LABEL_VALUE)}))",
+                "keys must be label keys ([prefix/]name) and values label values (at most 63 "
+                "letters, digits, '-', '_' or '.')",
+            )
+        ),
+    )
     """Node labels the pods require."""
-    tolerations: list[FreeForm] = Field(default_factory=list)
+    tolerations: list[FreeForm] = Field(default_factory=list, max_length=32)
     """core/v1 Tolerations (GPU nodes are usually tainted)."""
     affinity: FreeForm | None = None
     """A core/v1 Affinity."""
-    topology_spread_constraints: list[FreeForm] = Field(default_factory=list)
+    topology_spread_constraints: list[FreeForm] = Field(default_factory=list, max_length=16)
     """core/v1 TopologySpreadConstraints."""
-    priority_class_name: str | None = None
+    priority_class_name: DNSSubdomain | None = None
     """PriorityClass of the pods."""
 
 

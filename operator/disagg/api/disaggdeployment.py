@@ -3,9 +3,12 @@
 It owns two InferencePools (``<name>-prefill`` and ``<name>-decode``) that share
 the model, engine, KV-transfer and RDMA settings declared once here, and the
 gateway (Deployment, Service, routing ConfigMap) in front of them.  Cross-pool
-rules that cannot be checked on one pool alone live here: NIXL needs decode's
-tensor-parallel size to be a multiple of prefill's, and the P:D ratio and GPU
-budget guard what the two autoscalers may do together.
+rules that cannot be checked on one pool alone live here: NIXL pairs tensor-parallel
+sizes only where one divides the other and cannot pipeline the decode side, and
+the P:D ratio and GPU budget guard what the two autoscalers may do together.  A
+child pool must pass its own CRD's rules too, so every pool rule is restated here
+over the shared settings: a DisaggDeployment that is admitted never renders a pool
+that the API server would refuse.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ from typing import Literal
 
 from pydantic import ConfigDict, Field
 
-from disagg.api.base import ApiModel, FreeForm, Quantity, cel, validations
+from disagg.api.base import ApiModel, FreeForm, cel, validations
 from disagg.api.common import (
+    INT32_MAX,
     Condition,
     EngineSpec,
     KVTransferSpec,
@@ -23,7 +27,14 @@ from disagg.api.common import (
     RDMASpec,
     SecretKeyRef,
 )
-from disagg.api.inferencepool import ENGINE_KV_RULES, PoolSection
+from disagg.api.formats import ContainerMemory, CPURequest, Word
+from disagg.api.inferencepool import (
+    NIXL_DECODE_PIPELINE_MESSAGE,
+    PoolSection,
+    rdma_resource_rule,
+    side_channel_rules,
+)
+from disagg.api.overrides import spec_override_rules
 from disagg.api.scorers import (
     DEFAULT_DECODE_SCORERS,
     DEFAULT_PREFILL_SCORERS,
@@ -52,27 +63,51 @@ def _decode_scorers() -> list[Scorer]:
 class SelectiveSpec(ApiModel):
     """Selective disaggregation: short prompts skip the prefill pool."""
 
-    min_uncached_prompt_tokens: int = Field(default=256, ge=0)
+    min_uncached_prompt_tokens: int = Field(default=256, ge=0, le=INT32_MAX)
     """Prompts whose uncached part is shorter than this many tokens are served by a decode
     worker alone (0 disaggregates everything)."""
+
+
+def _scorer_rules(field: str, side: str) -> tuple[dict[str, str], ...]:
+    return (
+        cel(
+            f"!has(self.{field}) || self.{field}.exists(s, s.weight > 0.0)",
+            f"{field} needs at least one scorer with a weight above 0: the gateway drops "
+            f"zero-weight scorers, and without any it cannot tell {side} workers apart",
+            f".{field}",
+        ),
+        cel(
+            f"!has(self.{field}) || "
+            f"self.{field}.all(s, self.{field}.exists_one(t, t.type == s.type))",
+            f"{field} may list each scorer type once (give it one weight)",
+            f".{field}",
+        ),
+    )
 
 
 class RoutingSpec(ApiModel):
     """How the gateway picks workers and when it falls back."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            *_scorer_rules("prefillScorers", "prefill"),
+            *_scorer_rules("decodeScorers", "decode"),
+        )
+    )
+
     prefill_scorers: list[Scorer] = Field(default_factory=_prefill_scorers, max_length=8)
-    """Scorers for picking a prefill worker."""
+    """Scorers for picking a prefill worker; at least one weighs more than 0."""
     decode_scorers: list[Scorer] = Field(default_factory=_decode_scorers, max_length=8)
-    """Scorers for picking a decode worker."""
+    """Scorers for picking a decode worker; at least one weighs more than 0."""
     selective: SelectiveSpec = Field(default_factory=SelectiveSpec)
     """When to skip the prefill pool."""
     prefill_retries: int = Field(default=1, ge=0, le=5)
     """Prefill attempts on other workers after a failure, before decode-local prefill."""
     fallback_to_local_prefill: bool = True
     """After prefill failures, send the request to a decode worker to prefill itself."""
-    request_timeout_seconds: float = Field(default=600.0, gt=0)
-    """Upper bound for one whole request, long generations included."""
-    max_queued_per_pool: int = Field(default=256, ge=1)
+    request_timeout_seconds: float = Field(default=600.0, ge=1, le=86400)
+    """Upper bound for one whole request, long generations included (1 s to a day)."""
+    max_queued_per_pool: int = Field(default=256, ge=1, le=100000)
     """Requests waiting for a worker per pool before the gateway answers 429."""
 
 
@@ -81,7 +116,7 @@ class GatewaySpec(ApiModel):
 
     replicas: int = Field(default=1, ge=1, le=100)
     """Gateway pods."""
-    image: str = Field(default=DEFAULT_GATEWAY_IMAGE, min_length=1)
+    image: Word = DEFAULT_GATEWAY_IMAGE
     """Gateway image."""
     port: int = Field(default=8000, ge=1, le=65535)
     """Port of the gateway Service (and container)."""
@@ -91,10 +126,10 @@ class GatewaySpec(ApiModel):
     """Routing policy."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret key holding the API key clients must send as ``Authorization: Bearer``."""
-    cpu: Quantity = "1"
-    """CPU request of a gateway pod."""
-    memory: Quantity = "512Mi"
-    """Memory request and limit of a gateway pod."""
+    cpu: CPURequest = "1"
+    """CPU request of a gateway pod; above 0."""
+    memory: ContainerMemory = "512Mi"
+    """Memory request and limit of a gateway pod; at least ``64Mi`` (a bare number is bytes)."""
 
 
 class RatioBounds(ApiModel):
@@ -110,9 +145,9 @@ class RatioBounds(ApiModel):
         )
     )
 
-    min: float = Field(default=0.0, ge=0)
+    min: float = Field(default=0.0, ge=0, le=1000)
     """Smallest allowed P:D ratio."""
-    max: float = Field(default=1000.0, gt=0)
+    max: float = Field(default=1000.0, gt=0, le=1000)
     """Largest allowed P:D ratio."""
 
 
@@ -121,7 +156,7 @@ class ScalingSpec(ApiModel):
 
     prefill_to_decode_ratio: RatioBounds | None = None
     """Keep prefill/decode replicas within these bounds."""
-    gpu_budget: int | None = Field(default=None, ge=1)
+    gpu_budget: int | None = Field(default=None, ge=1, le=100000)
     """Most GPUs both pools may use together."""
 
 
@@ -130,35 +165,47 @@ class DisaggDeploymentSpec(ApiModel):
 
     model_config = ConfigDict(
         json_schema_extra=validations(
-            *ENGINE_KV_RULES,
+            *side_channel_rules(("self.prefill.parallelism.data", "self.decode.parallelism.data")),
+            *spec_override_rules(("self.prefill.extraArgs", "self.decode.extraArgs")),
+            rdma_resource_rule(
+                (
+                    "self.prefill.resources.gpuResourceName",
+                    "self.decode.resources.gpuResourceName",
+                )
+            ),
             cel(
                 "self.kvTransfer.connector != 'None'",
                 "kvTransfer.connector must name a KV connector: a DisaggDeployment moves KV "
                 "from prefill to decode",
                 ".kvTransfer.connector",
             ),
+            # vLLM 0.33 (TransferTopology.tp_ratio): either side's TP may be larger, as long
+            # as it is a whole multiple of the other's.
             cel(
                 "self.kvTransfer.connector != 'NixlConnector' || "
-                "self.prefill.parallelism.tensor <= self.decode.parallelism.tensor",
-                "prefill.parallelism.tensor must not exceed decode.parallelism.tensor with "
-                "NixlConnector",
-                ".prefill.parallelism.tensor",
+                "self.decode.parallelism.tensor % self.prefill.parallelism.tensor == 0 || "
+                "self.prefill.parallelism.tensor % self.decode.parallelism.tensor == 0",
+                "prefill.parallelism.tensor and decode.parallelism.tensor must be multiples of "
+                "one another with NixlConnector (it splits or joins KV heads only in whole "
+                "ratios)",
+                ".decode.parallelism.tensor",
             ),
             cel(
                 "self.kvTransfer.connector != 'NixlConnector' || "
-                "self.decode.parallelism.tensor % self.prefill.parallelism.tensor == 0",
-                "decode.parallelism.tensor must be a multiple of prefill.parallelism.tensor with "
-                "NixlConnector",
-                ".decode.parallelism.tensor",
+                "self.decode.parallelism.pipeline == 1",
+                NIXL_DECODE_PIPELINE_MESSAGE,
+                ".decode.parallelism.pipeline",
             ),
             cel(
                 "!has(self.scaling.gpuBudget) || self.scaling.gpuBudget >= "
                 "(self.prefill.autoscaling.enabled ? self.prefill.autoscaling.minReplicas : "
-                "self.prefill.replicas) * (has(self.prefill.resources.gpus) ? "
+                "has(self.prefill.replicas) ? self.prefill.replicas : 1) * "
+                "(has(self.prefill.resources.gpus) ? "
                 "self.prefill.resources.gpus : self.prefill.parallelism.tensor * "
                 "self.prefill.parallelism.pipeline * self.prefill.parallelism.data) + "
                 "(self.decode.autoscaling.enabled ? self.decode.autoscaling.minReplicas : "
-                "self.decode.replicas) * (has(self.decode.resources.gpus) ? "
+                "has(self.decode.replicas) ? self.decode.replicas : 1) * "
+                "(has(self.decode.resources.gpus) ? "
                 "self.decode.resources.gpus : self.decode.parallelism.tensor * "
                 "self.decode.parallelism.pipeline * self.decode.parallelism.data)",
                 "scaling.gpuBudget is smaller than the GPUs the minimum prefill and decode "
@@ -238,6 +285,7 @@ class DisaggDeployment(ApiModel):
                 "size(self.metadata.name) <= 52",
                 "metadata.name must be a DNS-1035 label of at most 52 characters "
                 "(children are named <name>-prefill, <name>-decode, <name>-gateway)",
+                ".metadata.name",
             ),
         )
     )

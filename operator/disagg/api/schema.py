@@ -120,7 +120,8 @@ def crd_schema(json_schema: Schema) -> Schema:
         "properties": {
             "apiVersion": {"type": "string", "description": "APIVersion of the object."},
             "kind": {"type": "string", "description": "Kind of the object."},
-            "metadata": {"type": "object"},
+            # Declared (only ``name`` may be) so that a rule's fieldPath can name it.
+            "metadata": {"type": "object", "properties": {"name": {"type": "string"}}},
             "spec": structural(props["spec"], defs),
             "status": structural(props["status"], defs, in_status=True),
         },
