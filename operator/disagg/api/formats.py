@@ -42,8 +42,10 @@ def cel_string(text: str) -> str:
     return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
-def _string(max_length: int, *rules: dict[str, str], min_length: int = 1) -> Any:
-    schema: dict[str, Any] = {"type": "string", "minLength": min_length, "maxLength": max_length}
+def _string(max_length: int, *rules: dict[str, str]) -> Any:
+    """The CRD schema of a non-empty string: its bound and its rules (the pydantic ``Field``
+    beside it carries the same bound and pattern for the operator's own parsing)."""
+    schema: dict[str, Any] = {"type": "string", "minLength": 1, "maxLength": max_length}
     if rules:
         schema["x-kubernetes-validations"] = list(rules)
     return WithJsonSchema(schema)
