@@ -39,10 +39,14 @@ lint: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/pytest -q tests
 
-## The vLLM conformance tier (docs/conformance.md): what we render, the pinned vLLM accepts.
-## Builds vLLM's own venv outside the repo on first use (conformance/setup_env.sh), then runs it.
+## The vLLM conformance tier (docs/conformance.md): what we render, each tested vLLM release
+## accepts.  Builds each release's own venv outside the repo on first use
+## (conformance/setup_env.sh), then runs the tier once per release, in its venv.
 conformance:
-	VLLM_PY="$$(PYTHON=$(PY) bash conformance/setup_env.sh)" && "$$VLLM_PY" -m pytest -q -m vllm conformance
+	for v in $$(bash conformance/setup_env.sh --versions); do \
+		VLLM_PY="$$(PYTHON=$(PY) bash conformance/setup_env.sh $$v)" && \
+		echo "conformance: vLLM $$v" && "$$VLLM_PY" -m pytest -q -m vllm conformance || exit 1; \
+	done
 
 crds: $(STAMP)
 	$(BIN)/disagg crds

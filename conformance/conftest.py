@@ -10,7 +10,9 @@ silently passes when its engine is missing would prove nothing.
 
 ``VLLM_TARGET_DEVICE=cpu`` selects vLLM's CPU platform (what vLLM's own CPU-only CI does with the
 accelerator wheel); without it vLLM finds no device and refuses to build even its argument
-parser.  The hub and usage-stats switches keep every run off the network.
+parser.  vLLM 0.26 does not read that variable at run time (its CPU platform is only detected in a
+CPU build), so there the session sets the same platform object directly, before anything asks for
+it.  The hub and usage-stats switches keep every run off the network.
 """
 
 from __future__ import annotations
@@ -30,12 +32,18 @@ for _offline in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "VLLM_NO_USAGE_STATS"
     os.environ[_offline] = "1"
 
 try:
-    import vllm  # noqa: F401
+    import vllm
+    import vllm.platforms
 except ImportError as exc:  # pragma: no cover - the message is the point
     raise pytest.UsageError(
         f"the vLLM conformance tier needs the pinned vLLM ({exc}); run `make conformance`, "
         f"which builds its environment with conformance/setup_env.sh and runs the tier with it"
     ) from exc
+
+if not vllm.platforms.current_platform.device_type:  # vLLM 0.26: no device found
+    from vllm.platforms.cpu import CpuPlatform
+
+    vllm.platforms._current_platform = CpuPlatform()
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -2,9 +2,12 @@
 # Build (once) the environment the vLLM conformance tier runs in, and print its python.
 #
 #   conformance/setup_env.sh            -> prints e.g. ~/.cache/disagg/vllm-0.33.0-venv/bin/python
+#   conformance/setup_env.sh 0.26.0     -> the same for another supported version
+#   conformance/setup_env.sh --versions -> prints the versions the tier checks, one per line
 #
-# The pinned vLLM version is read from operator/disagg/api/versions.py (VLLM_VERSION), the one
-# place it is written.  The venv lives OUTSIDE the repository, in
+# The versions are read from operator/disagg/api/versions.py, the one place they are written:
+# VLLM_VERSION (the pinned default) and TESTED_VLLM_VERSIONS (every version the operator renders
+# for, each checked with its own parser).  Each venv lives OUTSIDE the repository, in
 # ${DISAGG_CACHE:-~/.cache/disagg}/vllm-<version>-venv, so the main .venv stays light and every
 # checkout (including CI's fresh clone) shares one copy.  It holds vLLM with its full dependency
 # set (the CUDA build of torch: PyPI has no CPU-only torch for Linux, and that torch does not
@@ -18,11 +21,22 @@ set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VERSIONS="$ROOT/operator/disagg/api/versions.py"
-VLLM_VERSION="$(sed -n 's/^VLLM_VERSION = "\([^"]*\)"$/\1/p' "$VERSIONS")"
-if [ -z "$VLLM_VERSION" ]; then
-    echo "setup_env.sh: no VLLM_VERSION = \"...\" line in $VERSIONS" >&2
+PINNED="$(sed -n 's/^VLLM_VERSION = "\([^"]*\)"$/\1/p' "$VERSIONS")"
+TESTED="$(sed -n 's/^TESTED_VLLM_VERSIONS = (\(.*\))$/\1/p' "$VERSIONS" | tr -d '"' | tr ',' ' ')"
+if [ -z "$PINNED" ] || [ -z "$TESTED" ]; then
+    echo "setup_env.sh: no VLLM_VERSION = \"...\" or TESTED_VLLM_VERSIONS = (...) line in $VERSIONS" >&2
     exit 2
 fi
+if [ "${1:-}" = "--versions" ]; then
+    printf '%s\n' $TESTED
+    exit 0
+fi
+VLLM_VERSION="${1:-$PINNED}"
+case " $TESTED " in
+    *" $VLLM_VERSION "*) ;;
+    *) echo "setup_env.sh: vLLM $VLLM_VERSION is not one of TESTED_VLLM_VERSIONS ($TESTED)" >&2
+       exit 2 ;;
+esac
 
 PYTHON="${PYTHON:-python3}"
 CACHE="${DISAGG_CACHE:-$HOME/.cache/disagg}"

@@ -40,7 +40,14 @@ from vllm.config.kv_transfer import KVTransferConfig
 from vllm.distributed.kv_transfer.kv_connector.factory import KVConnectorFactory
 from vllm.engine.arg_utils import AsyncEngineArgs
 from vllm.entrypoints.cli.serve import ServeSubcommand
-from vllm.entrypoints.common.cli_args import make_arg_parser, validate_parsed_serve_args
+
+try:  # vLLM 0.33 moved the server's parser out of the OpenAI package
+    from vllm.entrypoints.common.cli_args import make_arg_parser, validate_parsed_serve_args
+except ImportError:  # vLLM 0.26
+    from vllm.entrypoints.openai.cli_args import (  # type: ignore[no-redef]
+        make_arg_parser,
+        validate_parsed_serve_args,
+    )
 from vllm.utils.argparse_utils import FlexibleArgumentParser
 
 SERVE = ("vllm", "serve")

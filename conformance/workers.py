@@ -1,20 +1,27 @@
 """Every worker container the operator renders, for the conformance tier to feed to vLLM.
 
-Two sources, rendered live through the same functions the controller calls (never read back from
-the golden files, so a change to ``disagg.render`` is seen here at once):
+Two sources, rendered live through the same functions the controller calls
+(:mod:`disagg.render.objects`; never read back from the golden files, so a change to
+``disagg.render`` is seen here at once):
 
-* the shipped CRs: ``examples/*.yaml`` and ``tests/scenarios/*.yaml``;
+* the shipped CRs: ``examples/*.yaml``, ``tests/scenarios/*.yaml`` and the GPU tier's
+  ``bench/gpu/*.yaml`` (what real vLLM is started from on a GPU);
 * a generated matrix of standalone pools: every connector x every role x RDMA on/off x TP
   1/2/4/8 x both entrypoints, with the settings that change the command line or environment
-  (revision, limits, extra config, load-failure policy) switched on, so each rendered branch of
-  ``render/vllm.py`` and ``render/rdma.py`` reaches vLLM at least once.
+  (revision, limits, extra config, load-failure policy, the switched-off prefix cache, eager
+  mode) switched on, so each rendered branch of ``render/vllm.py`` and ``render/rdma.py``
+  reaches vLLM at least once.
 
-Each worker is a :class:`Worker`: an id for the test name, the pool role, and the container dict
-exactly as it would land in the Deployment (after the ``podTemplate`` overlay).
+The tier runs once per tested vLLM release, each time in that release's own environment; a run
+checks the workers rendered for the installed release: the shipped CRs whose ``vllmVersion``
+resolves to it, and the matrix rendered for it (through the image tag, the way most specs name
+their release).  Each worker is a :class:`Worker`: an id for the test name, the pool role, and the
+container dict exactly as it would land in the Deployment (after the ``podTemplate`` overlay).
 """
 
 from __future__ import annotations
 
+import importlib.metadata
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,14 +29,16 @@ from typing import Any
 
 import yaml
 
-from disagg.api import DisaggDeployment, InferencePool
-from disagg.render import render_disaggdeployment_children, render_pool_children
-from disagg.render.names import LABEL_ROLE
+from disagg.render.objects import render_custom_resource, render_workers
 
 ROOT = Path(__file__).resolve().parent.parent
-SOURCES = sorted((ROOT / "examples").glob("*.yaml")) + sorted(
-    (ROOT / "tests" / "scenarios").glob("*.yaml")
+SOURCES = (
+    sorted((ROOT / "examples").glob("*.yaml"))
+    + sorted((ROOT / "tests" / "scenarios").glob("*.yaml"))
+    + sorted((ROOT / "bench" / "gpu").glob("*.yaml"))
 )
+#: The vLLM release this run of the tier checks: the one installed in its environment.
+INSTALLED_VLLM = importlib.metadata.version("vllm")
 
 CONNECTORS = ("NixlConnector", "MooncakeConnector", "LMCacheConnectorV1")
 ROLES = ("prefill", "decode", "aggregated")
@@ -56,6 +65,8 @@ class Worker:
     id: str
     role: str
     container: dict[str, Any]
+    vllm_version: str = ""
+    """The release the container was rendered for."""
 
     @property
     def argv(self) -> list[str]:
@@ -76,40 +87,21 @@ class Worker:
 
 def rendered_objects(doc: dict[str, Any]) -> list[dict[str, Any]]:
     """Everything the operator creates for one CR, down to each pool's children."""
-    name = doc["metadata"]["name"]
-    if doc["kind"] == "InferencePool":
-        pool = InferencePool.model_validate(doc)
-        return render_pool_children(
-            name=name, namespace="default", spec=pool.spec, replicas=pool.spec.replicas
-        )
-    dd = DisaggDeployment.model_validate(doc)
-    objects = render_disaggdeployment_children(name, "default", dd.spec)
-    for child in [o for o in objects if o["kind"] == "InferencePool"]:
-        pool = InferencePool.model_validate(child)
-        objects += render_pool_children(
-            name=child["metadata"]["name"],
-            namespace="default",
-            spec=pool.spec,
-            replicas=pool.spec.replicas,
-            deployment=name,
-        )
-    return objects
+    return render_custom_resource(doc)
 
 
 def workers_of(doc: dict[str, Any], source: str) -> list[Worker]:
     """The worker containers one CR renders to (through its child pools for a deployment)."""
-    workers = []
-    for obj in rendered_objects(doc):
-        if obj["kind"] != "Deployment" or LABEL_ROLE not in obj["metadata"]["labels"]:
-            continue
-        role = obj["metadata"]["labels"][LABEL_ROLE]
-        pool = obj["metadata"]["name"]
-        prefix = source if doc["kind"] == "InferencePool" else f"{source}/{pool}"
-        for container in obj["spec"]["template"]["spec"]["containers"]:
-            workers.append(
-                Worker(id=f"{prefix}/{container['name']}", role=role, container=container)
-            )
-    return workers
+    prefix = source if doc["kind"] == "InferencePool" else None
+    return [
+        Worker(
+            id=f"{prefix or f'{source}/{w.pool}'}/{w.container['name']}",
+            role=w.role,
+            container=w.container,
+            vllm_version=w.vllm_version,
+        )
+        for w in render_workers(doc)
+    ]
 
 
 def shipped_crs() -> list[tuple[str, dict[str, Any]]]:
@@ -122,25 +114,36 @@ def shipped_crs() -> list[tuple[str, dict[str, Any]]]:
     ]
 
 
-def scenario_workers() -> list[Worker]:
-    """Workers of every shipped example and test scenario."""
-    workers = [w for source, doc in shipped_crs() for w in workers_of(doc, source)]
+def scenario_workers(version: str = INSTALLED_VLLM) -> list[Worker]:
+    """Workers of every shipped example and test scenario rendered for vLLM ``version``."""
+    rendered = [w for source, doc in shipped_crs() for w in workers_of(doc, source)]
+    workers = [w for w in rendered if w.vllm_version == version]
     if not workers:
-        raise RuntimeError(f"no worker rendered from {[str(p) for p in SOURCES]}")
+        raise RuntimeError(
+            f"no worker of {[str(p) for p in SOURCES]} is rendered for vLLM {version}; "
+            f"their versions: {sorted({w.vllm_version for w in rendered})}"
+        )
     return workers
 
 
-def matrix_pool(connector: str, role: str, rdma: bool, tp: int, entrypoint: str) -> dict[str, Any]:
-    """A standalone InferencePool CR for one point of the matrix."""
+def matrix_pool(
+    connector: str, role: str, rdma: bool, tp: int, entrypoint: str, version: str = INSTALLED_VLLM
+) -> dict[str, Any]:
+    """A standalone InferencePool CR for one point of the matrix, for vLLM ``version``."""
     spec: dict[str, Any] = {
         "role": role,
         "model": {"name": "org/model-7b", "servedName": "model", "revision": "main"},
         "engine": {
+            "image": f"vllm/vllm-openai:v{version}",
             "entrypoint": entrypoint,
             "maxModelLen": 32768,
             "maxNumSeqs": 128,
+            "maxNumBatchedTokens": 4096,
             "gpuMemoryUtilization": 0.9,
             "blockSize": 32 if rdma else 16,
+            # Both spellings of a switch: on for RDMA pools, off (the release's negative) else.
+            "prefixCaching": rdma,
+            "enforceEager": tp == 1,
         },
         "parallelism": {"tensor": tp},
         "kvTransfer": {
@@ -170,20 +173,20 @@ def matrix_pool(connector: str, role: str, rdma: bool, tp: int, entrypoint: str)
     }
 
 
-def matrix_workers() -> list[Worker]:
+def matrix_workers(version: str = INSTALLED_VLLM) -> list[Worker]:
     """Workers of the generated matrix (connector x role x RDMA x TP x entrypoint)."""
     workers: list[Worker] = []
     for connector, role, rdma, tp, entrypoint in itertools.product(
         CONNECTORS, ROLES, (False, True), TENSOR_PARALLEL, ENTRYPOINTS
     ):
-        doc = matrix_pool(connector, role, rdma, tp, entrypoint)
+        doc = matrix_pool(connector, role, rdma, tp, entrypoint, version)
         source = f"matrix/{connector}-{role}-rdma{'On' if rdma else 'Off'}-tp{tp}-{entrypoint}"
         workers += workers_of(doc, source)
     return workers
 
 
-def all_workers() -> list[Worker]:
-    return scenario_workers() + matrix_workers()
+def all_workers(version: str = INSTALLED_VLLM) -> list[Worker]:
+    return scenario_workers(version) + matrix_workers(version)
 
 
 def argv_params(workers: list[Worker]) -> list[Any]:

@@ -896,4 +896,28 @@ VALID: list[Edge] = [
         ),
         "prefixed label keys, an empty label value, a dotted PriorityClass",
     ),
+    Case(
+        "vllm-version-below-supported-range",
+        pool(engine={"vllmVersion": "0.25.2"}),
+        "spec.engine.vllmVersion",
+        "0.26.0 to 0.33.x",
+    ),
+    Case(
+        "vllm-version-above-supported-range",
+        disagg(engine={"vllmVersion": "0.34.0"}),
+        "spec.engine.vllmVersion",
+        "0.26.0 to 0.33.x",
+    ),
+    Case(
+        "vllm-version-not-a-release",
+        pool(engine={"vllmVersion": "latest"}),
+        "spec.engine.vllmVersion",
+        "0.26.0 to 0.33.x",
+    ),
+    Case(
+        "vllm-image-tag-outside-supported-range",
+        disagg(engine={"image": "vllm/vllm-openai:v0.20.1"}),
+        "spec.engine.image",
+        "outside 0.26.0 to 0.33.x",
+    ),
 ]

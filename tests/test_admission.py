@@ -14,7 +14,11 @@ from disagg.api import DisaggDeploymentSpec, InferencePoolSpec
 from tests.admission import Rejection, admit
 from tests.admission_cases import INVALID, VALID, Case, Edge, disagg, pool
 
-EXAMPLES = sorted(Path(__file__).parent.parent.joinpath("examples").glob("*.yaml"))
+ROOT = Path(__file__).parent.parent
+#: The shipped examples and the GPU tier's resources (what real vLLM is started from).
+EXAMPLES = sorted(ROOT.joinpath("examples").glob("*.yaml")) + sorted(
+    ROOT.joinpath("bench", "gpu").glob("*.yaml")
+)
 
 
 def test_the_case_lists_cover_the_acceptance_counts() -> None:

@@ -18,6 +18,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "gateway": ("disagg.gateway.cli", "run the OpenAI-compatible KV-routing gateway"),
     "sim": ("disagg.sim.cli", "run a vLLM-compatible engine simulator (accepts vLLM's flags)"),
     "plan": ("disagg.planner.cli", "capacity planner: should you disaggregate, and how"),
+    "render": ("disagg.render.cli", "print what the operator renders for a resource (no cluster)"),
 }
 
 

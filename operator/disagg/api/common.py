@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from disagg.api.base import ApiModel, FreeForm, cel, validations
 from disagg.api.formats import (
@@ -35,7 +35,28 @@ from disagg.api.formats import (
     cel_string,
 )
 from disagg.api.overrides import ExtraArgs, env_names_rule
-from disagg.api.versions import DEFAULT_VLLM_IMAGE
+from disagg.api.versions import (
+    DEFAULT_VLLM_IMAGE,
+    SUPPORTED_VLLM_PATTERN,
+    SUPPORTED_VLLM_RANGE_TEXT,
+    VLLM_IMAGE_TAG,
+    is_supported_vllm_version,
+    resolve_vllm_version,
+    vllm_version_of_image,
+)
+
+#: A vLLM image whose tag names a supported release (the CEL twin of ``VLLM_IMAGE_TAG``).
+_SUPPORTED_VLLM_IMAGE = (
+    r"^(.*/)?vllm[^/:@]*:v?" + SUPPORTED_VLLM_PATTERN.strip("^$") + r"([^0-9].*)?$"
+)
+_VERSION_MESSAGE = (
+    f"engine.vllmVersion must be a vLLM release the operator renders for: "
+    f"{SUPPORTED_VLLM_RANGE_TEXT}"
+)
+_IMAGE_MESSAGE = (
+    f"engine.image's tag names a vLLM release outside {SUPPORTED_VLLM_RANGE_TEXT}; use a "
+    f"supported image or set engine.vllmVersion to the release the image runs"
+)
 
 #: The largest 32-bit integer: bounds for counts that end up in int32 Kubernetes fields.
 INT32_MAX = 2**31 - 1
@@ -151,10 +172,33 @@ class EnvVar(ApiModel):
 
 
 class EngineSpec(ApiModel):
-    """The vLLM engine: image, entrypoint and the flags that matter for P/D."""
+    """The vLLM engine: image, version, entrypoint and the flags that matter for P/D."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.vllmVersion) || "
+                f"self.vllmVersion.matches({cel_string(SUPPORTED_VLLM_PATTERN)})",
+                _VERSION_MESSAGE,
+                ".vllmVersion",
+            ),
+            cel(
+                f"has(self.vllmVersion) || !has(self.image) || "
+                f"!self.image.matches({cel_string(VLLM_IMAGE_TAG)}) || "
+                f"self.image.matches({cel_string(_SUPPORTED_VLLM_IMAGE)})",
+                _IMAGE_MESSAGE,
+                ".image",
+            ),
+        )
+    )
 
     image: Word = DEFAULT_VLLM_IMAGE
     """Worker image: vLLM's OpenAI server, or the disagg simulator (it takes the same flags)."""
+    vllm_version: str | None = Field(default=None, max_length=32)
+    """The vLLM release the workers run (``0.26.0``): the command line, KV-transfer config and
+    environment are rendered for it.  Defaults to the release a vLLM image's tag names (tag
+    ``v0.26.0`` of an image whose name starts with ``vllm``), else to the version this operator
+    pins.  Supported: 0.26.0 to 0.33.x."""
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] | None = None
     """Image pull policy; Kubernetes' default when omitted."""
     entrypoint: Literal["serve", "apiServer"] = "serve"
@@ -168,8 +212,19 @@ class EngineSpec(ApiModel):
     """Maximum context length (``--max-model-len``); the model's own when omitted."""
     max_num_seqs: int | None = Field(default=None, ge=1, le=INT32_MAX)
     """Maximum concurrent sequences per engine (``--max-num-seqs``)."""
+    max_num_batched_tokens: int | None = Field(default=None, ge=1, le=INT32_MAX)
+    """Token budget of one engine step (``--max-num-batched-tokens``): longer prompts are
+    prefilled in chunks of it, so a smaller budget shortens the stall a long prompt causes to
+    running streams and lengthens that prompt's own prefill.  vLLM's default when omitted."""
     gpu_memory_utilization: float | None = Field(default=None, gt=0, le=1)
     """Fraction of GPU memory vLLM may use (``--gpu-memory-utilization``)."""
+    prefix_caching: bool | None = None
+    """Reuse the KV of prompt prefixes already computed (vLLM's automatic prefix caching;
+    ``--enable-prefix-caching`` or its negative in the release's spelling).  vLLM's default (on)
+    when omitted."""
+    enforce_eager: bool | None = None
+    """``true`` runs without CUDA graphs (``--enforce-eager``): starts faster and uses less
+    memory, decodes slower at small batches.  vLLM's default (graphs on) when omitted."""
     extra_args: ExtraArgs = Field(default_factory=list)
     """More vLLM flags, appended verbatim after the rendered ones.  Flags the operator renders
     from fields (``--port``, ``--tensor-parallel-size``, ``--block-size``, ...) are refused in
@@ -180,6 +235,25 @@ class EngineSpec(ApiModel):
     """More environment variables for the worker container.  Names are unique, and those the
     operator sets (``VLLM_NIXL_SIDE_CHANNEL_*``, ``VLLM_HTTP_TIMEOUT_KEEP_ALIVE``, the RDMA
     variables, ``HF_TOKEN`` with ``model.tokenSecretRef``) are refused."""
+
+    @field_validator("vllm_version")
+    @classmethod
+    def _supported_version(cls, value: str | None) -> str | None:
+        if value is not None and not is_supported_vllm_version(value):
+            raise ValueError(f"{_VERSION_MESSAGE} (got {value!r})")
+        return value
+
+    @model_validator(mode="after")
+    def _supported_image(self) -> EngineSpec:
+        tagged = vllm_version_of_image(self.image)
+        if self.vllm_version is None and tagged and not is_supported_vllm_version(tagged):
+            raise ValueError(f"{_IMAGE_MESSAGE} (image {self.image!r} is vLLM {tagged})")
+        return self
+
+    @property
+    def resolved_vllm_version(self) -> str:
+        """The release the rendering is for (see ``vllm_version``)."""
+        return resolve_vllm_version(self.vllm_version, self.image)
 
 
 class ParallelismSpec(ApiModel):

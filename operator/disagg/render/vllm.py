@@ -5,14 +5,25 @@ own parser in the conformance tier); the simulator accepts the same argv, which
 is how the local cluster runs these pods without GPUs.  ``--kv-transfer-config``
 is compact JSON with sorted keys so that the rendered Deployment is byte-stable
 and a re-render never triggers a rollout.
+
+Rendering is per vLLM release (``engine.vllmVersion``, see ``api/versions.py``).  What differs
+between the supported releases is collected in :class:`VllmDialect`: today the spelling of a
+switched-off boolean flag -- 0.26 declares ``--no-enable-prefix-caching``, 0.33
+``--disable-prefix-caching`` (and still accepts the old spelling, hidden from its help).  So a
+release below 0.33 gets the old spelling, which every supported release parses, and 0.33 the one
+it declares; the conformance tier parses each rendering with that release's own parser.  The KV
+role is the same in both: ``kv_both`` is deprecated for NIXL (a warning in 0.26 and 0.33), so
+prefill and decode pools render ``kv_producer`` and ``kv_consumer``.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 from disagg.api.common import EngineSpec, KVTransferSpec, ModelSpec, ParallelismSpec
+from disagg.api.versions import parse_vllm_version
 
 #: Pool role -> vLLM ``kv_role``.  With NIXL the role is a placeholder (the proxy decides
 #: who prefills), but producer/consumer documents intent and is what other connectors need.
@@ -21,6 +32,30 @@ KV_ROLE = {"prefill": "kv_producer", "decode": "kv_consumer", "aggregated": "kv_
 #: vLLM closes idle HTTP connections after 5 s by default; we keep them for this long so the
 #: gateway's pool (which expires idle connections after 4 s) never races the server's close.
 HTTP_KEEP_ALIVE_SECONDS = 30
+
+
+@dataclass(frozen=True)
+class VllmDialect:
+    """How one vLLM release spells the flags that changed between supported releases."""
+
+    release: tuple[int, int, int]
+    negative_prefix: str
+    """Prefix that turns an ``--enable-x`` flag off: ``--no-enable-`` (0.26) or ``--disable-``."""
+
+    def switch(self, flag: str, on: bool) -> str:
+        """``--enable-x`` itself, or its negative in this release's spelling."""
+        return flag if on else self.negative_prefix + flag.removeprefix("--enable-")
+
+
+#: From this release on vLLM declares ``--disable-x`` as the negative of ``--enable-x``.
+DISABLE_SPELLING_FROM = (0, 33, 0)
+
+
+def dialect(version: str) -> VllmDialect:
+    """The spelling rules of vLLM ``version`` (``X.Y.Z``)."""
+    release = parse_vllm_version(version)
+    prefix = "--disable-" if release >= DISABLE_SPELLING_FROM else "--no-enable-"
+    return VllmDialect(release=release, negative_prefix=prefix)
 
 
 def kv_transfer_config(kv: KVTransferSpec, role: str) -> dict[str, Any] | None:
@@ -66,7 +101,8 @@ def vllm_args(
     role: str,
     extra_args: list[str],
 ) -> list[str]:
-    """The container args (flags after the model)."""
+    """The container args (flags after the model), spelled for the engine's vLLM release."""
+    spelling = dialect(engine.resolved_vllm_version)
     args = [
         "--served-model-name",
         served_model_name(model),
@@ -88,8 +124,14 @@ def vllm_args(
         args += ["--max-model-len", str(engine.max_model_len)]
     if engine.max_num_seqs is not None:
         args += ["--max-num-seqs", str(engine.max_num_seqs)]
+    if engine.max_num_batched_tokens is not None:
+        args += ["--max-num-batched-tokens", str(engine.max_num_batched_tokens)]
     if engine.gpu_memory_utilization is not None:
         args += ["--gpu-memory-utilization", str(engine.gpu_memory_utilization)]
+    if engine.prefix_caching is not None:
+        args.append(spelling.switch("--enable-prefix-caching", engine.prefix_caching))
+    if engine.enforce_eager:
+        args.append("--enforce-eager")
     config = kv_transfer_config(kv, role)
     if config is not None:
         args += ["--kv-transfer-config", json.dumps(config, sort_keys=True, separators=(",", ":"))]
