@@ -86,6 +86,19 @@ def test_max_model_len_beyond_the_kv_cache_is_refused_at_startup() -> None:
         Simulator(config)
 
 
+def test_kv_cache_memory_bytes_sizes_the_cache_as_vllm_does() -> None:
+    """``--kv-cache-memory-bytes`` (what shares one GPU between engines) replaces the memory
+    budget: Llama-3.1-8B keeps 128 KiB of KV per token, 2 KiB per 16-token block x 64."""
+    from disagg.sim.app import Simulator
+
+    config = parse_config(
+        ["m", "--kv-cache-memory-bytes", "1G", "--gpu-memory-utilization", "0.05"]
+    )
+    assert config.kv_cache_memory_bytes == 2**30
+    assert Simulator(config).engines[0].kv.num_blocks == 2**30 // (128 * 1024 * 16)
+    assert parse_config(["m", "--kv-cache-memory-bytes", "2g"]).kv_cache_memory_bytes == 2 * 10**9
+
+
 def test_model_presets_follow_the_served_model() -> None:
     assert resolve_model("meta-llama/Llama-3.1-70B-Instruct", None).name == "llama-3.1-70b"
     assert resolve_model("/models/mixtral-8x7b", None).name == "mixtral-8x7b"

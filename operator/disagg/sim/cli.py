@@ -32,6 +32,17 @@ def _length(text: str) -> int:
         raise argparse.ArgumentTypeError(f"not a token count: {text!r}") from None
 
 
+def _size(text: str) -> int:
+    """Bytes as vLLM reads them: ``2000000000``, ``2g`` (10^9) or ``2G`` (2^30)."""
+    t = text.strip()
+    scale = {"k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
+             "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}.get(t[-1:], 1)  # fmt: skip
+    try:
+        return int(float(t[:-1] if scale > 1 else t) * scale)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a byte count: {text!r}") from None
+
+
 def _sim_flag(
     parser: argparse.ArgumentParser, name: str, kind: Callable[[str], Any], default: Any, help_: str
 ) -> None:
@@ -82,6 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-model-len", type=_length, default=None)
     p.add_argument("--gpu-memory-utilization", type=float, default=0.92)
     p.add_argument("--num-gpu-blocks-override", type=int, default=None)
+    p.add_argument("--kv-cache-memory-bytes", type=_size, default=None)
     _sim_flag(p, "gpu", str, "h100-sxm", "GPU preset of disagg.planner to time steps with")
     _sim_flag(p, "model-spec", str, None, "model preset of disagg.planner (default: from MODEL)")
     _sim_flag(p, "speedup", float, 1.0, "simulated seconds per wall second")
@@ -172,6 +184,7 @@ def parse_config(argv: list[str]) -> SimConfig:
         max_model_len=ns.max_model_len,
         gpu_memory_utilization=ns.gpu_memory_utilization,
         num_gpu_blocks_override=ns.num_gpu_blocks_override,
+        kv_cache_memory_bytes=ns.kv_cache_memory_bytes,
         kv_transfer=kv,
         side_channel_host=os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or "localhost",
         side_channel_port=side_port,

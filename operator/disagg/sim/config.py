@@ -136,6 +136,8 @@ class SimConfig:
     gpu_memory_utilization: float = 0.92
     num_gpu_blocks_override: int | None = None
     """KV capacity in blocks; ``None`` derives it from GPU memory minus the weights."""
+    kv_cache_memory_bytes: int | None = None
+    """KV-cache bytes per GPU (vLLM ``--kv-cache-memory-bytes``); overrides the memory budget."""
     kv_transfer: KVTransferConfig = field(default_factory=KVTransferConfig)
     side_channel_host: str = "localhost"
     """``VLLM_NIXL_SIDE_CHANNEL_HOST``: what we advertise as ``remote_host``."""

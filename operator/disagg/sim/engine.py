@@ -68,7 +68,7 @@ class Engine:
         self.timer = timer
         self.metrics = metrics
         blocks = config.num_gpu_blocks_override or timer.num_gpu_blocks(
-            config.block_size, config.gpu_memory_utilization
+            config.block_size, config.gpu_memory_utilization, config.kv_cache_memory_bytes
         )
         self.kv = KVCache(blocks, config.block_size)
         self.faults: FaultConfig = config.faults

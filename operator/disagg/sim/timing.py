@@ -72,12 +72,17 @@ class StepTimer:
     def transfer_seconds(self, num_bytes: int) -> float:
         return roofline.transfer_time_s(num_bytes, self.link_gbps)
 
-    def num_gpu_blocks(self, block_size: int, gpu_memory_utilization: float) -> int:
-        """KV capacity the way vLLM sizes it: the memory budget minus the weights (per GPU,
-        times tensor parallelism), divided by the bytes of one block."""
+    def num_gpu_blocks(
+        self, block_size: int, gpu_memory_utilization: float, kv_cache_bytes: int | None = None
+    ) -> int:
+        """KV capacity the way vLLM sizes it: ``--kv-cache-memory-bytes`` per GPU when given
+        (vLLM then skips its memory profiling), else the memory budget minus the weights (per
+        GPU, times tensor parallelism), divided by the bytes of one block."""
+        per_block = kv_bytes_per_token(self.model) * block_size
+        if kv_cache_bytes is not None:
+            return max(1, kv_cache_bytes * self.tp // per_block)
         budget = self.gpu.memory_bytes * gpu_memory_utilization * self.tp
         free = budget - self.model.weight_bytes * 1.05  # activations and CUDA graphs take a bit
-        per_block = kv_bytes_per_token(self.model) * block_size
         return max(1, int(free // per_block))
 
 
