@@ -123,6 +123,36 @@ def test_decode_leg_pulls_over_the_side_channel_then_decodes(
     assert float(nixl[0].split()[-1]) >= 1
 
 
+def _by_source(sim: SimProcess) -> dict[str, float]:
+    """``vllm:prompt_tokens_by_source_total`` per source, as a scraper reads it."""
+    found = {}
+    for line in httpx.get(sim.url + "/metrics").text.splitlines():
+        if line.startswith("vllm:prompt_tokens_by_source_total{"):
+            source = line.split('source="', 1)[1].split('"', 1)[0]
+            found[source] = float(line.split()[-1])
+    return found
+
+
+def test_prompt_tokens_by_source_say_where_the_kv_came_from(
+    prefill: SimProcess, decode: SimProcess
+) -> None:
+    """As vLLM counts them: a pulled prompt is all ``external_kv_transfer``, a local prefill
+    ``local_compute`` -- what the GPU tier reads on real vLLM to prove the KV came by NIXL."""
+    before = _by_source(decode)
+    assert set(before) == {"local_compute", "local_cache_hit", "external_kv_transfer"}
+    pulled = "An unseen prompt about pulled blocks. " * 30
+    params = prefill_leg(prefill, "pd-src", pulled)["kv_transfer_params"]
+    usage = decode_leg(decode, "pd-src", params, pulled).json()["usage"]
+    middle = _by_source(decode)
+    assert middle["external_kv_transfer"] - before["external_kv_transfer"] == usage["prompt_tokens"]
+    assert middle["local_compute"] == before["local_compute"]
+    local = "A prompt the decode worker prefills itself. " * 30
+    usage = decode_leg(decode, "pd-src-local", None, local).json()["usage"]
+    after = _by_source(decode)
+    assert after["local_compute"] - middle["local_compute"] == usage["prompt_tokens"]
+    assert after["external_kv_transfer"] == middle["external_kv_transfer"]
+
+
 def test_decode_output_matches_an_aggregated_worker(
     prefill: SimProcess, decode: SimProcess
 ) -> None:

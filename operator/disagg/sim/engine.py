@@ -263,6 +263,11 @@ class Engine:
             m.observe(m.ttft, now - request.arrival)
             m.observe(m.prefill_time, now - (request.scheduled_at or request.arrival))
             m.inc(m.prompt_tokens, request.num_prompt_tokens)
+            m.prompt_sources(
+                request.num_prompt_tokens - request.cached_tokens - request.pulled_tokens,
+                request.cached_tokens,
+                request.pulled_tokens,
+            )
         elif request.last_token_at is not None:
             m.observe(m.itl, now - request.last_token_at)
         request.last_token_at = now
@@ -328,6 +333,7 @@ class Engine:
         else:
             request.prefill_source = "remote"
             request.pulled_bytes = moved
+            request.pulled_tokens = request.num_prompt_tokens - request.cached_tokens
             request.computed = request.num_prompt_tokens - 1
             self.kv.commit(request.blocks, request.prompt_ids)
             m.observe(m.nixl_xfer_time, time.monotonic() - started)

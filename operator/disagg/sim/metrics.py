@@ -34,6 +34,10 @@ _ITL_BUCKETS = (
 _BYTES_BUCKETS = tuple(float(2**k) for k in range(16, 36, 2))
 
 
+#: ``vllm:prompt_tokens_by_source``'s label values, as vLLM 0.26 and 0.33 name them.
+PROMPT_SOURCES = ("local_compute", "local_cache_hit", "external_kv_transfer")
+
+
 class SimMetrics:
     """The registry and every series the simulator exports."""
 
@@ -94,6 +98,11 @@ class SimMetrics:
         self.nixl_failures = counter(
             "vllm:nixl_num_failed_transfers", "NIXL pulls that failed (local prefill followed)."
         )
+        self.prompt_tokens_by_source = counter(
+            "vllm:prompt_tokens_by_source",
+            "Prompt tokens by where their KV came from.",
+            ("source",),
+        )
 
         self._export_all()
 
@@ -109,6 +118,8 @@ class SimMetrics:
             metric.labels(**self.labels)
         for reason in ("stop", "length", "abort"):
             self.request_success.labels(**self.labels, finished_reason=reason)
+        for source in PROMPT_SOURCES:
+            self.prompt_tokens_by_source.labels(**self.labels, source=source)
 
     def for_engine(self, engine: str) -> SimMetrics:
         """The same series, labelled for another engine of this process (data parallelism)."""
@@ -135,6 +146,13 @@ class SimMetrics:
         self._child(self.num_requests_waiting).set(waiting)
         self._child(self.num_requests_running).set(running)
         self._child(self.kv_cache_usage_perc).set(kv_usage)
+
+    def prompt_sources(self, computed: int, cache_hit: int, transferred: int) -> None:
+        """vLLM's breakdown of one request's prompt tokens: prefilled here, found in the local
+        prefix cache, pulled from a prefill worker (they add up to the prompt)."""
+        for source, tokens in zip(PROMPT_SOURCES, (computed, cache_hit, transferred), strict=True):
+            if tokens:
+                self.prompt_tokens_by_source.labels(**self.labels, source=source).inc(tokens)
 
     def success(self, reason: str) -> None:
         self.request_success.labels(**self.labels, finished_reason=reason).inc()

@@ -81,6 +81,9 @@ class Request:
     """``local``, ``remote`` (KV pulled) or ``fallback`` (pull failed, prefilled locally)."""
     pull_error: str = ""
     pulled_bytes: int = 0
+    pulled_tokens: int = 0
+    """Prompt tokens whose KV came from the prefill worker (vLLM counts them all as
+    ``external_kv_transfer``)."""
     scheduled_at: float | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
