@@ -18,6 +18,8 @@ from disagg.sim.kvcache import KVCache
 from disagg.sim.process import SimProcess
 from disagg.sim.timing import resolve_model
 
+ROOT = Path(__file__).resolve().parent.parent
+
 GOLDEN = Path(__file__).parent / "golden"
 
 
@@ -97,6 +99,22 @@ def test_kv_cache_memory_bytes_sizes_the_cache_as_vllm_does() -> None:
     assert config.kv_cache_memory_bytes == 2**30
     assert Simulator(config).engines[0].kv.num_blocks == 2**30 // (128 * 1024 * 16)
     assert parse_config(["m", "--kv-cache-memory-bytes", "2g"]).kv_cache_memory_bytes == 2 * 10**9
+
+
+def test_a_calibration_file_times_the_simulated_steps(tmp_path: Path) -> None:
+    """``--sim-calibration`` swaps the roofline's default efficiencies for measured ones, and
+    refuses a file measured on another GPU."""
+    from disagg.sim.app import Simulator
+
+    calibration = ROOT / "docs" / "calibration-h100.json"
+    default = Simulator(parse_config(["m", "--sim-gpu", "h100-sxm"])).timer
+    fitted = Simulator(
+        parse_config(["m", "--sim-gpu", "h100-sxm", "--sim-calibration", str(calibration)])
+    ).timer
+    assert fitted.efficiency is not None and default.efficiency is None
+    assert fitted.step_seconds([], 16, 16 * 2048) != default.step_seconds([], 16, 16 * 2048)
+    with pytest.raises(ValueError, match="calibrates h100-sxm, not h200"):
+        Simulator(parse_config(["m", "--sim-gpu", "h200", "--sim-calibration", str(calibration)]))
 
 
 def test_model_presets_follow_the_served_model() -> None:

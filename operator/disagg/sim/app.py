@@ -45,6 +45,7 @@ class Simulator:
             config.gpu,
             config.tensor_parallel_size,
             config.link_gbps,
+            config.calibration,
         )
         self.metrics = SimMetrics(config.served_model_names[0])
         self.engines: list[Engine] = []

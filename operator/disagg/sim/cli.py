@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-gpu-blocks-override", type=int, default=None)
     p.add_argument("--kv-cache-memory-bytes", type=_size, default=None)
     _sim_flag(p, "gpu", str, "h100-sxm", "GPU preset of disagg.planner to time steps with")
+    _sim_flag(p, "calibration", str, None, "calibration JSON of that GPU (docs/calibration-*.json)")
     _sim_flag(p, "model-spec", str, None, "model preset of disagg.planner (default: from MODEL)")
     _sim_flag(p, "speedup", float, 1.0, "simulated seconds per wall second")
     _sim_flag(p, "link-gbps", float, 100.0, "P->D KV link bandwidth, Gbit/s")
@@ -190,6 +191,7 @@ def parse_config(argv: list[str]) -> SimConfig:
         side_channel_port=side_port,
         side_channel_port_explicit=port_env is not None,
         gpu=ns.sim_gpu,
+        calibration=ns.sim_calibration,
         model_spec=ns.sim_model_spec,
         speedup=ns.sim_speedup,
         link_gbps=ns.sim_link_gbps,

@@ -147,6 +147,8 @@ class SimConfig:
     side_channel_port_explicit: bool = False
     gpu: str = "h100-sxm"
     """``--sim-gpu``: the planner's GPU preset to time steps with."""
+    calibration: str | None = None
+    """``--sim-calibration``: a calibration file of that GPU (measured efficiencies)."""
     model_spec: str | None = None
     """``--sim-model-spec``: the planner's model preset; ``None`` guesses from ``model``."""
     speedup: float = 1.0

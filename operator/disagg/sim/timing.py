@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from disagg.planner import roofline
+from disagg.planner.calibration import load_calibration
 from disagg.planner.catalog import get_model
 from disagg.planner.hardware import GPUSpec, get_gpu
 from disagg.planner.models import DEFAULT_MODEL, MODELS, ModelSpec, kv_bytes_per_token
@@ -38,12 +39,28 @@ class StepTimer:
     gpu: GPUSpec
     tp: int = 1
     link_gbps: float = 100.0
+    efficiency: roofline.Efficiency | None = None
+    """Measured efficiencies (``--sim-calibration``); the roofline's defaults when None."""
 
     @classmethod
     def build(
-        cls, model_arg: str, preset: str | None, gpu: str, tp: int, link_gbps: float
+        cls,
+        model_arg: str,
+        preset: str | None,
+        gpu: str,
+        tp: int,
+        link_gbps: float,
+        calibration: str | None = None,
     ) -> StepTimer:
-        return cls(resolve_model(model_arg, preset), get_gpu(gpu), tp, link_gbps)
+        """``calibration``: a calibration file (``disagg.planner.calibration``) of ``gpu``."""
+        spec = get_gpu(gpu)
+        efficiency = None
+        if calibration:
+            fitted = load_calibration(calibration)
+            if fitted.gpu != spec.name:
+                raise ValueError(f"{calibration} calibrates {fitted.gpu}, not {spec.name}")
+            efficiency = fitted.efficiency
+        return cls(resolve_model(model_arg, preset), spec, tp, link_gbps, efficiency)
 
     def step_seconds(
         self,
@@ -57,13 +74,15 @@ class StepTimer:
         seconds = 0.0
         for new, cached in prefill_chunks:
             seconds += roofline.prefill_time_s(
-                self.model, self.gpu, new, tp=self.tp, cached_tokens=cached
-            )
+                self.model, self.gpu, new, tp=self.tp, cached_tokens=cached,
+                efficiency=self.efficiency,
+            )  # fmt: skip
         if decode_batch:
             per_sequence = decode_context_tokens / decode_batch
             seconds += roofline.decode_step_time_s(
-                self.model, self.gpu, decode_batch, per_sequence, tp=self.tp
-            )
+                self.model, self.gpu, decode_batch, per_sequence, tp=self.tp,
+                efficiency=self.efficiency,
+            )  # fmt: skip
         return seconds
 
     def kv_bytes(self, num_tokens: int) -> int:
