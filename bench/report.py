@@ -6,6 +6,7 @@ import datetime
 from pathlib import Path
 from typing import Any
 
+from gpu.sections import REAL_VLLM_BEGIN, REAL_VLLM_END
 from loadgen import Workload, percentile
 
 PLOT = "benchmarks-gateway.png"
@@ -304,4 +305,10 @@ def write_report(
             "path had the worse outliers.",
         ]
     lines += ["", f"![gateway benchmark]({PLOT})", ""]
-    (out / "benchmarks.md").write_text("\n".join(lines))
+    target = out / "benchmarks.md"
+    kept = ""
+    if target.exists() and REAL_VLLM_BEGIN in target.read_text():
+        # The "Real vLLM" section is another benchmark's (bench/gpu/report.py): keep it.
+        old = target.read_text()
+        kept = old[old.index(REAL_VLLM_BEGIN) : old.index(REAL_VLLM_END) + len(REAL_VLLM_END)]
+    target.write_text("\n".join(lines) + (f"\n{kept}\n" if kept else ""))

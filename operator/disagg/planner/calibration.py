@@ -134,15 +134,55 @@ def fit_efficiency(
     overhead, all-reduce).  The fit runs with ``step_overhead_s = 0`` (the benchmark has no
     engine around the layers) and returns ``base.step_overhead_s`` in the result.
     """
+    _check(points)
+    eff = _fit_pairs(model, gpu, points, replace(base, step_overhead_s=0.0), rounds)
+    return replace(eff, step_overhead_s=base.step_overhead_s)
+
+
+#: The engine-level pairs: the fixed cost fitted is the engine's step, not the layer's.
+_ENGINE_PAIRS: tuple[tuple[tuple[str, float, float], tuple[str, float, float]], ...] = (
+    (("compute", 0.05, 1.0), ("attention", 0.02, 1.0)),
+    (("memory", 0.10, 1.0), ("step_overhead_s", 0.0, 20e-3)),
+)
+
+
+def fit_engine_efficiency(
+    model: ModelSpec,
+    gpu: GPUSpec,
+    points: Sequence[Measurement],
+    base: Efficiency = DEFAULT_EFFICIENCY,
+    rounds: int = 6,
+) -> Efficiency:
+    """The fit for timings of a whole engine at its client (``bench/fidelity.py``): TTFT of
+    single requests (``prefill`` points) and inter-token gaps at a batch size (``decode``
+    points) of the full ``model``.  There the fixed cost of an engine step -- scheduling,
+    sampling, detokenising, the HTTP hop -- is in every measurement, so ``step_overhead_s`` is
+    fitted (0-20 ms) in place of the per-layer overhead, which ``base`` supplies (from a layer
+    calibration of the same GPU, ``bench/calibrate_gpu.py``): both are a constant per step for one
+    model, so the data cannot tell them apart, and the layer benchmark already measured one."""
+    _check(points)
+    eff = base
+    for _ in range(rounds):
+        for first, second in _ENGINE_PAIRS:
+            eff = _best_pair(model, gpu, points, eff, first, second)
+    return eff
+
+
+def _check(points: Sequence[Measurement]) -> None:
     if not points:
         raise CalibrationError("no measurements to fit")
     if any(p.seconds <= 0 for p in points):
         raise CalibrationError("measured times must be > 0")
-    eff = replace(base, step_overhead_s=0.0)
+
+
+def _fit_pairs(
+    model: ModelSpec, gpu: GPUSpec, points: Sequence[Measurement], eff: Efficiency, rounds: int
+) -> Efficiency:
+    """Each trading pair jointly, the pairs alternately, ``rounds`` times."""
     for _ in range(rounds):
         for first, second in _PAIRS:
             eff = _best_pair(model, gpu, points, eff, first, second)
-    return replace(eff, step_overhead_s=base.step_overhead_s)
+    return eff
 
 
 def error_table(

@@ -1,0 +1,266 @@
+"""From a GPU-tier run's JSON to the docs: "Real vLLM on an H200", docs/fidelity.md, calibration.
+
+    python -m bench.gpu.report --store /work/.device/... --run docs/gpu-runs/2026-12-01
+    python -m bench.gpu.report --run docs/gpu-runs/2026-12-01            # regenerate the docs
+
+``--store`` copies what the device calls left under ``$OUT`` (``call1.json``, ``suite.json``,
+``fidelity.json``, ``calibration-h200-layers.json``, ``two_gpu.json``; engine log tails dropped)
+into the run's folder under ``docs/``, where it is committed.  Then, from that folder alone:
+the section of ``docs/benchmarks.md`` between its markers (the gateway benchmark keeps it when it
+rewrites the file), ``docs/fidelity.md`` with ``docs/fidelity.png``, and
+``docs/calibration-h200.json``.  Every number in those files comes from the run's JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.gpu import fidelity_report
+from bench.gpu.sections import REAL_VLLM_BEGIN, REAL_VLLM_END
+
+ROOT = Path(__file__).resolve().parents[2]
+FILES = (
+    "call1.json",
+    "suite.json",
+    "fidelity.json",
+    "calibration-h200-layers.json",
+    "two_gpu.json",
+)
+DROP = ("log_tails", "real_log_tails", "sim_log_tails", "sim_calibrated_log_tails")
+UCX_CAVEAT = (
+    "On this machine UCX moves the KV between two processes on the one GPU by TCP emulation "
+    "(`software emulation | tcp/lo`, ~400 MiB/s, FAULTS.md and ../shared/real-vllm), so transfer "
+    "*times* here are not a fabric's; engine timings and the protocol are real."
+)
+
+
+def store(source: Path, run: Path) -> list[str]:
+    run.mkdir(parents=True, exist_ok=True)
+    stored = []
+    for name in FILES:
+        path = source / name
+        if not path.exists():
+            continue
+        data = json.loads(path.read_text())
+        for key in DROP:
+            data.pop(key, None) if isinstance(data, dict) else None
+        (run / name).write_text(json.dumps(data, indent=1) + "\n")
+        stored.append(name)
+    return stored
+
+
+def load(run: Path, name: str) -> dict[str, Any]:
+    path = run / name
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _pct(ok: int, n: int) -> str:
+    return f"{ok}/{n} ({ok / n * 100:.0f} %)" if n else "n/a"
+
+
+def traffic_rows(suite: dict[str, Any]) -> list[str]:
+    lines = [
+        "| through | requests ok | chat/completions x stream/whole x short/long | long prompts "
+        "disaggregated | D's prompt tokens: external / local |",
+        "|---|---|---|---|---|",
+    ]
+    for key, name in (
+        ("gateway", "our gateway"),
+        ("vllm_router", "vllm-router 0.1.17"),
+        ("after_prefill_restart", "our gateway, after P restarted"),
+    ):
+        run = suite.get(key)
+        if not run:
+            lines.append(f"| {name} | not run | | | |")
+            continue
+        kinds = ", ".join(f"{v['ok']}/{v['n']}" for v in run["by_kind"].values())
+        tokens = run.get("decode_prompt_tokens") or {}
+        lines.append(
+            f"| {name} | {_pct(run['ok'], run['n'])} | {kinds} | "
+            f"{run['long_disaggregated']}/{run['long']} | "
+            f"{tokens.get('external_kv_transfer', 0):.0f} / "
+            f"{tokens.get('local_compute', 0):.0f} |"
+        )
+    return lines
+
+
+def fault_lines(suite: dict[str, Any]) -> list[str]:
+    lines = []
+    killed = suite.get("fault_prefill_killed_under_load")
+    if killed:
+        during, after = killed["during"], killed["after_while_down"]
+        lines.append(
+            f"* **Prefill worker killed under load** (SIGKILL while "
+            f"{'busy' if killed['prefill_was_busy'] else 'possibly idle'}): "
+            f"{_pct(during['ok'], during['n'])} of the requests in flight succeeded "
+            f"(routes {during['routes']}); while it was down "
+            f"{_pct(after['ok'], after['n'])} (routes {after['routes']})."
+        )
+    victim = suite.get("fault_decode_killed_mid_stream")
+    if victim:
+        lines.append(
+            f"* **Decode worker killed mid-stream**: {len(victim['requests'])} streams; "
+            f"{victim['explicit_error']} ended with an explicit error, "
+            f"{victim['silently_truncated']} silently truncated, "
+            f"{victim['completed']} completed."
+        )
+    direct = suite.get("stale_params_direct") or []
+    for policy in ("recompute", "fail"):
+        rows = [r for r in direct if r.get("policy") == policy]
+        if rows:
+            text = "; ".join(
+                f"{r['kind']} {'stream' if r['stream'] else 'whole'}: HTTP {r.get('status')}"
+                + (
+                    f", {r.get('text_events')} tokens, finish {r.get('finish_reason')}, "
+                    f"error event {r.get('error_event')}"
+                    if r["stream"]
+                    else ""
+                )
+                for r in rows
+            )
+            lines.append(
+                f"* **Prefill restarted between the legs**, its old "
+                f"`kv_transfer_params` sent to a decode worker with "
+                f"`kv_load_failure_policy: {policy}`: {text}."
+            )
+    gateway = suite.get("stale_params_through_gateway") or {}
+    for decode, policy in (("d", "recompute"), ("d_fail", "fail")):
+        run = gateway.get(decode)
+        if run:
+            lines.append(
+                f"* The same through our gateway (a prefill worker answering from "
+                f"before its restart), decode policy `{policy}`: "
+                f"{_pct(run['ok'], run['n'])} succeeded, {run['silent_empty']} silent "
+                f"empty answers, routes {run['routes']}."
+            )
+    return lines
+
+
+def benchmarks_section(run: Path) -> str:
+    probe, suite, fidelity = (
+        load(run, "call1.json"),
+        load(run, "suite.json"),
+        load(run, "fidelity.json"),
+    )
+    two = load(run, "two_gpu.json")
+    versions = {v.get("vllmVersion") for v in (suite.get("rendered") or {}).values()}
+    lines = [
+        REAL_VLLM_BEGIN,
+        "## Real vLLM on an H200",
+        "",
+        f"Generated by `python -m bench.gpu.report --run {run.relative_to(ROOT)}` from the "
+        f"run's JSON (committed there). GPU: {probe.get('gpus', 'n/a')}; Python "
+        f"{probe.get('python', 'n/a')}, torch {(probe.get('packages') or {}).get('torch')}; "
+        f"engines: {suite.get('engine', 'n/a')} {', '.join(sorted(filter(None, versions)))}, "
+        "started from `disagg render --workers bench/gpu/disaggdeployment.yaml` (the "
+        "operator's own rendering; docs/gpu.md lists the local substitutions).",
+        "",
+        UCX_CAVEAT,
+        "",
+        "### The official openai client through our gateway and vllm-router",
+        "",
+        *traffic_rows(suite),
+        "",
+        "### Faults on real engines",
+        "",
+        *fault_lines(suite),
+    ]
+    handoff = ((fidelity.get("real") or {}).get("handoff") or {}).get("p8/d8")
+    if isinstance(handoff, dict) and "error" not in handoff:
+        lines += [
+            "",
+            "### P/D handoff, Llama-3.1-8B shape",
+            "",
+            "| prompt tokens | prefill leg ms | D TTFT incl. pull ms | D local-prefill TTFT ms "
+            "| NIXL transfer ms | MiB per transfer |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for length, row in handoff.items():
+            nixl = row.get("nixl") or {}
+            per = nixl.get("bytes", 0) / nixl["transfers"] / 2**20 if nixl.get("transfers") else 0
+            median = fidelity_report._median
+            lines.append(
+                f"| {length} | {fidelity_report._cell(median(row['p_ms']))} | "
+                f"{fidelity_report._cell(median(row['d_ttft_ms']))} | "
+                f"{fidelity_report._cell(median(row['d_local_ttft_ms']))} | "
+                f"{fidelity_report._cell(nixl.get('xfer_ms_mean'))} | {per:.0f} |"
+            )
+    if two:
+        lines += ["", "### Two H200s: prefill and decode on separate GPUs (issue 19)", ""]
+        lines += [
+            f"* {name}: " + json.dumps({k: v for k, v in two[name].items() if k != "slo"})
+            for name in ("aggregated", "disaggregated")
+            if name in two
+        ]
+        lines.append(f"* UCX transport lines: {two.get('ucx_transport')}")
+    lines += [
+        "",
+        "Simulator fidelity against the same engines: [fidelity.md](fidelity.md).",
+        REAL_VLLM_END,
+    ]
+    return "\n".join(lines)
+
+
+def write_benchmarks(docs: Path, section: str) -> None:
+    path = docs / "benchmarks.md"
+    text = path.read_text()
+    if REAL_VLLM_BEGIN in text:
+        start = text.index(REAL_VLLM_BEGIN)
+        end = text.index(REAL_VLLM_END) + len(REAL_VLLM_END)
+        text = text[:start] + section + text[end:]
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def write_fidelity(run: Path, docs: Path) -> None:
+    results = load(run, "fidelity.json")
+    if not (results.get("real") or {}).get("ttft"):
+        return
+    probe = load(run, "call1.json")
+    cal, table = fidelity_report.calibrate(
+        results, load(run, "calibration-h200-layers.json"), str(probe.get("gpus", ""))
+    )
+    (docs / "calibration-h200.json").write_text(
+        json.dumps(fidelity_report.calibration_json(cal, table), indent=2) + "\n"
+    )
+    header = [
+        "# Simulator fidelity: `disagg sim` against real vLLM on an H200",
+        "",
+        f"Generated by `python -m bench.gpu.report --run {run.relative_to(ROOT)}` from "
+        f"`fidelity.json` there (real side: {results.get('real_program')}). GPU: "
+        f"{probe.get('gpus', 'n/a')}. Method: bench/fidelity.py's docstring. "
+        "Error = simulated / real - 1.",
+        "",
+        "![real vs simulated](fidelity.png)",
+    ]
+    (docs / "fidelity.md").write_text(
+        fidelity_report.markdown(results, table, cal.efficiency, header)
+    )
+    fidelity_report.plot(results, docs / "fidelity.png")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--run", type=Path, required=True, help="the run's folder under docs/")
+    parser.add_argument("--store", type=Path, help="copy a run's $OUT files here first")
+    parser.add_argument("--docs", type=Path, default=ROOT / "docs")
+    args = parser.parse_args(argv)
+    run = args.run.resolve()
+    if args.store:
+        print("stored:", ", ".join(store(args.store, run)))
+    write_benchmarks(args.docs, benchmarks_section(run))
+    write_fidelity(run, args.docs)
+    print(
+        f"wrote {args.docs / 'benchmarks.md'} and, with a fidelity run, fidelity.md/.png and "
+        "calibration-h200.json"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
