@@ -43,7 +43,7 @@ import httpx
 from bench.gpu import engines
 from bench.gpu.engines import EnginePlan
 from bench.gpu.plans import timing_engines
-from bench.gpu.record import Budget, Results
+from bench.gpu.record import Budget, Phase, Results
 from bench.gpu.traffic import MODEL, nixl_delta, scrape
 
 TTFT_LENGTHS = (512, 1024, 2048, 4096, 8192)
@@ -281,9 +281,10 @@ def sim_plans() -> list[EnginePlan]:
 
 
 async def measure(
-    side: str, plans: dict[str, EnginePlan], results: Results, budget: Budget, trials: int
+    side: str, plans: dict[str, EnginePlan], results: Results, phase: Phase, trials: int
 ) -> None:
-    """Every figure on ``side``'s engines, each written to the results as soon as it exists."""
+    """Every figure on ``side``'s engines, each written to the results as soon as it exists,
+    the ones the report leans on most first (a figure that would start too late is skipped)."""
     driver = Driver(random.Random(20))  # the same seed on both sides: the same prompts
     limits = httpx.Limits(max_connections=None)
     async with httpx.AsyncClient(
@@ -292,19 +293,19 @@ async def measure(
         url = {name.removesuffix("-sim"): plan.url for name, plan in plans.items()}
         steps = [
             ("ttft", "graphs", 20, lambda: driver.ttft(http, url["graphs"], trials)),
-            ("ttft", "eager", 20, lambda: driver.ttft(http, url["eager"], trials)),
             ("itl", "graphs", 20, lambda: driver.itl(http, url["graphs"], BATCHES, 128)),
-            ("itl", "eager", 20, lambda: driver.itl(http, url["eager"], BATCHES, 128)),
-            ("itl_long", "graphs", 20, lambda: driver.itl(http, url["graphs"], LONG_BATCHES, 4096)),
+            ("handoff", "p8/d8", 30, lambda: driver.handoff(http, url["p8"], url["d8"])),
             ("interference", "graphs", 15, lambda: driver.interference(http, url["graphs"])),
             ("interference", "chunk2048", 15, lambda: driver.interference(http, url["chunk2048"])),
-            ("handoff", "p8/d8", 30, lambda: driver.handoff(http, url["p8"], url["d8"])),
+            ("ttft", "eager", 20, lambda: driver.ttft(http, url["eager"], trials)),
+            ("itl", "eager", 20, lambda: driver.itl(http, url["eager"], BATCHES, 128)),
+            ("itl_long", "graphs", 20, lambda: driver.itl(http, url["graphs"], LONG_BATCHES, 4096)),
         ]
         for figure, target, need, work in steps:
             name = f"{side}/{figure}/{target}"
-            if budget.left() < need:
+            if phase.left() < need:
                 results.append(
-                    "phases", {"name": name, "outcome": f"skipped: {budget.left():.0f} s left"}
+                    "phases", {"name": name, "outcome": f"skipped: {phase.left():.0f} s left"}
                 )
                 continue
             started = time.perf_counter()
@@ -321,7 +322,7 @@ def run_side(
     side: str,
     program: str,
     results: Results,
-    budget: Budget,
+    phase: Phase,
     trials: int,
     wait_s: float,
     label: str,
@@ -334,7 +335,7 @@ def run_side(
         running = engines.recorded(name)
         if side == "sim" or running is None or not engines.alive(running):
             engines.start(plan, program)
-    ready = engines.wait_ready(plans, max(10.0, min(wait_s, budget.left() - 60)))
+    ready = engines.wait_ready(plans, max(10.0, min(wait_s, phase.left() - 60)))
     started = {n: engines.recorded(n) for n in plans}
     results.put(
         f"{label}_engines",
@@ -348,7 +349,7 @@ def run_side(
             },
         },
     )
-    asyncio.run(measure(label, plans, results, budget, trials))
+    asyncio.run(measure(label, plans, results, phase, trials))
     results.put(f"{label}_log_tails", {n: engines.log_tail(n, 30) for n in plans})
     for name in plans:
         engines.stop(name)
@@ -384,15 +385,19 @@ def main(argv: list[str] | None = None) -> int:
     results.put("real_program", args.program)
     if args.sim_calibration:  # every simulator started from here times its steps with it
         os.environ["DISAGG_SIM_CALIBRATION"] = str(args.sim_calibration.resolve())
-    for side in args.sides.split(","):
+    sides = args.sides.split(",")
+    for index, side in enumerate(sides):
         program = args.program if side == "real" else "sim"
         label = args.label if side == "sim" and args.label else side
+        # The real side may take 55 % of what is left when there is a sim side after it.
+        share = 0.55 if index < len(sides) - 1 else 1.0
         budget.run(
             f"fidelity_{label}",
             60,
             lambda p, s=side, g=program, k=label: run_side(
-                s, g, results, budget, args.trials, args.wait, k
+                s, g, results, p, args.trials, args.wait, k
             ),
+            limit_s=budget.left() * share,
         )
     return 0
 

@@ -80,9 +80,12 @@ def gateway(
 
 
 def vllm_router(name: str, port: int, prefill: Sequence[str], decode: Sequence[str]) -> Service:
-    """vllm-router 0.1.17 in P/D mode with the policies docs/benchmarks.md compares against."""
+    """vllm-router 0.1.17 in P/D mode: cache_aware for prefill as docs/benchmarks.md compares
+    against; for decode power_of_two with two or more workers (it refuses to start with one),
+    else round_robin."""
+    decode_policy = "power_of_two" if len(decode) > 1 else "round_robin"
     argv = [sys.executable, "-m", "vllm_router.launch_router", "--vllm-pd-disaggregation"]
-    argv += ["--prefill-policy", "cache_aware", "--decode-policy", "power_of_two"]
+    argv += ["--prefill-policy", "cache_aware", "--decode-policy", decode_policy]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     argv += ["--request-timeout-secs", "120"]
     for url in prefill:
