@@ -227,3 +227,20 @@ def test_the_gpu_section_replaces_only_itself(tmp_path: Path) -> None:
     text = (tmp_path / "benchmarks.md").read_text()
     assert text.startswith("# Benchmarks\n\ngateway tables\n")
     assert "second" in text and "first" not in text and text.count(REAL_VLLM_BEGIN) == 1
+
+
+def test_a_phase_is_skipped_or_recorded_never_fatal(tmp_path: Path) -> None:
+    from bench.gpu.record import Budget, Results
+
+    results = Results(tmp_path / "out.json")
+    budget = Budget(100.0, results)
+    assert budget.run("fits", 10, lambda phase: phase.left() <= 100) is True
+    assert budget.run("too big", 1000, lambda phase: "never") is None
+
+    def broken(phase: object) -> None:
+        raise RuntimeError("engine died")
+
+    assert budget.run("broken", 1, broken) is None
+    phases = json.loads((tmp_path / "out.json").read_text())["phases"]
+    assert [p["outcome"][:7] for p in phases] == ["ok", "skipped", "error: "]
+    assert "engine died" in phases[2]["outcome"]
