@@ -729,6 +729,30 @@ INVALID: list[Case] = [
         "spec.rdma.hcas[0]",
         "must be an HCA device",
     ),
+    Case(
+        "vllm-version-below-supported-range",
+        pool(engine={"vllmVersion": "0.25.2"}),
+        "spec.engine.vllmVersion",
+        "0.26.0 to 0.33.x",
+    ),
+    Case(
+        "vllm-version-above-supported-range",
+        disagg(engine={"vllmVersion": "0.34.0"}),
+        "spec.engine.vllmVersion",
+        "0.26.0 to 0.33.x",
+    ),
+    Case(
+        "vllm-version-not-a-release",
+        pool(engine={"vllmVersion": "latest"}),
+        "spec.engine.vllmVersion",
+        "0.26.0 to 0.33.x",
+    ),
+    Case(
+        "vllm-image-tag-outside-supported-range",
+        disagg(engine={"image": "vllm/vllm-openai:v0.20.1"}),
+        "spec.engine.image",
+        "outside 0.26.0 to 0.33.x",
+    ),
 ]
 
 
@@ -896,28 +920,14 @@ VALID: list[Edge] = [
         ),
         "prefixed label keys, an empty label value, a dotted PriorityClass",
     ),
-    Case(
-        "vllm-version-below-supported-range",
-        pool(engine={"vllmVersion": "0.25.2"}),
-        "spec.engine.vllmVersion",
-        "0.26.0 to 0.33.x",
+    Edge(
+        "vllm-version-explicit-over-an-older-image-tag",
+        pool(engine={"image": "vllm/vllm-openai:v0.20.1", "vllmVersion": "0.26.0"}),
+        "the spec names the release the image really runs: the tag is not read then",
     ),
-    Case(
-        "vllm-version-above-supported-range",
-        disagg(engine={"vllmVersion": "0.34.0"}),
-        "spec.engine.vllmVersion",
-        "0.26.0 to 0.33.x",
-    ),
-    Case(
-        "vllm-version-not-a-release",
-        pool(engine={"vllmVersion": "latest"}),
-        "spec.engine.vllmVersion",
-        "0.26.0 to 0.33.x",
-    ),
-    Case(
-        "vllm-image-tag-outside-supported-range",
-        disagg(engine={"image": "vllm/vllm-openai:v0.20.1"}),
-        "spec.engine.image",
-        "outside 0.26.0 to 0.33.x",
+    Edge(
+        "vllm-image-tag-in-range-or-no-release-in-the-tag",
+        disagg(engine={"image": "registry.local:5000/vllm/vllm-openai:v0.26.0-cu130"}),
+        "a supported release in a vLLM image's tag (a suffix after it is fine)",
     ),
 ]

@@ -90,7 +90,14 @@ def test_reserved_names_cover_everything_the_renderer_sets() -> None:
     from disagg.render.vllm import vllm_args, vllm_env
 
     model = ModelSpec(name="m", revision="main")
-    engine = EngineSpec(max_model_len=8192, max_num_seqs=8, gpu_memory_utilization=0.9)
+    engine = EngineSpec(
+        max_model_len=8192,
+        max_num_seqs=8,
+        gpu_memory_utilization=0.9,
+        max_num_batched_tokens=2048,
+        prefix_caching=False,
+        enforce_eager=True,
+    )
     args = vllm_args(
         model=model,
         engine=engine,
@@ -100,10 +107,35 @@ def test_reserved_names_cover_everything_the_renderer_sets() -> None:
         extra_args=[],
     )
     # Later values of these are what a user asks for per side (e.g. --max-num-seqs).
-    repeatable = {"max-model-len", "max-num-seqs", "gpu-memory-utilization", "revision"}
+    repeatable = {"max-model-len", "max-num-seqs", "gpu-memory-utilization", "revision",
+                  "max-num-batched-tokens", "disable-prefix-caching", "enforce-eager"}  # fmt: skip
     flags = {a.removeprefix("--") for a in args if a.startswith("--")}
     assert flags - repeatable - {"kv-transfer-config"} <= set(RENDERED_FLAGS)
     env = {e["name"] for e in vllm_env(model=model, engine=engine, kv=KVTransferSpec())}
     assert env <= set(OPERATOR_ENV)
     rdma = RDMASpec(enabled=True, resource_name="rdma/ib", gid_index=3, hcas=["mlx5_0:1"])
     assert all(f"'{e['name']}'" in RDMA_ENV_RULE for e in rdma_env(rdma))
+
+
+def _rules(node: object) -> list[str]:
+    if isinstance(node, dict):
+        found = [v["rule"] for v in node.get("x-kubernetes-validations", []) if "rule" in v]
+        return found + [r for value in node.values() for r in _rules(value)]
+    if isinstance(node, list):
+        return [r for value in node for r in _rules(value)]
+    return []
+
+
+def test_cel_string_literals_use_only_escapes_the_api_server_accepts() -> None:
+    """The API server's CEL refuses an unknown escape (a backslash before a dot) when the CRD is
+    installed, while cel-python, which the tests above use, accepts it: check the literals."""
+    import re
+
+    valid = set("\\\"'`?abfnrtvxuU01234567")
+    rules = [r for path in sorted((ROOT / "crds").glob("*.yaml"))
+             for r in _rules(yaml.safe_load(path.read_text()))]  # fmt: skip
+    assert any("matches(" in r for r in rules)
+    for rule in rules:
+        for literal in re.findall(r"'((?:[^'\\]|\\.)*)'", rule):
+            bad = [m for m in re.findall(r"\\(.)", literal) if m not in valid]
+            assert not bad, rule

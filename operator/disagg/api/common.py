@@ -49,6 +49,8 @@ from disagg.api.versions import (
 _SUPPORTED_VLLM_IMAGE = (
     r"^(.*/)?vllm[^/:@]*:v?" + SUPPORTED_VLLM_PATTERN.strip("^$") + r"([^0-9].*)?$"
 )
+
+
 _VERSION_MESSAGE = (
     f"engine.vllmVersion must be a vLLM release the operator renders for: "
     f"{SUPPORTED_VLLM_RANGE_TEXT}"
