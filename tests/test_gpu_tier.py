@@ -17,8 +17,8 @@ from bench.gpu import bundle, calls, engines, fidelity_report, plans, report, su
 from bench.gpu.sections import REAL_VLLM_BEGIN, REAL_VLLM_END
 
 from disagg.planner.calibration import Measurement, predict
+from disagg.planner.catalog import get_model
 from disagg.planner.hardware import get_gpu
-from disagg.planner.models import get_model
 from disagg.planner.roofline import Efficiency
 from disagg.render.objects import render_workers
 

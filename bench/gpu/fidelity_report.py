@@ -25,8 +25,8 @@ from disagg.planner.calibration import (
     fit_engine_efficiency,
     predict,
 )
+from disagg.planner.catalog import get_model
 from disagg.planner.hardware import get_gpu
-from disagg.planner.models import get_model
 from disagg.planner.roofline import DEFAULT_EFFICIENCY, Efficiency
 
 #: Points the calibration is fitted on, and the ones it is checked on (never fitted).
