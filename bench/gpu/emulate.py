@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -49,6 +50,17 @@ def device_python() -> str:
         subprocess.run([bundle.find_python312(), "-m", "venv", str(venv)], check=True)
         subprocess.run([str(python), "-m", "pip", "install", "-q", *DEVICE_PACKAGES], check=True)
     return str(python)
+
+
+def stop_leftovers(root: Path) -> None:
+    """Engines a call leaves running for the next one (call 2's timing engines): when the
+    emulation ends before the call that uses them, end them -- each by its recorded group."""
+    for state in sorted((root / "engines").glob("*.json")):
+        pid = json.loads(state.read_text())["pid"]
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -89,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
             "files": sorted(p.name for p in out.iterdir()),
         }
         print(f"== call {call}: {json.dumps(summary[call])}", flush=True)
+    stop_leftovers(args.root)
     (args.root / "summary.json").write_text(json.dumps(summary, indent=1))
     return 0 if all(s["rc"] == 0 for s in summary.values()) else 1
 
