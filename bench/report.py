@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from gpu.sections import REAL_VLLM_BEGIN, REAL_VLLM_END
+from sections import PRECISE_BEGIN, PRECISE_END
 from loadgen import Workload, percentile
 
 PLOT = "benchmarks-gateway.png"
@@ -306,9 +307,10 @@ def write_report(
         ]
     lines += ["", f"![gateway benchmark]({PLOT})", ""]
     target = out / "benchmarks.md"
-    kept = ""
-    if target.exists() and REAL_VLLM_BEGIN in target.read_text():
-        # The "Real vLLM" section is another benchmark's (bench/gpu/report.py): keep it.
-        old = target.read_text()
-        kept = old[old.index(REAL_VLLM_BEGIN) : old.index(REAL_VLLM_END) + len(REAL_VLLM_END)]
-    target.write_text("\n".join(lines) + (f"\n{kept}\n" if kept else ""))
+    old = target.read_text() if target.exists() else ""
+    kept = []
+    # Sections other benchmarks own (bench/gpu/report.py, bench/precise_bench.py): keep them.
+    for begin, end in ((REAL_VLLM_BEGIN, REAL_VLLM_END), (PRECISE_BEGIN, PRECISE_END)):
+        if begin in old and end in old:
+            kept.append(old[old.index(begin) : old.index(end) + len(end)])
+    target.write_text("\n".join(lines) + "".join(f"\n{k}\n" for k in kept))

@@ -115,9 +115,14 @@ def start_sims(count: int, *extra: str) -> list[Proc]:
 
 
 def start_sim(
-    *extra: str, model: str = "m", env: dict[str, str] | None = None, wait: bool = True
+    *extra: str,
+    model: str = "m",
+    env: dict[str, str] | None = None,
+    wait: bool = True,
+    port: int | None = None,
 ) -> Proc:
-    port = free_port()
+    """A sim on ``port`` (a free one by default; a restarted worker reuses its old one)."""
+    port = port or free_port()
     argv = [
         sys.executable,
         "-m",

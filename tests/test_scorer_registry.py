@@ -19,6 +19,7 @@ from disagg.api.scorers import SCORERS, ScorerKind, ScorerType
 from disagg.gateway.config import GatewayConfig
 from disagg.gateway.routing import registry
 from disagg.gateway.routing.contracts import Endpoint, RoutingRequest, Scorer
+from disagg.gateway.routing.kv_block_index import KVBlockIndex
 from disagg.gateway.routing.prefix_index import PrefixIndex
 from disagg.render.gateway import render_gateway_config
 
@@ -49,7 +50,7 @@ def test_the_gateway_registers_exactly_the_tables_scorers() -> None:
 
 @pytest.mark.parametrize("name", list(SCORERS))
 def test_every_scorer_builds_with_no_parameters_and_scores_in_range(name: ScorerType) -> None:
-    scorer = registry.SCORERS[SCORERS[name].plugin]({}, PrefixIndex(16))
+    scorer = registry.SCORERS[SCORERS[name].plugin]({}, PrefixIndex(16), KVBlockIndex(16))
     assert isinstance(scorer, Scorer)
     endpoints = [Endpoint("http://a", inflight=3, kv_cache_usage=0.5), Endpoint("http://b")]
     request = RoutingRequest("r", prompt_tokens=40, block_hashes=(1, 2))

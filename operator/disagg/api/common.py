@@ -315,6 +315,19 @@ class KVTransferSpec(ApiModel):
     """Passed as ``kv_connector_extra_config`` (e.g. ``{"backends": ["UCX"]}``)."""
 
 
+class KVEventsSpec(ApiModel):
+    """vLLM's KV-cache events (``--kv-events-config``): what a precise prefix router follows.
+
+    A DisaggDeployment turns them on for each pool its gateway routes with ``precisePrefix``."""
+
+    enabled: bool = False
+    """Publish prefix-cache events (ZMQ PUB, bound on every pod address)."""
+    port: int = Field(default=5557, ge=1, le=65535)
+    """Publisher port (container port ``kv-events``); data-parallel rank r uses port + r."""
+    replay_port: int = Field(default=5558, ge=1, le=65535)
+    """Replay port (container port ``kv-replay``): subscribers fetch messages they missed."""
+
+
 class RDMASpec(ApiModel):
     """RDMA for KV transfer; without it NIXL falls back to TCP and TTFT gets 10-40x worse."""
 

@@ -27,7 +27,7 @@ from disagg.api.common import (
     RDMASpec,
     SecretKeyRef,
 )
-from disagg.api.formats import ContainerMemory, CPURequest, Word
+from disagg.api.formats import ContainerMemory, CPURequest, DNSSubdomain, Word
 from disagg.api.inferencepool import (
     NIXL_DECODE_PIPELINE_MESSAGE,
     PoolSection,
@@ -84,6 +84,30 @@ def _scorer_rules(field: str, side: str) -> tuple[dict[str, str], ...]:
         ),
     )
 
+class TokenizerSource(ApiModel):
+    """Where the gateway reads the model's tokenizer files (``tokenizer.json``, and
+    ``tokenizer_config.json`` with the chat template); nothing is downloaded at run time."""
+
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "(has(self.configMapName) ? 1 : 0) + (has(self.claimName) ? 1 : 0) + "
+                "(self.fromModelVolume ? 1 : 0) == 1",
+                "gateway.routing.tokenizer: set exactly one of configMapName, claimName, "
+                "fromModelVolume",
+            ),
+        )
+    )
+
+    config_map_name: DNSSubdomain | None = None
+    """A ConfigMap whose keys are the files (fits small tokenizers: a ConfigMap holds 1 MiB)."""
+    claim_name: DNSSubdomain | None = None
+    """A PersistentVolumeClaim holding the files (mounted read-only), under ``path``."""
+    path: str = Field(default="", pattern=r"^[^/].*$|^$")
+    """Directory of the files inside ``claimName``'s volume ("" = its root)."""
+    from_model_volume: bool = False
+    """Read them from the model's own directory on ``model.volume`` (the model cache)."""
+
 
 class RoutingSpec(ApiModel):
     """How the gateway picks workers and when it falls back."""
@@ -109,6 +133,9 @@ class RoutingSpec(ApiModel):
     """Upper bound for one whole request, long generations included (1 s to a day)."""
     max_queued_per_pool: int = Field(default=256, ge=1, le=100000)
     """Requests waiting for a worker per pool before the gateway answers 429."""
+    tokenizer: TokenizerSource | None = None
+    """The model's tokenizer for ``precisePrefix``: the gateway hashes prompts from the exact
+    token ids the engines see (without it only token-id prompts route precisely)."""
 
 
 class GatewaySpec(ApiModel):
@@ -172,6 +199,12 @@ class DisaggDeploymentSpec(ApiModel):
                     "self.prefill.resources.gpuResourceName",
                     "self.decode.resources.gpuResourceName",
                 )
+            ),
+            cel(
+                "!has(self.gateway.routing.tokenizer) || "
+                "!self.gateway.routing.tokenizer.fromModelVolume || has(self.model.volume)",
+                "gateway.routing.tokenizer.fromModelVolume needs model.volume",
+                ".gateway.routing.tokenizer.fromModelVolume",
             ),
             cel(
                 "self.kvTransfer.connector != 'None'",

@@ -20,6 +20,7 @@ from disagg.api.common import (
     Condition,
     DrainSpec,
     EngineSpec,
+    KVEventsSpec,
     KVTransferSpec,
     ModelSpec,
     ParallelismSpec,
@@ -176,6 +177,9 @@ class InferencePoolSpec(PoolSection):
     """KV connector between prefill and decode."""
     rdma: RDMASpec = Field(default_factory=RDMASpec)
     """RDMA devices and fabric settings."""
+    kv_events: KVEventsSpec = Field(default_factory=KVEventsSpec)
+    """Prefix-cache events for a precise router (set by a DisaggDeployment whose gateway routes
+    this pool with ``precisePrefix``)."""
 
 
 class InferencePoolStatus(ApiModel):

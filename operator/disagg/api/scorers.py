@@ -26,7 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, get_args
 
-ScorerType = Literal["roundRobin", "leastLoaded", "kvCacheUsage", "prefixAffinity"]
+ScorerType = Literal["roundRobin", "leastLoaded", "kvCacheUsage", "prefixAffinity", "precisePrefix"]
 """A scorer's name in the API (and the CRD's enum, in this order)."""
 
 
@@ -38,9 +38,12 @@ class ScorerKind:
     """Its name in the gateway's routing configuration and plugin registry."""
     implementation: str
     """``module.Class`` that scores.  A constructor parameter named ``index`` receives the
-    pool's prefix index; every other parameter comes from the configuration's ``params``."""
+    pool's prefix index, one named ``kv_index`` the engines' KV-event index; every other
+    parameter comes from the configuration's ``params``."""
     summary: str
     """What it prefers, in a few words (the CRD's description of ``type``)."""
+    needs_kv_events: bool = False
+    """Whether the pool's workers must publish KV events (``--kv-events-config``) for it."""
 
 
 SCORERS: dict[ScorerType, ScorerKind] = {
@@ -64,6 +67,12 @@ SCORERS: dict[ScorerType, ScorerKind] = {
         "disagg.gateway.routing.prefix_affinity.PrefixAffinityScorer",
         "prompt blocks likely cached on a worker",
     ),
+    "precisePrefix": ScorerKind(
+        "precise-prefix",
+        "disagg.gateway.routing.precise_prefix.PrecisePrefixScorer",
+        "prompt blocks a worker's KV events say it caches; needs gateway.routing.tokenizer",
+        needs_kv_events=True,
+    ),
 }
 
 #: (scorer, weight) of each pool's profile when the DisaggDeployment (or the gateway's
@@ -80,6 +89,11 @@ DEFAULT_DECODE_SCORERS: tuple[tuple[ScorerType, float], ...] = (
     ("leastLoaded", 1.0),
     ("kvCacheUsage", 1.0),
 )
+
+
+def needs_kv_events(scorers: list[ScorerType]) -> bool:
+    """Whether a pool routed by these scorers must publish vLLM's KV events."""
+    return any(SCORERS[s].needs_kv_events for s in scorers)
 
 
 def plugin_name(scorer: ScorerType) -> str:

@@ -20,14 +20,16 @@ from collections.abc import AsyncIterator
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response, StreamingResponse
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from disagg.gateway.config import GatewayConfig
 from disagg.gateway.discovery import Discovery, Role
 from disagg.gateway.flow import Flow, FlowSettings, Reply, StreamReply
+from disagg.gateway.kvsubscriber import KVEventMetrics
 from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.pools import Pool, QueueFull
+from disagg.gateway.precise import PreciseRouting, event_roles
 from disagg.gateway.requests import BadRequest, Kind, error_body, parse_client_request
 from disagg.gateway.routing.contracts import RoutingRequest
 from disagg.gateway.routing.prompt import block_hashes, prompt_tokens
@@ -105,12 +107,21 @@ class Gateway:
             self.client, list(self.pools.values()), config.scrape_interval_seconds
         )
         self._tasks: list[asyncio.Task[None]] = []
+        self.precise: PreciseRouting | None = None
+        """Precise prefix routing (tokenizer, hasher, KV-event feed), when configured."""
+        if config.routing.kv_events is not None and self.router.kv_index is not None:
+            metrics = KVEventMetrics(self.metrics.registry)
+            self.precise = PreciseRouting(config.routing, self.router.kv_index, metrics)
+        self._event_roles = event_roles(config)
 
     def on_discovery(self, role: Role, urls: list[str]) -> None:
         removed = self.pools[role].sync(urls)
         if removed:
             log.info("%s pool: removed %s", role, ", ".join(removed))
         self.router.retain(self.pools["prefill"].urls(), self.pools["decode"].urls())
+        if self.precise is not None:
+            roles = [r for r in self.pools if r in self._event_roles]
+            self.precise.sync({url: r for r in roles for url in self.pools[r].urls()})
 
     @contextlib.asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
@@ -124,6 +135,8 @@ class Gateway:
             for task in self._tasks:
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
+            if self.precise is not None:
+                await self.precise.close()
             await self.client.aclose()
 
     # -- handlers -----------------------------------------------------------------------------
@@ -180,8 +193,11 @@ class Gateway:
             client_request = parse_client_request(raw, kind, self.config.max_body_bytes)
             tokens = prompt_tokens(client_request.body)
             block_size = self.config.routing.block_size
+            keys, exact = (
+                self.precise.engine_blocks(client_request.body) if self.precise else ((), 0)
+            )
             routing = RoutingRequest(
-                request_id, len(tokens), block_hashes(tokens, block_size), block_size
+                request_id, len(tokens), block_hashes(tokens, block_size), block_size, keys, exact
             )
             outcome = await self.flow.handle(client_request, routing, arrival)
         except BadRequest as exc:
@@ -233,6 +249,15 @@ class Gateway:
         ready = bool(self.pools["decode"].workers)
         return Response(b"" if ready else b"no decode workers\n", 200 if ready else 503)
 
+    async def kv_index_state(self, request: Request) -> Response:
+        if not self._authorized(request):
+            return _error(
+                401, "invalid or missing API key", "authentication_error", "invalid_api_key"
+            )
+        if self.precise is None:
+            return _error(404, "KV events are off (routing.kvEvents)", "not_found", 404)
+        return JSONResponse(self.precise.describe())
+
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), 200, media_type=CONTENT_TYPE_LATEST)
 
@@ -245,6 +270,7 @@ class Gateway:
                 Route("/health", self.health, methods=["GET"]),
                 Route("/ready", self.ready, methods=["GET"]),
                 Route("/metrics", self.metrics_endpoint, methods=["GET"]),
+                Route("/debug/kv-index", self.kv_index_state, methods=["GET"]),
             ],
             lifespan=self.lifespan,
         )

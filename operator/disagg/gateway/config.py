@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pydantic.alias_generators import to_camel
 
 from disagg.api.scorers import DEFAULT_DECODE_SCORERS, DEFAULT_PREFILL_SCORERS, plugin_name
+from disagg.blockhash import HashAlgo
 
 
 class _Model(BaseModel):
@@ -47,6 +48,44 @@ class ProfileConfig(_Model):
     picker: PluginConfig = Field(default_factory=lambda: PluginConfig(type="max-score"))
 
 
+class KVEventsEndpoint(_Model):
+    publisher: str
+    """The worker's PUB address, e.g. ``tcp://127.0.0.1:5557``."""
+    replay: str | None = None
+    """Its replay (ROUTER) address; without one a gap clears the worker's entries instead."""
+
+
+class DataParallelSizes(_Model):
+    prefill: int = Field(default=1, ge=1, le=64)
+    decode: int = Field(default=1, ge=1, le=64)
+
+
+class KVEventsConfig(_Model):
+    """Follow the workers' vLLM KV-cache events (``--kv-events-config``) for ``precise-prefix``."""
+
+    port: int = Field(default=5557, ge=1, le=65535)
+    """The workers' publisher port (``endpoint`` tcp://*:PORT); rank r of a data-parallel worker
+    publishes on PORT + r, as vLLM does."""
+    replay_port: int | None = Field(default=5558, ge=1, le=65535)
+    """The workers' replay port (``replay_endpoint``); null: none (gaps then clear)."""
+    data_parallel_size: DataParallelSizes = Field(default_factory=lambda: DataParallelSizes())
+    """Engines per worker pod of each pool (vLLM ``--data-parallel-size``): a stream each."""
+    topic: str = ""
+    """Subscribe to topics starting with this ("" = all)."""
+    hash_algo: HashAlgo = "sha256"
+    """The workers' ``--prefix-caching-hash-algo``."""
+    hash_seed: str | None = None
+    """The workers' ``PYTHONHASHSEED`` if they set one (vLLM's NONE_HASH seed); required to match
+    the xxhash algorithms, whose default seed is random per engine."""
+    max_index_blocks: int = Field(default=262_144, ge=1)
+    """Most block keys the index holds (about 150 bytes each); past it the oldest are dropped."""
+    replay_timeout_seconds: float = Field(default=5.0, gt=0)
+    """How long to wait for a replay answer before giving up on filling a gap."""
+    endpoints: dict[str, KVEventsEndpoint] = Field(default_factory=dict)
+    """Explicit addresses per worker url (local use: several workers on one host); workers not
+    listed use ``tcp://<worker host>:port`` and ``replayPort``."""
+
+
 class RoutingConfig(_Model):
     prefill: ProfileConfig = Field(
         default_factory=lambda: ProfileConfig(scorers=_default_prefill_scorers())
@@ -58,6 +97,11 @@ class RoutingConfig(_Model):
     """Tokens per KV block; match the workers' ``--block-size`` (vLLM's default 16)."""
     prefix_index_blocks: int = Field(default=16384, ge=1)
     """Blocks remembered per worker by the approximate prefix index (about the worker's cache)."""
+    kv_events: KVEventsConfig | None = None
+    """Follow the workers' KV events (needed by ``precise-prefix``); null: off."""
+    tokenizer_path: str | None = None
+    """Directory with the model's ``tokenizer.json`` (and ``tokenizer_config.json`` with its
+    chat template): the gateway then hashes prompts from the engine's exact token ids."""
 
 
 class SelectiveConfig(_Model):

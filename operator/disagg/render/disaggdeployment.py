@@ -13,6 +13,7 @@ from typing import Any
 
 from disagg.api.disaggdeployment import DisaggDeploymentSpec
 from disagg.api.inferencepool import InferencePoolSpec, PoolSection
+from disagg.api.scorers import needs_kv_events
 from disagg.api.versions import API_VERSION
 from disagg.render import names
 from disagg.render.gateway import render_gateway_children
@@ -35,9 +36,13 @@ def child_pool_spec(
         if current_replicas is not None:
             replicas = current_replicas
         replicas = max(side.autoscaling.min_replicas, min(side.autoscaling.max_replicas, replicas))
+    routing = spec.gateway.routing
+    scorers = routing.prefill_scorers if role == "prefill" else routing.decode_scorers
     return InferencePoolSpec.model_validate(
         {
             **side.model_dump(),
+            # the gateway follows this pool's KV events when it routes it precisely
+            "kv_events": {"enabled": needs_kv_events([s.type for s in scorers if s.weight])},
             "replicas": replicas,
             "role": role,
             "model": spec.model.model_dump(),

@@ -15,14 +15,51 @@ import hashlib
 import json
 from typing import Any
 
+from disagg.api.common import KVEventsSpec
 from disagg.api.disaggdeployment import DisaggDeploymentSpec, Scorer
-from disagg.api.scorers import plugin_name
+from disagg.api.scorers import needs_kv_events, plugin_name
 from disagg.render import names
 from disagg.render.metadata import object_meta
 
 CONFIG_DIR = "/etc/disagg-gateway"
 CONFIG_FILE = "config.json"
 API_KEY_DIR = f"{CONFIG_DIR}/api-key"
+TOKENIZER_DIR = "/var/lib/disagg-gateway/tokenizer"
+
+
+def _tokenizer_mount(spec: DisaggDeploymentSpec) -> tuple[dict[str, Any], str] | None:
+    """The gateway's tokenizer volume and the directory holding the files, if configured."""
+    source = spec.gateway.routing.tokenizer
+    if source is None:
+        return None
+    if source.config_map_name is not None:
+        return {"name": "tokenizer", "configMap": {"name": source.config_map_name}}, TOKENIZER_DIR
+    if source.claim_name is not None:
+        claim, path = source.claim_name, source.path
+    else:  # fromModelVolume: the model's own directory, as the workers load it
+        assert spec.model.volume is not None  # CEL: fromModelVolume needs model.volume
+        claim, path = spec.model.volume.claim_name, spec.model.name.strip("/")
+    volume = {"name": "tokenizer", "persistentVolumeClaim": {"claimName": claim, "readOnly": True}}
+    return volume, f"{TOKENIZER_DIR}/{path}".rstrip("/")
+
+
+def _kv_events(spec: DisaggDeploymentSpec) -> dict[str, Any] | None:
+    """The gateway's ``routing.kvEvents`` when a pool is routed with a KV-event scorer."""
+    routing = spec.gateway.routing
+    if not any(
+        needs_kv_events([s.type for s in scorers if s.weight])
+        for scorers in (routing.prefill_scorers, routing.decode_scorers)
+    ):
+        return None
+    ports = KVEventsSpec()  # the pools publish on the API's default ports
+    return {
+        "port": ports.port,
+        "replayPort": ports.replay_port,
+        "dataParallelSize": {
+            "prefill": spec.prefill.parallelism.data,
+            "decode": spec.decode.parallelism.data,
+        },
+    }
 
 
 def render_gateway_config(name: str, namespace: str, spec: DisaggDeploymentSpec) -> dict[str, Any]:
@@ -65,6 +102,12 @@ def render_gateway_config(name: str, namespace: str, spec: DisaggDeploymentSpec)
     }
     if spec.gateway.api_key_secret_ref is not None:
         config["apiKeyFile"] = f"{API_KEY_DIR}/{spec.gateway.api_key_secret_ref.key}"
+    events = _kv_events(spec)
+    if events is not None:
+        config["routing"]["kvEvents"] = events
+    tokenizer = _tokenizer_mount(spec)
+    if tokenizer is not None:
+        config["routing"]["tokenizerPath"] = tokenizer[1]
     return config
 
 
@@ -121,6 +164,10 @@ def render_gateway_children(
         {"name": "config", "mountPath": CONFIG_DIR, "readOnly": True},
         {"name": "tmp", "mountPath": "/tmp"},
     ]
+    tokenizer = _tokenizer_mount(spec)
+    if tokenizer is not None:
+        volumes.append(tokenizer[0])
+        mounts.append({"name": "tokenizer", "mountPath": TOKENIZER_DIR, "readOnly": True})
     if gw.api_key_secret_ref is not None:
         volumes.append(
             {

@@ -24,6 +24,8 @@ from disagg.render.vllm import vllm_args, vllm_command, vllm_env
 WORKER_CONTAINER = "vllm"
 HTTP_PORT_NAME = "http"
 SIDE_CHANNEL_PORT_NAME = "kv-side-channel"
+KV_EVENTS_PORT_NAME = "kv-events"
+KV_REPLAY_PORT_NAME = "kv-replay"
 DEFAULT_PROMETHEUS_URL = "http://prometheus.monitoring.svc:9090"
 
 #: preStop: wait until vLLM reports no running or waiting request, at most the drain timeout.
@@ -62,6 +64,12 @@ def _worker_container(spec: InferencePoolSpec) -> dict[str, Any]:
                 "protocol": "TCP",
             }
         )
+    if spec.kv_events.enabled:
+        for name, port in (
+            (KV_EVENTS_PORT_NAME, spec.kv_events.port),
+            (KV_REPLAY_PORT_NAME, spec.kv_events.replay_port),
+        ):
+            ports.append({"name": name, "containerPort": port, "protocol": "TCP"})
     mounts: list[dict[str, Any]] = [{"name": "dshm", "mountPath": "/dev/shm"}]
     if spec.model.volume is not None:
         mounts.append(
@@ -87,6 +95,7 @@ def _worker_container(spec: InferencePoolSpec) -> dict[str, Any]:
             kv=spec.kv_transfer,
             role=spec.role,
             extra_args=spec.extra_args,
+            kv_events=spec.kv_events,
         ),
         "env": vllm_env(model=spec.model, engine=spec.engine, kv=spec.kv_transfer)
         + rdma_env(spec.rdma),

@@ -22,7 +22,13 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from disagg.api.common import EngineSpec, KVTransferSpec, ModelSpec, ParallelismSpec
+from disagg.api.common import (
+    EngineSpec,
+    KVEventsSpec,
+    KVTransferSpec,
+    ModelSpec,
+    ParallelismSpec,
+)
 from disagg.api.versions import parse_vllm_version
 
 #: Pool role -> vLLM ``kv_role``.  With NIXL the role is a placeholder (the proxy decides
@@ -74,6 +80,24 @@ def kv_transfer_config(kv: KVTransferSpec, role: str) -> dict[str, Any] | None:
     return config
 
 
+def kv_events_config(events: KVEventsSpec, model: ModelSpec) -> dict[str, Any] | None:
+    """The ``--kv-events-config`` object, or None when the pool publishes no events.
+
+    ``tcp://*:PORT`` binds every address of the pod, its pod IP included.  vLLM binds only an
+    endpoint with ``*`` or ``::`` in it and *connects* to any other, so writing the pod IP there
+    would make each worker dial out instead of listening for the gateway's subscriptions.
+    """
+    if not events.enabled:
+        return None
+    return {
+        "enable_kv_cache_events": True,
+        "publisher": "zmq",
+        "endpoint": f"tcp://*:{events.port}",
+        "replay_endpoint": f"tcp://*:{events.replay_port}",
+        "topic": f"kv@{served_model_name(model)}",
+    }
+
+
 def model_path(model: ModelSpec) -> str:
     """What vLLM loads: a path under the volume mount, or the hub id."""
     if model.volume is not None:
@@ -100,6 +124,7 @@ def vllm_args(
     kv: KVTransferSpec,
     role: str,
     extra_args: list[str],
+    kv_events: KVEventsSpec | None = None,
 ) -> list[str]:
     """The container args (flags after the model), spelled for the engine's vLLM release."""
     spelling = dialect(engine.resolved_vllm_version)
@@ -135,6 +160,9 @@ def vllm_args(
     config = kv_transfer_config(kv, role)
     if config is not None:
         args += ["--kv-transfer-config", json.dumps(config, sort_keys=True, separators=(",", ":"))]
+    events = kv_events_config(kv_events, model) if kv_events is not None else None
+    if events is not None:
+        args += ["--kv-events-config", json.dumps(events, sort_keys=True, separators=(",", ":"))]
     return args + list(engine.extra_args) + list(extra_args)
 
 

@@ -22,8 +22,10 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from disagg.modeltokenizer import ModelTokenizer, TokenizerError
 from disagg.sim.config import ConfigError, FaultConfig, SimConfig
 from disagg.sim.engine import Engine
+from disagg.sim.kvpublisher import KVEventPublisher, describe
 from disagg.sim.metrics import SimMetrics
 from disagg.sim.recorder import Recorder
 from disagg.sim.serving import CompletionService, error_response
@@ -74,12 +76,23 @@ class Simulator:
             )
         self.max_model_len = config.max_model_len or min(131_072, capacity)
         self.service = CompletionService(config, self.engines, self.recorder, self.max_model_len)
+        try:
+            self.service.model_tokenizer = ModelTokenizer.find(config.tokenizer, config.model)
+        except TokenizerError as exc:
+            raise ConfigError(str(exc)) from None
+        if config.tokenizer and self.service.model_tokenizer is None:
+            raise ConfigError(f"--tokenizer {config.tokenizer}: no tokenizer.json there")
+        self.publishers: list[KVEventPublisher] = []
 
     # -- lifecycle -------------------------------------------------------------------------
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         for side_channel, engine in zip(self.side_channels, self.engines, strict=True):
             await side_channel.start()
+            if self.config.kv_events.publishing:
+                publisher = KVEventPublisher(self.config.kv_events, engine.rank)
+                self.publishers.append(publisher)
+                engine.publish_events = publisher.publish
             engine.start()
         log.info(
             "simulating %s (%s on %s, tp=%d, dp=%d), %d KV blocks of %d tokens, speed-up %g",
@@ -98,6 +111,8 @@ class Simulator:
             for side_channel, engine in zip(self.side_channels, self.engines, strict=True):
                 await engine.stop()
                 await side_channel.stop()
+            for publisher in self.publishers:
+                publisher.close()
 
     def app(self) -> Starlette:
         routes = [
@@ -146,6 +161,7 @@ class Simulator:
     async def reset_prefix_cache(self, _request: HTTPRequest) -> Response:
         for engine in self.engines:
             engine.kv.reset_prefix_cache()
+            engine.flush_events()
         return Response(b"", status_code=200)
 
     # -- admin routes ------------------------------------------------------------------------
@@ -198,6 +214,11 @@ class Simulator:
             data_parallel_size=len(self.engines),
             model_spec=self.timer.model.name,
             gpu=self.timer.gpu.name,
+            kv_events=describe(self.config.kv_events),
+            kv_events_published=[p.published for p in self.publishers],
+            tokenizer=str(self.service.model_tokenizer.directory)
+            if self.service.model_tokenizer
+            else None,
         )
         return JSONResponse(top)
 

@@ -17,7 +17,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from disagg.sim.config import ConfigError, FaultConfig, KVTransferConfig, SimConfig
+from disagg.blockhash import HASH_ALGOS
+from disagg.sim.config import ConfigError, FaultConfig, KVEventsConfig, KVTransferConfig, SimConfig
 
 log = logging.getLogger("disagg.sim")
 
@@ -87,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--tensor-parallel-size", "-tp", type=int, default=1)
     p.add_argument("--data-parallel-size", "-dp", type=int, default=1)
     p.add_argument("--kv-transfer-config", default=None, help="JSON, as vLLM takes it")
+    p.add_argument("--kv-events-config", default=None, help="JSON, as vLLM takes it")
+    p.add_argument("--prefix-caching-hash-algo", choices=HASH_ALGOS, default="sha256")
+    p.add_argument("--tokenizer", default=None, help="directory with a tokenizer.json")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--max-num-seqs", type=int, default=256)
     p.add_argument("--max-num-batched-tokens", type=_length, default=8192)
@@ -158,6 +162,7 @@ def parse_config(argv: list[str]) -> SimConfig:
         if ns.kv_transfer_config
         else KVTransferConfig()
     )
+    events = KVEventsConfig.parse(ns.kv_events_config) if ns.kv_events_config else KVEventsConfig()
     port_env = os.environ.get("VLLM_NIXL_SIDE_CHANNEL_PORT")
     try:
         side_port = int(port_env) if port_env else None
@@ -187,6 +192,10 @@ def parse_config(argv: list[str]) -> SimConfig:
         num_gpu_blocks_override=ns.num_gpu_blocks_override,
         kv_cache_memory_bytes=ns.kv_cache_memory_bytes,
         kv_transfer=kv,
+        kv_events=events,
+        prefix_caching_hash_algo=ns.prefix_caching_hash_algo,
+        kv_events_int_hashes=os.environ.get("VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES", "1") != "0",
+        tokenizer=ns.tokenizer,
         side_channel_host=os.environ.get("VLLM_NIXL_SIDE_CHANNEL_HOST") or "localhost",
         side_channel_port=side_port,
         side_channel_port_explicit=port_env is not None,

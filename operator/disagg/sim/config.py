@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any
 
 KNOWN_CONNECTORS = frozenset(
@@ -76,6 +76,46 @@ class KVTransferConfig:
 
 
 @dataclass(frozen=True)
+class KVEventsConfig:
+    """``--kv-events-config`` (vLLM's ``KVEventsConfig``, same fields and defaults)."""
+
+    enable_kv_cache_events: bool = False
+    publisher: str | None = None
+    endpoint: str = "tcp://*:5557"
+    replay_endpoint: str | None = None
+    buffer_steps: int = 10_000
+    hwm: int = 100_000
+    max_queue_size: int = 100_000
+    topic: str = ""
+
+    @property
+    def publishing(self) -> bool:
+        return self.enable_kv_cache_events and (self.publisher or "zmq") == "zmq"
+
+    @classmethod
+    def parse(cls, text: str) -> KVEventsConfig:
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ConfigError(f"--kv-events-config is not valid JSON: {exc}") from None
+        if not isinstance(raw, dict):
+            raise ConfigError("--kv-events-config must be a JSON object")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(raw) - known)
+        if unknown:
+            raise ConfigError(
+                f"--kv-events-config: unexpected keys {unknown} (known: {sorted(known)})"
+            )
+        config = cls(**raw)
+        if config.publisher not in (None, "null", "zmq"):
+            raise ConfigError(f"--kv-events-config: unknown publisher {config.publisher!r}")
+        for name in ("buffer_steps", "hwm", "max_queue_size"):
+            if not isinstance(getattr(config, name), int) or getattr(config, name) < 1:
+                raise ConfigError(f"--kv-events-config: {name} must be a positive integer")
+        return config
+
+
+@dataclass(frozen=True)
 class FaultConfig:
     """Injected failures; the same fields are read and written by ``POST /sim/faults``."""
 
@@ -139,6 +179,17 @@ class SimConfig:
     kv_cache_memory_bytes: int | None = None
     """KV-cache bytes per GPU (vLLM ``--kv-cache-memory-bytes``); overrides the memory budget."""
     kv_transfer: KVTransferConfig = field(default_factory=KVTransferConfig)
+    kv_events: KVEventsConfig = field(default_factory=KVEventsConfig)
+    """``--kv-events-config``: publish prefix-cache events over ZMQ (off by default, as in vLLM)."""
+    prefix_caching_hash_algo: str = "sha256"
+    kv_events_int_hashes: bool = True
+    """``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES`` (default 1): events carry the low 64 bits of each
+    hash; 0: the whole digest as bytes."""
+    """``--prefix-caching-hash-algo``: how block hashes are computed (``disagg.blockhash``)."""
+    tokenizer: str | None = None
+    """``--tokenizer``: a directory with a Hugging Face ``tokenizer.json`` to tokenize prompts
+    with (and its chat template); ``None``: the model directory if it has one, else the
+    simulator's own rule (``disagg.sim.tokenizer``)."""
     side_channel_host: str = "localhost"
     """``VLLM_NIXL_SIDE_CHANNEL_HOST``: what we advertise as ``remote_host``."""
     side_channel_port: int | None = 5600

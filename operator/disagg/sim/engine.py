@@ -24,6 +24,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 
+from disagg.blockhash import BlockHasher, fingerprint
+from disagg.kvevents import KVEvent
 from disagg.sim import tokenizer
 from disagg.sim.config import FaultConfig, SimConfig
 from disagg.sim.kvcache import KVCache
@@ -70,7 +72,15 @@ class Engine:
         blocks = config.num_gpu_blocks_override or timer.num_gpu_blocks(
             config.block_size, config.gpu_memory_utilization, config.kv_cache_memory_bytes
         )
-        self.kv = KVCache(blocks, config.block_size)
+        self.kv = KVCache(
+            blocks,
+            config.block_size,
+            BlockHasher(config.prefix_caching_hash_algo),
+            record_events=config.kv_events.publishing,
+            int_event_hashes=config.kv_events_int_hashes,
+        )
+        self.publish_events: Callable[[list[KVEvent]], None] | None = None
+        """Where each step's KV events go (the rank's publisher), when events are on."""
         self.faults: FaultConfig = config.faults
         self.puller: Puller | None = None
         self.waiting: deque[Request] = deque()
@@ -159,6 +169,7 @@ class Engine:
             work = self._schedule()
             self._publish_load()
             if not work:
+                self.flush_events()
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=0.5)
@@ -172,8 +183,14 @@ class Engine:
                 request.computed += take
                 if request.computed == request.num_prompt_tokens:
                     self.kv.commit(request.blocks, request.prompt_ids)
+                elif (
+                    request.computed > request.num_prompt_tokens
+                    and request.computed % self.kv.block_size == 0
+                ):  # a generated block filled up: vLLM caches those too
+                    self.kv.commit(request.blocks, request.all_ids[: request.computed])
                 if request.computed >= request.num_tokens:
                     self._sample(request, now)
+            self.flush_events()
 
     async def _run_step(self, work: list[tuple[Request, int]]) -> None:
         chunks: list[tuple[int, int]] = []
@@ -336,11 +353,18 @@ class Engine:
             request.pulled_tokens = request.num_prompt_tokens - request.cached_tokens
             request.computed = request.num_prompt_tokens - 1
             self.kv.commit(request.blocks, request.prompt_ids)
+            self.flush_events()
             m.observe(m.nixl_xfer_time, time.monotonic() - started)
             m.observe(m.nixl_bytes, moved)
         request.state = "running"
         self.running.append(request)
         self._wake.set()
+
+    def flush_events(self) -> None:
+        """Publish what the prefix cache recorded since the last flush (one vLLM step's batch)."""
+        events = self.kv.take_events()
+        if events and self.publish_events is not None:
+            self.publish_events(events)
 
     # -- observability -------------------------------------------------------------------------
     def _publish_load(self) -> None:
@@ -358,6 +382,8 @@ class Engine:
             "kv_blocks_total": self.kv.num_blocks,
             "kv_blocks_used": self.kv.used_blocks,
             "kv_cache_usage": self.kv.usage,
+            "kv_cached_blocks": len(self.kv.cached_keys()),
+            "kv_cached_fingerprint": fingerprint(self.kv.cached_keys()),
             "steps": self.steps,
             "sim_time_s": self.sim_time_s,
             "faults": vars(replace(self.faults)),

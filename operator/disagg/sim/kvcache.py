@@ -7,42 +7,49 @@ they are then evicted least-recently-freed first.  The simulator counts exactly 
 counts (queries and hits in tokens, usage as used/total blocks), so routing on these signals
 behaves as it would on a real worker.
 
+The hashes are vLLM's own (``disagg.blockhash``, the configured ``--prefix-caching-hash-algo``),
+and with ``record_events`` the cache notes what vLLM's block pool would publish: a
+``BlockStored`` per run of newly cached blocks (parent = the block before it), a ``BlockRemoved``
+per evicted block, ``AllBlocksCleared`` on a reset.  The engine takes them once per step
+(:meth:`take_events`) and hands them to the publisher.
+
 Block ids start at 1 (vLLM reserves 0 as the null block).
 """
 
 from __future__ import annotations
 
-import hashlib
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
-
-def block_hashes(token_ids: Sequence[int], block_size: int) -> list[int]:
-    """Chained 64-bit hashes of every full block of ``token_ids``."""
-    hashes: list[int] = []
-    parent = 0
-    for start in range(0, len(token_ids) - block_size + 1, block_size):
-        h = hashlib.blake2b(parent.to_bytes(8, "big"), digest_size=8)
-        for tid in token_ids[start : start + block_size]:
-            h.update(tid.to_bytes(4, "big"))
-        parent = int.from_bytes(h.digest(), "big")
-        hashes.append(parent)
-    return hashes
+from disagg.blockhash import BlockHasher, external
+from disagg.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
 
 
 class KVCache:
     """Block allocator with reference counts and a prefix cache."""
 
-    def __init__(self, num_blocks: int, block_size: int) -> None:
+    def __init__(
+        self,
+        num_blocks: int,
+        block_size: int,
+        hasher: BlockHasher | None = None,
+        record_events: bool = False,
+        int_event_hashes: bool = True,
+    ) -> None:
         if num_blocks < 1 or block_size < 1:
             raise ValueError("num_blocks and block_size must be positive")
         self.num_blocks = num_blocks
         self.block_size = block_size
+        self.hasher = hasher or BlockHasher("sha256")
+        self.record_events = record_events
+        self.int_event_hashes = int_event_hashes
+        """``VLLM_KV_EVENTS_USE_INT_BLOCK_HASHES``: publish low 64 bits (default) or digests."""
+        self._events: list[KVEvent] = []
         self._free: deque[int] = deque(range(1, num_blocks + 1))
         self._evictable: OrderedDict[int, None] = OrderedDict()  # ref 0 but hashed, LRU first
         self._ref: dict[int, int] = {}
-        self._hash_of: dict[int, int] = {}
-        self._block_of: dict[int, int] = {}
+        self._hash_of: dict[int, bytes] = {}
+        self._block_of: dict[bytes, int] = {}
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -61,7 +68,11 @@ class KVCache:
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
 
-    def cached_prefix_blocks(self, hashes: Sequence[int]) -> int:
+    def block_hashes(self, token_ids: Sequence[int]) -> list[bytes]:
+        """vLLM's chained hashes of every full block of ``token_ids``."""
+        return self.hasher.chain(token_ids, self.block_size)
+
+    def cached_prefix_blocks(self, hashes: Sequence[bytes]) -> int:
         """How many leading blocks of ``hashes`` are in the cache (no side effects)."""
         n = 0
         for h in hashes:
@@ -78,7 +89,7 @@ class KVCache:
         (nothing is changed then).  Like vLLM, at least the last prompt token is always
         recomputed, so a fully cached prompt reports one block less of hits.
         """
-        hashes = block_hashes(token_ids, self.block_size)
+        hashes = self.block_hashes(token_ids)
         hit = self.cached_prefix_blocks(hashes)
         if hit * self.block_size >= len(token_ids):
             hit = max(0, (len(token_ids) - 1) // self.block_size)
@@ -102,11 +113,42 @@ class KVCache:
 
     def commit(self, blocks: Sequence[int], token_ids: Sequence[int]) -> None:
         """Register the full blocks of computed ``token_ids`` in the prefix cache."""
-        for block, h in zip(blocks, block_hashes(token_ids, self.block_size), strict=False):
+        hashes = self.block_hashes(token_ids)
+        run: list[int] = []  # indexes of a run of newly cached blocks (one BlockStored)
+        for i, (block, h) in enumerate(zip(blocks, hashes, strict=False)):
             if h in self._block_of or block in self._hash_of:
+                self._stored(run, hashes, token_ids)
+                run = []
                 continue
             self._hash_of[block] = h
             self._block_of[h] = block
+            run.append(i)
+        self._stored(run, hashes, token_ids)
+
+    def cached_keys(self) -> list[int]:
+        """The 64-bit keys of every block in the prefix cache (what events have announced)."""
+        return [external(h) for h in self._block_of]
+
+    def take_events(self) -> list[KVEvent]:
+        """The events since the last call (what one vLLM step would publish)."""
+        events, self._events = self._events, []
+        return events
+
+    def _wire(self, digest: bytes) -> int | bytes:
+        return external(digest) if self.int_event_hashes else digest
+
+    def _stored(self, run: list[int], hashes: Sequence[bytes], token_ids: Sequence[int]) -> None:
+        if not run or not self.record_events:
+            return
+        first, size = run[0], self.block_size
+        self._events.append(
+            BlockStored(
+                block_hashes=[self._wire(hashes[i]) for i in run],
+                parent_block_hash=self._wire(hashes[first - 1]) if first else None,
+                token_ids=list(token_ids[first * size : (run[-1] + 1) * size]),
+                block_size=size,
+            )
+        )
 
     def release(self, blocks: Sequence[int]) -> None:
         """Drop one reference to each block; cached ones become evictable (tail first)."""
@@ -128,6 +170,8 @@ class KVCache:
         self._evictable.clear()
         self._hash_of.clear()
         self._block_of.clear()
+        if self.record_events:
+            self._events.append(AllBlocksCleared())
 
     # -- internals -------------------------------------------------------------------------
     def _take(self, block: int) -> None:
@@ -141,5 +185,7 @@ class KVCache:
             block, _ = self._evictable.popitem(last=False)
             h = self._hash_of.pop(block)
             del self._block_of[h]
+            if self.record_events:
+                self._events.append(BlockRemoved([self._wire(h)]))
         self._ref[block] = 1
         return block

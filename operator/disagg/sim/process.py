@@ -37,8 +37,11 @@ class SimProcess:
         env: dict[str, str] | None = None,
         port: int | None = None,
         startup_timeout_s: float = 20.0,
+        python: str | None = None,
     ) -> None:
         self.args = list(args)
+        self.python = python or sys.executable
+        """The interpreter to run it with (the conformance tier's venv runs ours from .venv)."""
         self.port = port or free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.env = {**os.environ, "VLLM_NIXL_SIDE_CHANNEL_PORT": "0", **(env or {})}
@@ -49,7 +52,7 @@ class SimProcess:
         )
 
     def start(self) -> SimProcess:
-        cmd = [sys.executable, "-m", "disagg.cli", "sim", *self.args]
+        cmd = [self.python, "-m", "disagg.cli", "sim", *self.args]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=self._log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + self.startup_timeout_s

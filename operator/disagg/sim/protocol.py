@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from disagg.modeltokenizer import ModelTokenizer, TokenizerError
 from disagg.sim import tokenizer
 from disagg.sim.request import RemotePrefill
 
@@ -75,7 +76,7 @@ def _int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
     return value
 
 
-def _prompt_ids(body: dict[str, Any], chat: bool) -> list[int]:
+def _prompt_ids(body: dict[str, Any], chat: bool, model: ModelTokenizer | None) -> list[int]:
     if chat:
         messages = body.get("messages")
         if not isinstance(messages, list) or not messages:
@@ -83,12 +84,17 @@ def _prompt_ids(body: dict[str, Any], chat: bool) -> list[int]:
         for m in messages:
             if not isinstance(m, dict) or not isinstance(m.get("role"), str):
                 raise BadRequest("each message must be an object with a string 'role'", "messages")
+        if model is not None:
+            try:
+                return model.encode_chat(messages)
+            except TokenizerError as exc:
+                raise BadRequest(str(exc), "messages") from None
         return tokenizer.encode(tokenizer.render_chat(messages))
     prompt = body.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], str | list):
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
-        ids = tokenizer.encode(prompt)
+        ids = model.encode_prompt(prompt) if model is not None else tokenizer.encode(prompt)
     elif isinstance(prompt, list) and all(
         isinstance(t, int) and not isinstance(t, bool) for t in prompt
     ):
@@ -146,8 +152,14 @@ def _remote_prefill(params: dict[str, Any]) -> tuple[RemotePrefill | None, str]:
 
 
 def parse_request(
-    body: Any, chat: bool, served: tuple[str, ...], max_model_len: int, default_max_tokens: int
+    body: Any,
+    chat: bool,
+    served: tuple[str, ...],
+    max_model_len: int,
+    default_max_tokens: int,
+    model_tokenizer: ModelTokenizer | None = None,
 ) -> ParsedRequest:
+    """``model_tokenizer``: the model's own tokenizer (``--tokenizer``), else the sim's rule."""
     if not isinstance(body, dict):
         raise BadRequest("the request body must be a JSON object")
     model = body.get("model", served[0])
@@ -169,7 +181,7 @@ def parse_request(
     n = _int_field(body, "n", 1)
     if n not in (None, 1):
         raise BadRequest("the simulator serves n=1 only", "n")
-    prompt_ids = _prompt_ids(body, chat)
+    prompt_ids = _prompt_ids(body, chat, model_tokenizer)
     given = _int_field(body, "max_completion_tokens", 1) if chat else None
     if given is None:
         given = _int_field(body, "max_tokens", 1)

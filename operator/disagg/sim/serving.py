@@ -24,6 +24,7 @@ from starlette.requests import Request as HTTPRequest
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.types import Receive, Scope, Send
 
+from disagg.modeltokenizer import ModelTokenizer
 from disagg.sim import protocol
 from disagg.sim.config import SimConfig
 from disagg.sim.engine import CapacityError, Engine
@@ -77,6 +78,8 @@ class CompletionService:
         self.engines = engines
         self.recorder = recorder
         self.max_model_len = max_model_len
+        self.model_tokenizer: ModelTokenizer | None = None
+        """The model's tokenizer when the simulator has its files (``--tokenizer``)."""
 
     def pick_engine(self, http: HTTPRequest) -> Engine:
         """The data-parallel engine for a request: the ``X-data-parallel-rank`` header if valid
@@ -107,6 +110,7 @@ class CompletionService:
                 self.config.served_model_names,
                 self.max_model_len,
                 self.config.default_max_tokens,
+                self.model_tokenizer,
             )
         except protocol.BadRequest as exc:
             outcome["status"] = exc.status

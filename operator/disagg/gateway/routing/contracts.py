@@ -45,6 +45,11 @@ class RoutingRequest:
     block_hashes: tuple[int, ...] = ()
     """Chained hashes of the prompt's full blocks, first block first."""
     block_size: int = 16
+    engine_block_hashes: tuple[int, ...] = ()
+    """The prompt's full blocks as the engines name them: vLLM's hashes (64-bit event keys) of
+    the model tokenizer's ids; empty when the gateway cannot tokenize the prompt exactly."""
+    engine_prompt_tokens: int = 0
+    """Exact prompt length in the model's tokens (0 when unknown)."""
 
 
 class RoutingError(Exception):

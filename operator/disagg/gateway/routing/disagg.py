@@ -10,10 +10,11 @@ indexes reflect where blocks really went (a decode worker caches the blocks it p
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 from disagg.gateway.routing.contracts import Endpoint, NoEndpointError, Profile, RoutingRequest
+from disagg.gateway.routing.kv_block_index import KVBlockIndex
 from disagg.gateway.routing.prefix_index import PrefixIndex
 from disagg.gateway.routing.selective import PrefixDecider
 
@@ -39,12 +40,16 @@ class DisaggRouter:
         prefill_index: PrefixIndex,
         decode_index: PrefixIndex,
         decider: PrefixDecider,
+        kv_index: KVBlockIndex | None = None,
     ) -> None:
         self.prefill = prefill
         self.decode = decode
         self.prefill_index = prefill_index
         self.decode_index = decode_index
         self.decider = decider
+        self.kv_index = kv_index
+        """The engines' KV events, when the gateway follows them: then what a decode worker
+        caches is known, not guessed, whenever its stream is synced."""
 
     def plan(
         self,
@@ -54,8 +59,14 @@ class DisaggRouter:
     ) -> Plan:
         """Choose decode first, then whether a prefill leg is worth it."""
         decode = self.decode.run(request, decode_endpoints).picked
-        cached = self.decode_index.matched_blocks(decode.url, request.block_hashes)
-        decision = self.decider.decide(request, cached)
+        kv = self.kv_index
+        if kv is not None and request.engine_block_hashes and kv.synced(decode.url):
+            cached = kv.matched_blocks(decode.url, request.engine_block_hashes)
+            exact = replace(request, prompt_tokens=request.engine_prompt_tokens)
+            decision = self.decider.decide(exact, cached)
+        else:
+            cached = self.decode_index.matched_blocks(decode.url, request.block_hashes)
+            decision = self.decider.decide(request, cached)
         if not decision.disaggregate:
             reason = "uncached_below_threshold"
             kind: DecisionKind = "decode_only"

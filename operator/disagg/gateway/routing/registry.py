@@ -3,8 +3,10 @@
 Scorers come from the one scorer table, ``disagg.api.scorers`` (shared with the API and the
 renderer, see there why it lives in the API): each row's class is imported here, once, when this
 module loads, and built with the plugin's parameters; a constructor parameter named ``index``
-receives the pool's shared ``PrefixIndex``.  Filters and pickers exist only in the gateway's
-configuration (the API does not expose them), so they are registered here.  Unknown types and
+receives the pool's shared ``PrefixIndex``, one named ``kv_index`` the gateway's one
+``KVBlockIndex`` (the engines' KV events; keyed by worker url, so both pools share it).
+Filters and pickers exist only in the gateway's configuration (the API does not expose them),
+so they are registered here.  Unknown types and
 bad parameters raise ``ValueError`` with the name, so a typo in the ConfigMap stops the gateway
 at start-up with a clear message.  ``build_router`` assembles the whole P/D router from a
 ``GatewayConfig``: one profile and one prefix index per pool, and the selective decider.
@@ -24,12 +26,13 @@ from disagg.gateway.config import GatewayConfig, PluginConfig
 from disagg.gateway.routing.contracts import Filter, Picker, Profile, Scorer, WeightedScorer
 from disagg.gateway.routing.disagg import DisaggRouter
 from disagg.gateway.routing.healthy_filter import HealthyFilter
+from disagg.gateway.routing.kv_block_index import KVBlockIndex
 from disagg.gateway.routing.max_score_picker import MaxScorePicker
 from disagg.gateway.routing.prefix_index import PrefixIndex
 from disagg.gateway.routing.random_picker import RandomPicker
 from disagg.gateway.routing.selective import PrefixDecider
 
-ScorerFactory = Callable[[Mapping[str, Any], PrefixIndex], Scorer]
+ScorerFactory = Callable[[Mapping[str, Any], PrefixIndex, KVBlockIndex], Scorer]
 
 
 @dataclass(frozen=True)
@@ -48,10 +51,15 @@ def scorer_factory(kind: ScorerKind) -> ScorerFactory:
     if not (inspect.isclass(cls) and issubclass(cls, Scorer)):
         raise TypeError(f"{kind.implementation} does not implement Scorer")
     make: Callable[..., Scorer] = cls
-    takes_index = "index" in inspect.signature(cls).parameters
+    wants = inspect.signature(cls).parameters
 
-    def build(params: Mapping[str, Any], index: PrefixIndex) -> Scorer:
-        return make(**params, index=index) if takes_index else make(**params)
+    def build(params: Mapping[str, Any], index: PrefixIndex, kv_index: KVBlockIndex) -> Scorer:
+        shared: dict[str, Any] = {}
+        if "index" in wants:
+            shared["index"] = index
+        if "kv_index" in wants:
+            shared["kv_index"] = kv_index
+        return make(**params, **shared)
 
     return build
 
@@ -87,6 +95,7 @@ def build_profile(
     index: PrefixIndex,
     filters: Sequence[PluginSpec] = (PluginSpec("healthy"),),
     picker: PluginSpec = PluginSpec("max-score"),
+    kv_index: KVBlockIndex | None = None,
 ) -> Profile:
     """A profile from specs; scorers with weight <= 0 are rejected (drop them instead)."""
     weighted: list[WeightedScorer] = []
@@ -94,7 +103,11 @@ def build_profile(
         if spec.weight <= 0:
             raise ValueError(f"scorer {spec.type!r} in profile {name!r}: weight must be > 0")
         weighted.append(
-            WeightedScorer(spec.weight, _build("scorer", SCORERS, spec, index), spec.type)
+            WeightedScorer(
+                spec.weight,
+                _build("scorer", SCORERS, spec, index, kv_index or KVBlockIndex(1)),
+                spec.type,
+            )
         )
     return Profile(
         name=name,
@@ -112,6 +125,8 @@ def build_router(config: GatewayConfig) -> DisaggRouter:
     """The P/D router a configuration describes (raises ``ValueError`` naming a bad plugin)."""
     routing = config.routing
     indexes = {role: PrefixIndex(routing.prefix_index_blocks) for role in ("prefill", "decode")}
+    events = routing.kv_events
+    kv_index = KVBlockIndex(events.max_index_blocks if events else 1)
     profiles = {
         role: build_profile(
             role,
@@ -119,6 +134,7 @@ def build_router(config: GatewayConfig) -> DisaggRouter:
             indexes[role],
             filters=[_spec(p) for p in profile.filters],
             picker=_spec(profile.picker),
+            kv_index=kv_index,
         )
         for role, profile in (("prefill", routing.prefill), ("decode", routing.decode))
     }
@@ -129,4 +145,5 @@ def build_router(config: GatewayConfig) -> DisaggRouter:
         indexes["prefill"],
         indexes["decode"],
         PrefixDecider(threshold),
+        kv_index,
     )

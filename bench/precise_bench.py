@@ -1,0 +1,308 @@
+"""Precise prefix routing benchmark: ours (KV events) vs ours (approximate) vs vllm-router.
+
+Four simulated workers (aggregated: each prefills and decodes; Llama-3.1-8B on one H100 each,
+the simulator's defaults, real speed) publish vLLM's KV events and tokenize with a real Hugging
+Face tokenizer (``testbed.tokenizer``).  Three routers, each as **two replicas behind one
+round-robin TCP load balancer** (``bench/tcp_lb.py``, what a Service does), replay one seeded
+shared-prefix workload (``loadgen.Workload``: chat requests sharing a few long system prompts,
+plus bursts of long unique prompts):
+
+* *precise*: our gateway, decode scorers ``precise-prefix`` + ``least-loaded`` +
+  ``kv-cache-usage``, following the workers' KV events, the tokenizer mounted;
+* *approximate*: our gateway's default scorers (``prefix-affinity`` + the same two);
+* *vllm-router*: ``--worker-urls`` the four workers, ``--policy cache_aware``.
+
+Setups alternate (a b c a b c ...) and every worker's prefix cache is reset between runs.  TTFT
+is what the client measured; the hit rate is the workers' own ``vllm:prefix_cache_hits_total``
+over ``vllm:prefix_cache_queries_total`` (tokens) during the run.  At the end of the precise runs
+the two replicas' indexes are compared with each other and with the workers' caches.
+
+    python bench/precise_bench.py [--runs 2] [--seconds 30] [--vllm-router PATH]
+
+Writes the "Precise prefix routing" section of docs/benchmarks.md; prints the table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import platform
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "bench")]
+
+import httpx  # noqa: E402
+from tests.gateway_procs import Proc, free_port, start_gateway  # noqa: E402
+from tests.kv_procs import EventSim, agrees, eventually, kv_index, precise_config  # noqa: E402
+
+from gateway_bench import find_vllm_router, vllm_router_version  # noqa: E402
+from loadgen import Result, Workload, percentile, run_workload  # noqa: E402
+from sections import PRECISE_BEGIN, PRECISE_END  # noqa: E402
+from testbed.tokenizer import write_tokenizer  # noqa: E402
+
+MODEL = "m"
+LOAD_SCORERS = [{"type": "least-loaded"}, {"type": "kv-cache-usage"}]
+
+
+@dataclass
+class Setup:
+    name: str
+    replicas: list[Proc]
+    balancer: Proc
+    runs: list[dict[str, Any]] = field(default_factory=list)
+
+
+def start_balancer(ports: list[int]) -> Proc:
+    port = free_port()
+    argv = [sys.executable, str(ROOT / "bench" / "tcp_lb.py"), "--port", str(port)]
+    argv += [str(p) for p in ports]
+    return Proc(f"lb-{port}", argv, port, "/health")
+
+
+def start_vllm_router(binary: str, workers: list[str]) -> Proc:
+    port = free_port()
+    argv = [
+        binary,
+        "--worker-urls",
+        *workers,
+        "--policy",
+        "cache_aware",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--max-concurrent-requests",
+        "1024",
+        "--queue-size",
+        "4096",
+        "--request-timeout-secs",
+        "600",
+    ]
+    return Proc(f"vllm-router-{port}", argv, port, "/health", timeout=60)
+
+
+def prefix_counters(sims: list[EventSim]) -> tuple[float, float]:
+    """Summed (hits, queries) in tokens over the workers, from their /metrics."""
+    hits = queries = 0.0
+    for sim in sims:
+        for line in httpx.get(sim.url + "/metrics", timeout=5).text.splitlines():
+            if line.startswith("vllm:prefix_cache_hits_total"):
+                hits += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("vllm:prefix_cache_queries_total"):
+                queries += float(line.rsplit(" ", 1)[1])
+    return hits, queries
+
+
+def reset(sims: list[EventSim]) -> None:
+    for sim in sims:
+        httpx.post(sim.url + "/reset_prefix_cache", timeout=5).raise_for_status()
+
+
+def summarise(results: list[Result], hit_rate: float) -> dict[str, Any]:
+    ok = [r for r in results if r.ok and r.ttft is not None]
+    ttft = [r.ttft for r in ok if r.ttft is not None]
+    shared = [r.ttft for r in ok if r.kind == "shared" and r.ttft is not None]
+    return {
+        "requests": len(results),
+        "errors": len(results) - len(ok),
+        "ttft_p50": percentile(ttft, 50) * 1000,
+        "ttft_p99": percentile(ttft, 99) * 1000,
+        "shared_p50": percentile(shared, 50) * 1000,
+        "shared_p99": percentile(shared, 99) * 1000,
+        "hit_rate": hit_rate,
+    }
+
+
+def pooled(
+    setup: Setup, results: dict[str, list[Result]], hits: dict[str, list[float]]
+) -> dict[str, Any]:
+    h = sum(x for x in hits[setup.name][0::2])
+    q = sum(x for x in hits[setup.name][1::2])
+    return summarise(results[setup.name], h / q if q else float("nan"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="precise vs approximate vs vllm-router")
+    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=30.0)
+    parser.add_argument("--rate", type=float, default=6.0)
+    parser.add_argument("--vllm-router", default=None)
+    parser.add_argument("--no-write", action="store_true", help="print only")
+    args = parser.parse_args()
+    binary = find_vllm_router(args.vllm_router)
+    if binary is None:
+        print(
+            "vllm-router not found: python3 -m venv /tmp/vr-venv && /tmp/vr-venv/bin/pip "
+            "install vllm-router (or pass --vllm-router)",
+            file=sys.stderr,
+        )
+        return 2
+    workload = Workload(
+        seconds=args.seconds, rate=args.rate, prefix_words=300, suffix_words=20, burst_words=1500
+    )
+    plan = workload.schedule(MODEL)
+    started = time.time()
+    load_before = Path("/proc/loadavg").read_text().split()[0]
+    tokenizer = write_tokenizer(Path(tempfile.mkdtemp(prefix="bench-tokenizer-")))
+    sims = [EventSim(tokenizer=tokenizer, wait=False) for _ in range(4)]
+    procs: list[Proc] = []
+    try:
+        for sim in sims:
+            sim.proc.wait_ready()
+        urls = [s.url for s in sims]
+        precise_cfg = precise_config(sims, tokenizer, LOAD_SCORERS, weight=1.0)
+        precise = [start_gateway([], urls, config=precise_cfg) for _ in range(2)]
+        approximate = [start_gateway([], urls) for _ in range(2)]
+        routers = [start_vllm_router(binary, urls) for _ in range(2)]
+        procs += precise + approximate + routers
+        setups = []
+        for name, replicas in (
+            ("precise (ours)", precise),
+            ("approximate (ours)", approximate),
+            ("vllm-router cache_aware", routers),
+        ):
+            balancer = start_balancer([p.port for p in replicas])
+            procs.append(balancer)
+            setups.append(Setup(name, replicas, balancer))
+        results: dict[str, list[Result]] = {s.name: [] for s in setups}
+        hits: dict[str, list[float]] = {s.name: [] for s in setups}
+        agreement: list[bool] = []
+        for run in range(args.runs):
+            for setup in setups:
+                reset(sims)
+                if setup.name.startswith("precise"):  # the reset reached both indexes
+                    for replica in precise:
+                        eventually(lambda r=replica: agrees(r, sims), "index == caches", 30)
+                h0, q0 = prefix_counters(sims)
+                out = asyncio.run(run_workload(setup.balancer.url, plan))
+                h1, q1 = prefix_counters(sims)
+                results[setup.name] += out
+                hits[setup.name] += [h1 - h0, q1 - q0]
+                setup.runs.append(
+                    summarise(out, (h1 - h0) / (q1 - q0) if q1 > q0 else float("nan"))
+                )
+                print(f"run {run + 1} {setup.name}: {setup.runs[-1]}", flush=True)
+                if setup.name.startswith("precise"):
+                    ok = True
+                    try:
+                        for replica in precise:
+                            eventually(lambda r=replica: agrees(r, sims), "index == caches", 30)
+                    except AssertionError:
+                        ok = False
+                    a, b = (kv_index(r)["workers"] for r in precise)
+                    ok = ok and {w: v["fingerprint"] for w, v in a.items()} == {
+                        w: v["fingerprint"] for w, v in b.items()
+                    }
+                    agreement.append(ok)
+        rows = {s.name: pooled(s, results, hits) for s in setups}
+        env = {
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
+            "seconds": round(time.time() - started),
+            "load": load_before,
+            "python": platform.python_version(),
+            "vllm_router": vllm_router_version(binary),
+        }
+        text = report(rows, setups, workload, len(plan), args.runs, agreement, env)
+        print(text)
+        if not args.no_write:
+            write_section(text)
+    finally:
+        for proc in procs:
+            proc.stop()
+        for sim in sims:
+            sim.stop()
+    return 0
+
+
+def report(
+    rows: dict[str, dict[str, Any]],
+    setups: list[Setup],
+    workload: Workload,
+    requests: int,
+    runs: int,
+    agreement: list[bool],
+    env: dict[str, Any],
+) -> str:
+    peer = rows["vllm-router cache_aware"]
+    ours = rows["precise (ours)"]
+    lines = [
+        PRECISE_BEGIN,
+        "## Precise prefix routing (vLLM KV events)",
+        "",
+        f"Generated by `python bench/precise_bench.py` on {env['date']} in {env['seconds']} s "
+        f"(load average at start {env['load']}, Python {env['python']}, vllm-router "
+        f"{env['vllm_router']}). Everything on 127.0.0.1.",
+        "",
+        _describe(workload, requests, runs),
+        "",
+        "| setup | TTFT p50 ms | TTFT p99 ms | shared-prefix TTFT p50 ms "
+        "| shared-prefix TTFT p99 ms | prefix-cache hit rate | errors |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, row in rows.items():
+        lines.append(
+            f"| {name} | {row['ttft_p50']:.1f} | {row['ttft_p99']:.1f} | {row['shared_p50']:.1f} | "
+            f"{row['shared_p99']:.1f} | {row['hit_rate']:.1%} | {row['errors']} |"
+        )
+    ratios = [ours[k] / peer[k] for k in ("ttft_p50", "ttft_p99", "shared_p50", "shared_p99")]
+    lines.append(
+        "| precise / vllm-router | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |  |  |"
+    )
+    lines += ["", "Run by run (TTFT p50 / p99 ms, hit rate):", ""]
+    for setup in setups:
+        parts = [
+            f"{r['ttft_p50']:.1f} / {r['ttft_p99']:.1f}, {r['hit_rate']:.1%}" for r in setup.runs
+        ]
+        lines.append(f"* {setup.name}: " + "; ".join(parts))
+    lines += [
+        "",
+        f"Replica agreement: after each precise run both replicas' indexes equalled every "
+        f"worker's actual cache (fingerprints): {sum(agreement)} of {len(agreement)} runs.",
+        PRECISE_END,
+    ]
+    return "\n".join(lines)
+
+
+def _describe(workload: Workload, requests: int, runs: int) -> str:
+    text = f"""
+    Four `disagg sim` workers, aggregated (each prefills and decodes; Llama-3.1-8B on one H100
+    each, real speed), publishing vLLM 0.33's KV events and tokenizing with a real Hugging Face
+    tokenizer (`testbed.tokenizer`, trained offline). Each router runs as **two replicas behind
+    one round-robin TCP load balancer** (`bench/tcp_lb.py`, a Service's connection balancing).
+    *precise*: our gateway with `precise-prefix` + `least-loaded` + `kv-cache-usage` (weight 1
+    each), following the workers' events, tokenizer mounted; *approximate*: our gateway's default
+    `prefix-affinity` + the same two; *vllm-router*: `--policy cache_aware` over the same four
+    workers. One seeded workload of {requests} streamed requests over {workload.seconds:g} s, run
+    {runs} times per setup, setups alternating, results pooled: chat requests at
+    {workload.rate:g}/s (Poisson) sharing {workload.prefixes} system prompts of
+    {workload.prefix_words} words (Pareto popularity) plus a {workload.suffix_words}-word user
+    turn, {workload.max_tokens} output tokens; every {workload.burst_every:g} s a burst of
+    {workload.burst_size} unique {workload.burst_words}-word prompts. Prefix caches are reset
+    before every run. *Hit rate* = the workers' `vllm:prefix_cache_hits_total` /
+    `vllm:prefix_cache_queries_total` (tokens) over the run.
+    """
+    return " ".join(text.split())
+
+
+def write_section(text: str) -> None:
+    """Replace this benchmark's section of docs/benchmarks.md (append it the first time)."""
+    path = ROOT / "docs" / "benchmarks.md"
+    current = path.read_text() if path.exists() else "# Benchmarks\n"
+    if PRECISE_BEGIN in current and PRECISE_END in current:
+        head, _, rest = current.partition(PRECISE_BEGIN)
+        tail = rest.partition(PRECISE_END)[2]
+        path.write_text(head + text + tail)
+    else:
+        path.write_text(current.rstrip("\n") + "\n\n" + text + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
