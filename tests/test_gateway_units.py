@@ -259,7 +259,8 @@ def test_the_operators_configmap_is_a_valid_gateway_config(example: Path) -> Non
         ({"selective": {"minUncachedPromtTokens": 1}},
          "bad config: selective.minUncachedPromtTokens: Extra inputs are not permitted"),
         ({"routing": {"prefill": {"scorers": [{"type": "nope"}]}}},
-         "unknown scorer type 'nope' (known: kv-cache-usage, least-loaded, precise-prefix, prefix-affinity"),
+         "unknown scorer type 'nope' (known: kv-cache-usage, least-loaded, precise-prefix, "
+         "prefix-affinity"),
     ],
 )  # fmt: skip
 def test_cli_refuses_a_bad_config_at_start(

@@ -84,6 +84,7 @@ def _scorer_rules(field: str, side: str) -> tuple[dict[str, str], ...]:
         ),
     )
 
+
 class TokenizerSource(ApiModel):
     """Where the gateway reads the model's tokenizer files (``tokenizer.json``, and
     ``tokenizer_config.json`` with the chat template); nothing is downloaded at run time."""
