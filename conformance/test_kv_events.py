@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -224,3 +225,28 @@ def test_simulator_frames_decode_with_vllms_classes(
     assert verified >= 100, f"only {verified} BlockStored events"
     assert removed > 0, "300 blocks were too many to force an eviction"
     assert cleared == 1
+
+
+def test_the_gateways_token_ids_are_vllms(tmp_path: Path) -> None:
+    """Precise routing hashes the ids the gateway computes: they must be the ids vLLM's own
+    tokenizer loader and chat-template rendering give for the same files and request."""
+    sys.path.insert(0, str(ROOT))
+    from vllm.tokenizers import get_tokenizer
+
+    from disagg.modeltokenizer import ModelTokenizer
+    from testbed.tokenizer import write_tokenizer
+
+    directory = write_tokenizer(tmp_path / "tok")
+    theirs, ours = get_tokenizer(str(directory)), ModelTokenizer(directory)
+    rng = random.Random("tokenizer")
+    alphabet = "kalo mine ruto sys policy 123 , . ! é 漢 \n\t"
+    for i in range(SEQUENCES):
+        text = "".join(rng.choice(alphabet) for _ in range(rng.randrange(1, 400)))
+        assert ours.encode_prompt(text) == theirs.encode(text), f"prompt {i}"
+        messages = [
+            {"role": "system", "content": text[: len(text) // 2]},
+            {"role": "user", "content": text[len(text) // 2 :] or "hi"},
+        ]
+        rendered = theirs.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        assert ours.render_chat(messages) == rendered, f"chat {i}"
+        assert ours.encode_chat(messages) == theirs.encode(rendered, add_special_tokens=False)
