@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from gpu.sections import REAL_VLLM_BEGIN, REAL_VLLM_END
-from sections import PRECISE_BEGIN, PRECISE_END
 from loadgen import Workload, percentile
+from sections import PRECISE_BEGIN, PRECISE_END
 
 PLOT = "benchmarks-gateway.png"
 
