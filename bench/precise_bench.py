@@ -4,17 +4,18 @@ Four simulated workers (aggregated: each prefills and decodes; Llama-3.1-8B on o
 the simulator's defaults, real speed) publish vLLM's KV events and tokenize with a real Hugging
 Face tokenizer (``testbed.tokenizer``).  Three routers, each as **two replicas behind one
 round-robin TCP load balancer** (``bench/tcp_lb.py``, what a Service does), replay one seeded
-shared-prefix workload (``loadgen.Workload``: chat requests sharing a few long system prompts,
-plus bursts of long unique prompts):
+shared-prefix workload (``loadgen.Workload``: chat requests sharing a few dozen system prompts
+with Pareto popularity, on KV caches too small to hold them all twice over):
 
 * *precise*: our gateway, decode scorers ``precise-prefix`` + ``least-loaded`` +
   ``kv-cache-usage``, following the workers' KV events, the tokenizer mounted;
 * *approximate*: our gateway's default scorers (``prefix-affinity`` + the same two);
 * *vllm-router*: ``--worker-urls`` the four workers, ``--policy cache_aware``.
 
-Setups alternate (a b c a b c ...) and every worker's prefix cache is reset between runs.  TTFT
-is what the client measured; the hit rate is the workers' own ``vllm:prefix_cache_hits_total``
-over ``vllm:prefix_cache_queries_total`` (tokens) during the run.  At the end of the precise runs
+Setups alternate (a b c a b c ...) and every worker's prefix cache is reset between runs; the
+first ``--warmup`` seconds of each run are not measured.  TTFT is what the client measured; the
+hit rate is the workers' own ``vllm:prefix_cache_hits_total`` over
+``vllm:prefix_cache_queries_total`` (tokens) in the measured part.  At the end of the precise runs
 the two replicas' indexes are compared with each other and with the workers' caches.
 
     python bench/precise_bench.py [--runs 2] [--seconds 30] [--vllm-router PATH]
@@ -85,6 +86,8 @@ def start_vllm_router(binary: str, workers: list[str]) -> Proc:
         "4096",
         "--request-timeout-secs",
         "600",
+        "--prometheus-port",  # each replica its own (the default 29000 would clash)
+        str(free_port()),
     ]
     return Proc(f"vllm-router-{port}", argv, port, "/health", timeout=60)
 
@@ -101,6 +104,24 @@ def prefix_counters(sims: list[EventSim]) -> tuple[float, float]:
     return hits, queries
 
 
+async def measured_run(
+    url: str, plan: list[tuple[float, str, dict[str, Any]]], warmup: float, sims: list[EventSim]
+) -> tuple[list[Result], tuple[float, float, float, float]]:
+    """Replay ``plan``; keep the requests sent after ``warmup`` seconds, and the workers' hit
+    counters from then to the end (caches start empty: the warm-up fills them)."""
+
+    async def counters_after_warmup() -> tuple[float, float]:
+        await asyncio.sleep(warmup)
+        return await asyncio.to_thread(prefix_counters, sims)
+
+    start_counters = asyncio.create_task(counters_after_warmup())
+    results = await run_workload(url, plan)
+    h0, q0 = await start_counters
+    h1, q1 = await asyncio.to_thread(prefix_counters, sims)
+    kept = [r for (offset, _, _), r in zip(plan, results, strict=True) if offset >= warmup]
+    return kept, (h0, q0, h1, q1)
+
+
 def reset(sims: list[EventSim]) -> None:
     for sim in sims:
         httpx.post(sim.url + "/reset_prefix_cache", timeout=5).raise_for_status()
@@ -109,14 +130,12 @@ def reset(sims: list[EventSim]) -> None:
 def summarise(results: list[Result], hit_rate: float) -> dict[str, Any]:
     ok = [r for r in results if r.ok and r.ttft is not None]
     ttft = [r.ttft for r in ok if r.ttft is not None]
-    shared = [r.ttft for r in ok if r.kind == "shared" and r.ttft is not None]
     return {
         "requests": len(results),
         "errors": len(results) - len(ok),
         "ttft_p50": percentile(ttft, 50) * 1000,
+        "ttft_p90": percentile(ttft, 90) * 1000,
         "ttft_p99": percentile(ttft, 99) * 1000,
-        "shared_p50": percentile(shared, 50) * 1000,
-        "shared_p99": percentile(shared, 99) * 1000,
         "hit_rate": hit_rate,
     }
 
@@ -132,8 +151,12 @@ def pooled(
 def main() -> int:
     parser = argparse.ArgumentParser(description="precise vs approximate vs vllm-router")
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--seconds", type=float, default=30.0)
-    parser.add_argument("--rate", type=float, default=6.0)
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--warmup", type=float, default=15.0, help="seconds not measured")
+    parser.add_argument("--rate", type=float, default=8.0)
+    parser.add_argument("--prefixes", type=int, default=24)
+    parser.add_argument("--prefix-words", type=int, default=200)
+    parser.add_argument("--blocks", type=int, default=1000, help="KV blocks per worker")
     parser.add_argument("--vllm-router", default=None)
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args()
@@ -146,13 +169,22 @@ def main() -> int:
         )
         return 2
     workload = Workload(
-        seconds=args.seconds, rate=args.rate, prefix_words=300, suffix_words=20, burst_words=1500
+        seconds=args.seconds,
+        rate=args.rate,
+        prefixes=args.prefixes,
+        prefix_words=args.prefix_words,
+        suffix_words=20,
+        max_tokens=32,
+        burst_size=0,
     )
     plan = workload.schedule(MODEL)
     started = time.time()
     load_before = Path("/proc/loadavg").read_text().split()[0]
     tokenizer = write_tokenizer(Path(tempfile.mkdtemp(prefix="bench-tokenizer-")))
-    sims = [EventSim(tokenizer=tokenizer, wait=False) for _ in range(4)]
+    sims = [
+        EventSim("--num-gpu-blocks-override", str(args.blocks), tokenizer=tokenizer, wait=False)
+        for _ in range(4)
+    ]
     procs: list[Proc] = []
     try:
         for sim in sims:
@@ -181,9 +213,9 @@ def main() -> int:
                 if setup.name.startswith("precise"):  # the reset reached both indexes
                     for replica in precise:
                         eventually(lambda r=replica: agrees(r, sims), "index == caches", 30)
-                h0, q0 = prefix_counters(sims)
-                out = asyncio.run(run_workload(setup.balancer.url, plan))
-                h1, q1 = prefix_counters(sims)
+                out, (h0, q0, h1, q1) = asyncio.run(
+                    measured_run(setup.balancer.url, plan, args.warmup, sims)
+                )
                 results[setup.name] += out
                 hits[setup.name] += [h1 - h0, q1 - q0]
                 setup.runs.append(
@@ -209,6 +241,8 @@ def main() -> int:
             "load": load_before,
             "python": platform.python_version(),
             "vllm_router": vllm_router_version(binary),
+            "warmup": args.warmup,
+            "blocks": args.blocks,
         }
         text = report(rows, setups, workload, len(plan), args.runs, agreement, env)
         print(text)
@@ -241,20 +275,20 @@ def report(
         f"(load average at start {env['load']}, Python {env['python']}, vllm-router "
         f"{env['vllm_router']}). Everything on 127.0.0.1.",
         "",
-        _describe(workload, requests, runs),
+        _describe(workload, requests, runs, env["warmup"], env["blocks"]),
         "",
-        "| setup | TTFT p50 ms | TTFT p99 ms | shared-prefix TTFT p50 ms "
-        "| shared-prefix TTFT p99 ms | prefix-cache hit rate | errors |",
+        "| setup | requests | TTFT p50 ms | TTFT p90 ms | TTFT p99 ms | prefix-cache hit rate "
+        "| errors |",
         "|---|---|---|---|---|---|---|",
     ]
     for name, row in rows.items():
         lines.append(
-            f"| {name} | {row['ttft_p50']:.1f} | {row['ttft_p99']:.1f} | {row['shared_p50']:.1f} | "
-            f"{row['shared_p99']:.1f} | {row['hit_rate']:.1%} | {row['errors']} |"
+            f"| {name} | {row['requests']} | {row['ttft_p50']:.1f} | {row['ttft_p90']:.1f} | "
+            f"{row['ttft_p99']:.1f} | {row['hit_rate']:.1%} | {row['errors']} |"
         )
-    ratios = [ours[k] / peer[k] for k in ("ttft_p50", "ttft_p99", "shared_p50", "shared_p99")]
+    ratios = [ours[k] / peer[k] for k in ("ttft_p50", "ttft_p90", "ttft_p99")]
     lines.append(
-        "| precise / vllm-router | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |  |  |"
+        "| precise / vllm-router |  | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |  |  |"
     )
     lines += ["", "Run by run (TTFT p50 / p99 ms, hit rate):", ""]
     for setup in setups:
@@ -271,23 +305,25 @@ def report(
     return "\n".join(lines)
 
 
-def _describe(workload: Workload, requests: int, runs: int) -> str:
+def _describe(workload: Workload, requests: int, runs: int, warmup: float, blocks: int) -> str:
     text = f"""
     Four `disagg sim` workers, aggregated (each prefills and decodes; Llama-3.1-8B on one H100
-    each, real speed), publishing vLLM 0.33's KV events and tokenizing with a real Hugging Face
+    each, real speed, {blocks} KV blocks of 16 tokens each so that the prompts compete for
+    cache), publishing vLLM 0.33's KV events and tokenizing with a real Hugging Face
     tokenizer (`testbed.tokenizer`, trained offline). Each router runs as **two replicas behind
     one round-robin TCP load balancer** (`bench/tcp_lb.py`, a Service's connection balancing).
     *precise*: our gateway with `precise-prefix` + `least-loaded` + `kv-cache-usage` (weight 1
     each), following the workers' events, tokenizer mounted; *approximate*: our gateway's default
     `prefix-affinity` + the same two; *vllm-router*: `--policy cache_aware` over the same four
-    workers. One seeded workload of {requests} streamed requests over {workload.seconds:g} s, run
-    {runs} times per setup, setups alternating, results pooled: chat requests at
-    {workload.rate:g}/s (Poisson) sharing {workload.prefixes} system prompts of
-    {workload.prefix_words} words (Pareto popularity) plus a {workload.suffix_words}-word user
-    turn, {workload.max_tokens} output tokens; every {workload.burst_every:g} s a burst of
-    {workload.burst_size} unique {workload.burst_words}-word prompts. Prefix caches are reset
-    before every run. *Hit rate* = the workers' `vllm:prefix_cache_hits_total` /
-    `vllm:prefix_cache_queries_total` (tokens) over the run.
+    workers. One seeded workload of {requests} streamed chat requests over {workload.seconds:g} s
+    at {workload.rate:g}/s (Poisson), sharing {workload.prefixes} system prompts of
+    {workload.prefix_words} words (Pareto popularity: a few hot, a long tail) plus a
+    {workload.suffix_words}-word user turn, {workload.max_tokens} output tokens; run {runs} times
+    per setup, setups alternating, results pooled. Prefix caches are reset before every run; the
+    first {warmup:g} s of each run warm them up and are not measured (steady state: what a
+    router does with caches it has learnt). *Hit rate* = the workers'
+    `vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total` (tokens) over the
+    measured part.
     """
     return " ".join(text.split())
 

@@ -227,9 +227,8 @@ class KVEventSubscriber:
             self.metrics.batches.labels("duplicate").inc()  # already applied from a replay
             return
         if seq > stream.last_seq + 1 and stream.last_seq >= 0:
-            await self._fill_gap(stream, stream.last_seq + 1)
-            if seq <= stream.last_seq:
-                return
+            await self._fill_gap(stream, stream.last_seq + 1, (seq, frames[2]))
+            return
         self._apply(stream, seq, frames[2], "applied")
 
     async def _catch_up(self, stream: _Stream) -> None:
@@ -260,7 +259,10 @@ class KVEventSubscriber:
         self._apply_replayed(stream, messages)
         self._set_synced(stream, True)
 
-    async def _fill_gap(self, stream: _Stream, first_missing: int) -> None:
+    async def _fill_gap(self, stream: _Stream, first_missing: int, live: tuple[int, bytes]) -> None:
+        """Replay the missing messages, then apply them and the live one in order; when the
+        buffer has moved past ``first_missing``, clear the worker first (what was lost is
+        unknown) and go on from the oldest message there is."""
         messages = None
         if stream.address.replay is not None:
             messages = await self._replay(stream, first_missing)
@@ -271,7 +273,9 @@ class KVEventSubscriber:
                 first_missing,
             )
             self._clear(stream, "lost")
-        self._apply_replayed(stream, messages or [])
+        ordered = dict(messages or [])
+        ordered.setdefault(*live)
+        self._apply_replayed(stream, sorted(ordered.items()))
 
     def _apply_replayed(self, stream: _Stream, messages: list[tuple[int, bytes]]) -> None:
         for seq, payload in messages:
