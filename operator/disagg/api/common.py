@@ -326,6 +326,10 @@ class KVEventsSpec(ApiModel):
     """Publisher port (container port ``kv-events``); data-parallel rank r uses port + r."""
     replay_port: int = Field(default=5558, ge=1, le=65535)
     """Replay port (container port ``kv-replay``): subscribers fetch messages they missed."""
+    hash_seed: str | None = Field(default=None, pattern=r"^[0-9]{1,9}$")
+    """``PYTHONHASHSEED`` for the workers: vLLM seeds its block hashes with it (before 0.33 only
+    with it: unset, they are random per engine), so a router can compute the same hashes.  A
+    DisaggDeployment sets one derived from its uid; ``engine.env`` may set its own instead."""
 
 
 class RDMASpec(ApiModel):

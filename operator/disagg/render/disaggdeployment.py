@@ -18,6 +18,7 @@ from disagg.api.versions import API_VERSION
 from disagg.render import names
 from disagg.render.gateway import render_gateway_children
 from disagg.render.metadata import object_meta
+from disagg.render.vllm import kv_hash_seed
 
 ROLES = ("prefill", "decode")
 
@@ -27,7 +28,10 @@ def section(spec: DisaggDeploymentSpec, role: str) -> PoolSection:
 
 
 def child_pool_spec(
-    spec: DisaggDeploymentSpec, role: str, current_replicas: int | None = None
+    spec: DisaggDeploymentSpec,
+    role: str,
+    current_replicas: int | None = None,
+    hash_seed: str | None = None,
 ) -> InferencePoolSpec:
     """The spec of the ``role`` pool: shared settings plus that side's section."""
     side = section(spec, role)
@@ -38,11 +42,12 @@ def child_pool_spec(
         replicas = max(side.autoscaling.min_replicas, min(side.autoscaling.max_replicas, replicas))
     routing = spec.gateway.routing
     scorers = routing.prefill_scorers if role == "prefill" else routing.decode_scorers
+    events = needs_kv_events([s.type for s in scorers if s.weight])
     return InferencePoolSpec.model_validate(
         {
             **side.model_dump(),
             # the gateway follows this pool's KV events when it routes it precisely
-            "kv_events": {"enabled": needs_kv_events([s.type for s in scorers if s.weight])},
+            "kv_events": {"enabled": events, "hash_seed": hash_seed if events else None},
             "replicas": replicas,
             "role": role,
             "model": spec.model.model_dump(),
@@ -67,7 +72,9 @@ def render_child_pool(
         "apiVersion": API_VERSION,
         "kind": "InferencePool",
         "metadata": object_meta(pool, namespace, names.pool_labels(pool, role, name), owner),
-        "spec": child_pool_spec(spec, role, current_replicas).to_wire(),
+        "spec": child_pool_spec(
+            spec, role, current_replicas, kv_hash_seed(name, namespace, owner)
+        ).to_wire(),
     }
 
 

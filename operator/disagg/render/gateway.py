@@ -20,6 +20,7 @@ from disagg.api.disaggdeployment import DisaggDeploymentSpec, Scorer
 from disagg.api.scorers import needs_kv_events, plugin_name
 from disagg.render import names
 from disagg.render.metadata import object_meta
+from disagg.render.vllm import engine_hash_seed, kv_hash_seed
 
 CONFIG_DIR = "/etc/disagg-gateway"
 CONFIG_FILE = "config.json"
@@ -62,7 +63,9 @@ def _kv_events(spec: DisaggDeploymentSpec) -> dict[str, Any] | None:
     }
 
 
-def render_gateway_config(name: str, namespace: str, spec: DisaggDeploymentSpec) -> dict[str, Any]:
+def render_gateway_config(
+    name: str, namespace: str, spec: DisaggDeploymentSpec, owner: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """The gateway configuration (the ConfigMap's ``config.json``)."""
     routing = spec.gateway.routing
     prefill, decode = names.pool_name(name, "prefill"), names.pool_name(name, "decode")
@@ -104,6 +107,8 @@ def render_gateway_config(name: str, namespace: str, spec: DisaggDeploymentSpec)
         config["apiKeyFile"] = f"{API_KEY_DIR}/{spec.gateway.api_key_secret_ref.key}"
     events = _kv_events(spec)
     if events is not None:
+        # the seed the workers' block hashes start from (see render.vllm.kv_hash_seed)
+        events["hashSeed"] = engine_hash_seed(spec.engine) or kv_hash_seed(name, namespace, owner)
         config["routing"]["kvEvents"] = events
     tokenizer = _tokenizer_mount(spec)
     if tokenizer is not None:
@@ -119,7 +124,8 @@ def render_gateway_children(
     gw_name = names.gateway_name(name)
     labels = names.gateway_labels(name)
     selector = names.gateway_selector(name)
-    config_json = json.dumps(render_gateway_config(name, namespace, spec), indent=2, sort_keys=True)
+    config = render_gateway_config(name, namespace, spec, owner)
+    config_json = json.dumps(config, indent=2, sort_keys=True)
     config_hash = hashlib.sha256(config_json.encode()).hexdigest()[:16]
 
     def meta() -> dict[str, Any]:

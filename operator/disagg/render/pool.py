@@ -97,7 +97,9 @@ def _worker_container(spec: InferencePoolSpec) -> dict[str, Any]:
             extra_args=spec.extra_args,
             kv_events=spec.kv_events,
         ),
-        "env": vllm_env(model=spec.model, engine=spec.engine, kv=spec.kv_transfer)
+        "env": vllm_env(
+            model=spec.model, engine=spec.engine, kv=spec.kv_transfer, kv_events=spec.kv_events
+        )
         + rdma_env(spec.rdma),
         "ports": ports,
         "resources": {"requests": requests, "limits": limits},

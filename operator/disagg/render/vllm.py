@@ -18,6 +18,7 @@ prefill and decode pools render ``kv_producer`` and ``kv_consumer``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from typing import Any
@@ -166,9 +167,35 @@ def vllm_args(
     return args + list(engine.extra_args) + list(extra_args)
 
 
-def vllm_env(*, model: ModelSpec, engine: EngineSpec, kv: KVTransferSpec) -> list[dict[str, Any]]:
+def kv_hash_seed(name: str, namespace: str, owner: dict[str, Any] | None) -> str:
+    """The ``PYTHONHASHSEED`` a DisaggDeployment's workers and gateway share: derived from the
+    owner's uid (not public, so the engines' Python hash randomization keeps an unknown seed),
+    else from the name (renders without an owner: tests, ``disagg plan --emit``)."""
+    identity = (owner or {}).get("uid") or f"{namespace}/{name}"
+    return str(int(hashlib.sha256(identity.encode()).hexdigest()[:7], 16))
+
+
+def engine_hash_seed(engine: EngineSpec) -> str | None:
+    """A ``PYTHONHASHSEED`` the user set as a literal in ``engine.env`` (it wins over ours)."""
+    for var in engine.env:
+        if var.name == "PYTHONHASHSEED" and var.value is not None:
+            return str(var.value)
+    return None
+
+
+def vllm_env(
+    *,
+    model: ModelSpec,
+    engine: EngineSpec,
+    kv: KVTransferSpec,
+    kv_events: KVEventsSpec | None = None,
+) -> list[dict[str, Any]]:
     """Environment of the worker container (RDMA/UCX variables are added by ``rdma``)."""
     env: list[dict[str, Any]] = []
+    user_set = any(var.name == "PYTHONHASHSEED" for var in engine.env)
+    if kv_events is not None and kv_events.enabled and kv_events.hash_seed and not user_set:
+        # vLLM seeds block hashes with it: the gateway, given the same seed, computes them too.
+        env.append({"name": "PYTHONHASHSEED", "value": kv_events.hash_seed})
     if kv.connector == "NixlConnector":
         # Decode workers dial this address: it must be the pod IP, not vLLM's "localhost".
         env.append(
