@@ -137,6 +137,7 @@ class KVEventSubscriber:
         self.ctx = zmq.asyncio.Context()
         self._streams: dict[str, list[_Stream]] = {}
         self._digests: OrderedDict[int, bytes] = OrderedDict()  # event key -> full digest
+        self._retired: set[asyncio.Task[None]] = set()  # cancelled, closing their sockets
 
     # -- membership ----------------------------------------------------------------------------
     def sync(self, workers: Mapping[str, str]) -> None:
@@ -146,6 +147,8 @@ class KVEventSubscriber:
             for stream in self._streams.pop(worker):
                 if stream.task is not None:
                     stream.task.cancel()
+                    self._retired.add(stream.task)
+                    stream.task.add_done_callback(self._retired.discard)
             self.index.forget(worker)
             log.info("KV events: stopped following %s", worker)
         for worker in sorted(wanted - set(self._streams)):
@@ -160,9 +163,10 @@ class KVEventSubscriber:
         tasks = [s.task for streams in self._streams.values() for s in streams if s.task]
         for task in tasks:
             task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        # Every task closes its sockets as it ends; the context can only end after them.
+        await asyncio.gather(*tasks, *self._retired, return_exceptions=True)
         self._streams.clear()
-        self.ctx.term()
+        self.ctx.destroy(linger=0)
 
     def _export(self) -> None:
         self.metrics.index_blocks.set(len(self.index))
