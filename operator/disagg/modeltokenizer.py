@@ -83,6 +83,11 @@ class ModelTokenizer:
                 return cls(candidate)
         return None
 
+    @property
+    def vocab_size(self) -> int:
+        """Token ids at or above this are out of vocabulary (vLLM answers 400)."""
+        return int(self._tokenizer.get_vocab_size())
+
     def encode_prompt(self, text: str) -> list[int]:
         """A completion prompt's ids: special tokens added, as vLLM does."""
         return list(self._tokenizer.encode(text, add_special_tokens=True).ids)

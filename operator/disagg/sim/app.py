@@ -8,9 +8,12 @@ engine's configuration, so a simulator under test stays the worker its command l
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
+import os
+import signal
 import time
 from collections.abc import AsyncIterator
 from dataclasses import asdict, fields, replace
@@ -29,7 +32,7 @@ from disagg.sim.kvpublisher import KVEventPublisher, describe
 from disagg.sim.metrics import SimMetrics
 from disagg.sim.recorder import Recorder
 from disagg.sim.serving import CompletionService, error_response
-from disagg.sim.sidechannel import SideChannelServer, make_puller
+from disagg.sim.sidechannel import NixlAgent, SideChannelServer
 from disagg.sim.timing import StepTimer
 
 log = logging.getLogger("disagg.sim.app")
@@ -55,7 +58,9 @@ class Simulator:
         base_port = 5600 if config.side_channel_port is None else config.side_channel_port
         for rank in range(config.data_parallel_size):
             engine = Engine(config, self.timer, self.metrics.for_engine(str(rank)), rank)
-            engine.puller = make_puller(engine)
+            agent = NixlAgent(config.handshake_timeout_s)
+            engine.loads.puller, engine.loads.heartbeat = agent.read, agent.heartbeat
+            engine.on_death = self._engine_died
             self.engines.append(engine)
             self.side_channels.append(
                 SideChannelServer(
@@ -85,6 +90,15 @@ class Simulator:
         self.publishers: list[KVEventPublisher] = []
 
     # -- lifecycle -------------------------------------------------------------------------
+    def _engine_died(self, reason: str) -> None:
+        """vLLM's server shuts itself down once its engine is dead (unless
+        ``VLLM_KEEP_ALIVE_ON_ENGINE_DEATH``); the pod then restarts.  The short delay lets the
+        failed requests' answers leave first."""
+        if self.config.exit_on_engine_death:
+            log.error("engine dead (%s): shutting the server down", reason)
+            loop = asyncio.get_running_loop()
+            loop.call_later(0.2, os.kill, os.getpid(), signal.SIGTERM)
+
     @contextlib.asynccontextmanager
     async def lifespan(self, _app: Starlette) -> AsyncIterator[None]:
         for side_channel, engine in zip(self.side_channels, self.engines, strict=True):

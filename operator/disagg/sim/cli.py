@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
         "seconds a prefill holds un-pulled KV blocks; default: kv_connector_extra_config."
         "kv_lease_duration, else 30",
     )
+    _sim_flag(
+        p,
+        "handshake-timeout",
+        float,
+        5.0,
+        "seconds a NIXL handshake with an unreachable side channel takes to fail (ZMQ's 5 s)",
+    )
     _sim_flag(p, "default-max-tokens", int, 16, "output tokens when a request sets no max_tokens")
     _sim_flag(p, "record", int, 1000, "recent requests kept for GET /sim/requests")
     _sim_flag(p, "failure-rate", float, 0.0, "fraction of requests answered with an error")
@@ -155,6 +162,8 @@ def parse_config(argv: list[str]) -> SimConfig:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if ns.sim_speedup <= 0:
         raise ConfigError("--sim-speedup must be positive")
+    if ns.sim_handshake_timeout < 0:
+        raise ConfigError("--sim-handshake-timeout must be >= 0")
     if not 0 < ns.gpu_memory_utilization <= 1:
         raise ConfigError("--gpu-memory-utilization must be in (0, 1]")
     kv = (
@@ -205,6 +214,9 @@ def parse_config(argv: list[str]) -> SimConfig:
         speedup=ns.sim_speedup,
         link_gbps=ns.sim_link_gbps,
         kv_lease_s=_lease_s(kv, ns.sim_kv_lease),
+        handshake_timeout_s=ns.sim_handshake_timeout,
+        exit_on_engine_death=os.environ.get("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "0")
+        in ("", "0", "false", "False"),
         default_max_tokens=ns.sim_default_max_tokens,
         record_limit=ns.sim_record,
         faults=faults,

@@ -40,9 +40,9 @@ class KVTransferConfig:
     """``kv_role``; like NIXL, the simulator lets the request decide who prefills."""
     engine_id: str = field(default_factory=lambda: str(uuid.uuid4()))
     """``engine_id``; vLLM makes a random one when absent, so do we."""
-    load_failure_policy: str = "recompute"
-    """``kv_load_failure_policy``: ``recompute`` falls back to a local prefill when a pull fails;
-    ``fail`` answers the request with an error instead."""
+    load_failure_policy: str = "fail"
+    """``kv_load_failure_policy`` (vLLM's default ``fail``): a failed pull fails the request --
+    HTTP 500, or a stream that ends silently with no token; ``recompute`` prefills locally."""
     extra: dict[str, Any] = field(default_factory=dict)
     """``kv_connector_extra_config``, kept for the record."""
 
@@ -61,7 +61,7 @@ class KVTransferConfig:
         role = raw.get("kv_role", "kv_both")
         if role not in KV_ROLES:
             raise ConfigError(f"--kv-transfer-config: kv_role must be one of {sorted(KV_ROLES)}")
-        policy = raw.get("kv_load_failure_policy", "recompute")
+        policy = raw.get("kv_load_failure_policy", "fail")
         if policy not in ("recompute", "fail"):
             raise ConfigError("--kv-transfer-config: kv_load_failure_policy is recompute or fail")
         extra = raw.get("kv_connector_extra_config") or {}
@@ -208,6 +208,12 @@ class SimConfig:
     """``--sim-link-gbps``: the P->D KV link, Gbit/s (100 ~ one 100G RDMA NIC)."""
     kv_lease_s: float = 30.0
     """``--sim-kv-lease``: wall seconds a prefill holds blocks nobody pulled."""
+    handshake_timeout_s: float = 5.0
+    """``--sim-handshake-timeout``: wall seconds a NIXL handshake with an unreachable side channel
+    costs before it fails (vLLM's ZMQ timeout, 5 s); handshakes are serialised."""
+    exit_on_engine_death: bool = True
+    """The server exits when its engine dies, as vLLM's does; ``VLLM_KEEP_ALIVE_ON_ENGINE_DEATH``
+    keeps it up (``/health`` then answers 503)."""
     default_max_tokens: int = 16
     """``--sim-default-max-tokens``: output length when a request sets no ``max_tokens``."""
     record_limit: int = 1000

@@ -8,10 +8,10 @@ says (:mod:`disagg.sim.timing`), divided by the speed-up, and every request whos
 computed samples one token.  Because prefill chunks and decodes share a step, a long prompt on an
 aggregated worker slows every running stream: the interference disaggregation removes.
 
-P/D: a request with ``hold_for_remote_decode`` keeps its blocks after finishing, under a lease,
-for :mod:`disagg.sim.sidechannel` to hand out; a request with ``remote`` params gets its blocks,
-then pulls the KV asynchronously (outside the step loop, as NIXL does) and joins the batch with
-only its last prompt token left to compute -- or prefills locally when the pull fails.
+P/D lives in :mod:`disagg.sim.handoff`: a prefill leg's blocks are held for a pull under a
+lease, a decode leg's KV is pulled beside the step loop.  An engine can *die* (``die``), as
+vLLM's EngineCore does on malformed ``kv_transfer_params``: every request it holds fails, its
+loop stops, ``/health`` turns 503 and the app is told (vLLM's server then exits).
 """
 
 from __future__ import annotations
@@ -21,38 +21,27 @@ import contextlib
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from collections.abc import Callable
+from dataclasses import replace
 
 from disagg.blockhash import BlockHasher, fingerprint
 from disagg.kvevents import KVEvent
 from disagg.sim import tokenizer
 from disagg.sim.config import FaultConfig, SimConfig
+from disagg.sim.handoff import HeldBlocks, Puller, PullError, RemoteLoads
 from disagg.sim.kvcache import KVCache
 from disagg.sim.metrics import SimMetrics
-from disagg.sim.request import ErrorEvent, FinishEvent, RemotePrefill, Request, TokenEvent
+from disagg.sim.request import ErrorEvent, FinishEvent, Request, TokenEvent
 from disagg.sim.timing import StepTimer
 
+__all__ = ["CapacityError", "Engine", "PullError", "Puller"]
+
 log = logging.getLogger("disagg.sim.engine")
-
-Puller = Callable[[RemotePrefill, Request], Awaitable[int]]
-"""Pulls ``request``'s prompt KV from a prefill worker; returns bytes moved, raises on failure."""
-
-
-class PullError(Exception):
-    """The KV could not be pulled (unknown or expired request, bad blocks, peer unreachable)."""
+ENGINE_DEAD = "EngineCore encountered an issue. See stack trace (above) for the root cause."
 
 
 class CapacityError(ValueError):
     """A request that could never fit this worker's KV cache."""
-
-
-@dataclass
-class HeldKV:
-    """Blocks a finished prefill keeps for a decode worker to pull."""
-
-    request: Request
-    deadline: float
 
 
 class Engine:
@@ -82,33 +71,56 @@ class Engine:
         self.publish_events: Callable[[list[KVEvent]], None] | None = None
         """Where each step's KV events go (the rank's publisher), when events are on."""
         self.faults: FaultConfig = config.faults
-        self.puller: Puller | None = None
         self.waiting: deque[Request] = deque()
         self.running: list[Request] = []
         self.loading: set[Request] = set()
-        self.held: dict[str, HeldKV] = {}
+        self.held = HeldBlocks(self)
+        self.loads = RemoteLoads(self)
+        self.dead: str | None = None
+        """Why the engine died (None while it runs)."""
+        self.on_death: Callable[[str], None] | None = None
         self.steps = 0
         self.sim_time_s = 0.0
         """Simulated seconds the engine has spent in steps (idle time excluded)."""
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._pulls: set[asyncio.Task[None]] = set()
         self._clock = 0.0
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="sim-engine")
+        self.loads.start()
 
     async def stop(self) -> None:
-        for task in [self._task, *self._pulls]:
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+        await self.loads.stop()
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
 
     @property
     def alive(self) -> bool:
-        return self._task is not None and not self._task.done()
+        return self.dead is None and self._task is not None and not self._task.done()
+
+    def die(self, reason: str) -> None:
+        """The EngineCore died: fail every request it holds and stop the loop (FAULTS.md)."""
+        if self.dead is not None:
+            return
+        self.dead = reason
+        log.error("EngineCore died: %s", reason)
+        for request in [*self.waiting, *self.running, *self.loading]:
+            self._fail(request, ErrorEvent(500, ENGINE_DEAD))
+        self.waiting.clear()
+        self.running.clear()
+        self.loading.clear()
+        if self._task is not None and self._task is not asyncio.current_task():
+            self._task.cancel()
+        if self.on_death is not None:
+            self.on_death(reason)
+
+    def wake(self) -> None:
+        self._publish_load()
+        self._wake.set()
 
     # -- requests --------------------------------------------------------------------------
     def submit(self, request: Request) -> None:
@@ -119,8 +131,7 @@ class Engine:
                 f"the prompt needs {needed} KV blocks but this worker has {self.kv.num_blocks}"
             )
         self.waiting.append(request)
-        self._publish_load()
-        self._wake.set()
+        self.wake()
 
     def abort(self, request: Request) -> None:
         """The client went away: drop the request and free its blocks (held ones stay held)."""
@@ -135,37 +146,21 @@ class Engine:
         request.blocks = []
         request.state = "aborted"
         self.metrics.success("abort")
-        self._publish_load()
-        self._wake.set()
+        self.wake()
 
     def set_faults(self, faults: FaultConfig) -> None:
         self.faults = faults.validate()
 
-    # -- the side channel's view -------------------------------------------------------------
-    def claim_held(self, request_id: str, block_ids: list[int]) -> Request:
-        """The held prefill ``request_id`` if its lease is live and ``block_ids`` are its blocks."""
-        self._expire_leases()
-        held = self.held.get(request_id)
-        if held is None:
-            raise PullError(f"no KV held for request {request_id!r} (unknown or lease expired)")
-        if list(block_ids) != held.request.blocks[: len(block_ids)] or not block_ids:
-            raise PullError(f"block ids do not match those held for {request_id!r}")
-        return held.request
-
-    def release_held(self, request_id: str, why: str = "pulled") -> None:
-        """Free a held prefill's blocks; ``why`` (pulled, expired, replaced) goes to its notes."""
-        held = self.held.pop(request_id, None)
-        if held is not None:
-            held.request.notes["kv_hold"] = why
-            self.kv.release(held.request.blocks)
-            held.request.blocks = []
-            self._publish_load()
-            self._wake.set()
+    def _fail(self, request: Request, event: ErrorEvent) -> None:
+        self.kv.release(request.blocks)
+        request.blocks, request.state = [], "failed"
+        self.metrics.success("error")
+        request.events.put_nowait(event)
 
     # -- the loop ----------------------------------------------------------------------------
     async def _loop(self) -> None:
         while True:
-            self._expire_leases()
+            self.held.expire()
             work = self._schedule()
             self._publish_load()
             if not work:
@@ -244,6 +239,8 @@ class Engine:
             self.waiting.popleft()
             request.blocks, request.cached_tokens = got
             request.computed = request.cached_tokens
+            hit_blocks = request.cached_tokens // self.kv.block_size
+            request.kv_taint = request.kv_taint or self.kv.taint_of(request.blocks[:hit_blocks])
             self.metrics.inc(self.metrics.prefix_cache_queries, request.num_prompt_tokens)
             self.metrics.inc(self.metrics.prefix_cache_hits, request.cached_tokens)
             if request.scheduled_at is None:
@@ -252,7 +249,9 @@ class Engine:
                     self.metrics.queue_time, request.scheduled_at - request.arrival
                 )
             if request.remote is not None and request.prefill_source == "local":
-                self._start_pull(request)
+                request.state = "loading"
+                self.loading.add(request)
+                self.loads.load(request)
                 continue
             request.state = "running"
             self.running.append(request)
@@ -261,6 +260,28 @@ class Engine:
                 work.append((request, take))
                 budget -= take
         return work
+
+    def loaded(self, request: Request, *, remote: bool) -> None:
+        """A pull ended (``remote``: KV in place, else prefill locally): join the batch."""
+        self.loading.discard(request)
+        if remote:
+            request.prefill_source = "remote"
+            request.pulled_tokens = request.num_prompt_tokens - request.cached_tokens
+            request.computed = request.num_prompt_tokens - 1
+            self.kv.commit(request.blocks, request.prompt_ids)
+            self.flush_events()
+        else:
+            request.prefill_source = "fallback"
+        request.state = "running"
+        self.running.append(request)
+        self.wake()
+
+    def load_failed(self, request: Request) -> None:
+        """``kv_load_failure_policy: fail``: the request ends in an error (HTTP 500, or a
+        stream that ends with no token, no error and no ``finish_reason`` -- FAULTS.md)."""
+        self.loading.discard(request)
+        self._fail(request, ErrorEvent(500, "Internal server error", silent_in_stream=True))
+        self.wake()
 
     def _preempt(self, request: Request) -> None:
         log.info("preempting %s (KV cache full)", request.request_id)
@@ -304,61 +325,12 @@ class Engine:
         m.observe(m.decode_time, now - (request.first_token_at or now))
         m.success(reason)
         if request.hold_for_remote_decode:
-            self.release_held(request.request_id, "replaced")  # a retried id replaces the hold
             self.kv.commit(request.blocks, request.prompt_ids)
-            self.held[request.request_id] = HeldKV(request, now + self.config.kv_lease_s)
-            request.notes["kv_hold"] = "held"
+            self.held.hold(request, now)
         else:
             self.kv.release(request.blocks)
             request.blocks = []
         request.events.put_nowait(FinishEvent(reason))
-
-    def _expire_leases(self) -> None:
-        now = time.monotonic()
-        for request_id in [r for r, h in self.held.items() if h.deadline <= now]:
-            log.info("KV lease of %s expired; freeing its blocks", request_id)
-            self.release_held(request_id, "expired")
-
-    # -- remote prefill ------------------------------------------------------------------------
-    def _start_pull(self, request: Request) -> None:
-        request.state = "loading"
-        self.loading.add(request)
-        task = asyncio.get_running_loop().create_task(self._pull(request))
-        self._pulls.add(task)
-        task.add_done_callback(self._pulls.discard)
-
-    async def _pull(self, request: Request) -> None:
-        assert request.remote is not None and self.puller is not None
-        started = time.monotonic()
-        try:
-            moved = await self.puller(request.remote, request)
-        except PullError as exc:
-            moved, request.pull_error = -1, str(exc)
-        if request.state != "loading":
-            return  # aborted while pulling
-        self.loading.discard(request)
-        m = self.metrics
-        if moved < 0:
-            m.inc(m.nixl_failures)
-            log.warning("KV pull for %s failed: %s", request.request_id, request.pull_error)
-            if self.config.kv_transfer.load_failure_policy == "fail":
-                self.kv.release(request.blocks)
-                request.blocks, request.state = [], "failed"
-                request.events.put_nowait(ErrorEvent(500, f"KV load failed: {request.pull_error}"))
-                return
-            request.prefill_source = "fallback"
-        else:
-            request.prefill_source = "remote"
-            request.pulled_bytes = moved
-            request.pulled_tokens = request.num_prompt_tokens - request.cached_tokens
-            request.computed = request.num_prompt_tokens - 1
-            self.kv.commit(request.blocks, request.prompt_ids)
-            self.flush_events()
-            m.observe(m.nixl_xfer_time, time.monotonic() - started)
-            m.observe(m.nixl_bytes, moved)
-        request.state = "running"
-        self.running.append(request)
-        self._wake.set()
 
     def flush_events(self) -> None:
         """Publish what the prefix cache recorded since the last flush (one vLLM step's batch)."""
@@ -378,7 +350,8 @@ class Engine:
             "waiting": len(self.waiting),
             "loading": len(self.loading),
             "running": len(self.running),
-            "held": sorted(self.held),
+            "held": self.held.ids(),
+            "held_blocks": self.held.block_count(),
             "kv_blocks_total": self.kv.num_blocks,
             "kv_blocks_used": self.kv.used_blocks,
             "kv_cache_usage": self.kv.usage,
@@ -386,5 +359,7 @@ class Engine:
             "kv_cached_fingerprint": fingerprint(self.kv.cached_keys()),
             "steps": self.steps,
             "sim_time_s": self.sim_time_s,
+            "alive": self.alive,
+            "dead": self.dead,
             "faults": vars(replace(self.faults)),
         }

@@ -13,16 +13,50 @@ and with ``record_events`` the cache notes what vLLM's block pool would publish:
 per evicted block, ``AllBlocksCleared`` on a reset.  The engine takes them once per step
 (:meth:`take_events`) and hands them to the publisher.
 
+Blocks also carry what is *in* them, for the P/D failure modes that matter: a *content tag* per
+block (a chained hash of the tokens it holds, the partial last block included) that a decode
+worker compares with what its prompt needs after a pull, and a *taint* -- KV pulled from blocks a
+prefill worker had already reused for another prompt.  Real NIXL reads whatever the block ids
+hold, so such a pull "succeeds" and the decode worker caches the foreign KV under its own prompt's
+hashes; a tainted block passes its taint to every later request that hits it in the prefix cache
+(FAULTS.md: the same prompt later returns the same wrong text).  A block loses its taint when it
+is reused.
+
 Block ids start at 1 (vLLM reserves 0 as the null block).
 """
 
 from __future__ import annotations
 
+import hashlib
+import itertools
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 
 from disagg.blockhash import BlockHasher, external
 from disagg.kvevents import AllBlocksCleared, BlockRemoved, BlockStored, KVEvent
+
+
+def _chain(parent: int, tokens: Sequence[int], partial: bool = False) -> int:
+    h = hashlib.blake2b(parent.to_bytes(8, "big"), digest_size=8)
+    for tid in tokens:
+        h.update(tid.to_bytes(8, "big", signed=True))
+    if partial:
+        h.update(b"partial")
+    return int.from_bytes(h.digest(), "big")
+
+
+def content_tags(token_ids: Sequence[int], block_size: int) -> list[int]:
+    """What each block of a prompt holds: a chained tag per full block, then one for the partial
+    last block (if any).  The simulator's own notion, apart from the prefix cache's hashes."""
+    tags: list[int] = []
+    parent = 0
+    for start in range(0, len(token_ids) - block_size + 1, block_size):
+        parent = _chain(parent, token_ids[start : start + block_size])
+        tags.append(parent)
+    rest = len(token_ids) % block_size
+    if rest:
+        tags.append(_chain(parent, token_ids[-rest:], partial=True))
+    return tags
 
 
 class KVCache:
@@ -50,6 +84,9 @@ class KVCache:
         self._ref: dict[int, int] = {}
         self._hash_of: dict[int, bytes] = {}
         self._block_of: dict[bytes, int] = {}
+        self._content: dict[int, int] = {}  # block -> content tag of what was last written
+        self._taint: dict[int, int] = {}  # block -> seed of the foreign KV it holds
+        self._generated = itertools.count(1)
 
     # -- queries ---------------------------------------------------------------------------
     @property
@@ -67,6 +104,21 @@ class KVCache:
 
     def blocks_for(self, num_tokens: int) -> int:
         return -(-num_tokens // self.block_size)
+
+    def valid_block(self, block: int) -> bool:
+        return 1 <= block <= self.num_blocks
+
+    def contents(self, blocks: Sequence[int]) -> list[int | None]:
+        """The content tag of each block (``None`` if nothing was ever written there)."""
+        return [self._content.get(b) for b in blocks]
+
+    def taint_of(self, blocks: Sequence[int]) -> int:
+        """The foreign-KV seed the first tainted block among ``blocks`` carries, else 0."""
+        for b in blocks:
+            taint = self._taint.get(b)
+            if taint:
+                return taint
+        return 0
 
     def block_hashes(self, token_ids: Sequence[int]) -> list[bytes]:
         """vLLM's chained hashes of every full block of ``token_ids``."""
@@ -101,6 +153,8 @@ class KVCache:
         for b in hit_blocks:
             self._take(b)
         fresh = [self._pop_free() for _ in range(need)]
+        for block, tag in zip(fresh, content_tags(token_ids, self.block_size)[hit:], strict=False):
+            self._content[block] = tag
         return hit_blocks + fresh, hit * self.block_size
 
     def grow(self, blocks: list[int], num_tokens: int) -> bool:
@@ -108,8 +162,15 @@ class KVCache:
         while len(blocks) * self.block_size < num_tokens:
             if not self.available_blocks:
                 return False
-            blocks.append(self._pop_free())
+            block = self._pop_free()
+            self._content[block] = -next(self._generated)  # generated tokens: never a prompt's
+            blocks.append(block)
         return True
+
+    def taint(self, blocks: Sequence[int], seed: int) -> None:
+        """Mark ``blocks`` as holding foreign KV (a pull of reused blocks)."""
+        for b in blocks:
+            self._taint[b] = seed
 
     def commit(self, blocks: Sequence[int], token_ids: Sequence[int]) -> None:
         """Register the full blocks of computed ``token_ids`` in the prefix cache."""
@@ -170,6 +231,7 @@ class KVCache:
         self._evictable.clear()
         self._hash_of.clear()
         self._block_of.clear()
+        self._taint.clear()
         if self.record_events:
             self._events.append(AllBlocksCleared())
 
@@ -187,5 +249,6 @@ class KVCache:
             del self._block_of[h]
             if self.record_events:
                 self._events.append(BlockRemoved([self._wire(h)]))
+        self._taint.pop(block, None)
         self._ref[block] = 1
         return block

@@ -96,7 +96,11 @@ class SimMetrics:
             "vllm:nixl_bytes_transferred", "Bytes per NIXL pull.", _BYTES_BUCKETS
         )
         self.nixl_failures = counter(
-            "vllm:nixl_num_failed_transfers", "NIXL pulls that failed (local prefill followed)."
+            "vllm:nixl_num_failed_transfers", "NIXL reads that failed (decode side)."
+        )
+        self.nixl_expired = counter(
+            "vllm:nixl_num_kv_expired_reqs",
+            "Prefilled requests whose KV lease expired before a decode worker read it.",
         )
         self.prompt_tokens_by_source = counter(
             "vllm:prompt_tokens_by_source",
@@ -113,10 +117,10 @@ class SimMetrics:
             self.prefix_cache_queries, self.prefix_cache_hits, self.num_preemptions,
             self.prompt_tokens, self.generation_tokens, self.ttft, self.itl, self.e2e,
             self.queue_time, self.prefill_time, self.decode_time, self.nixl_xfer_time,
-            self.nixl_bytes, self.nixl_failures,
+            self.nixl_bytes, self.nixl_failures, self.nixl_expired,
         ):  # fmt: skip
             metric.labels(**self.labels)
-        for reason in ("stop", "length", "abort"):
+        for reason in ("stop", "length", "abort", "error"):
             self.request_success.labels(**self.labels, finished_reason=reason)
         for source in PROMPT_SOURCES:
             self.prompt_tokens_by_source.labels(**self.labels, source=source)

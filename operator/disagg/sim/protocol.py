@@ -8,13 +8,14 @@ top-level ``kv_transfer_params`` that the P/D protocol rides on, and vLLM's rule
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from disagg.modeltokenizer import ModelTokenizer, TokenizerError
 from disagg.sim import tokenizer
-from disagg.sim.request import RemotePrefill
+from disagg.sim.request import MalformedRemote, RemotePrefill
 
 
 class BadRequest(ValueError):
@@ -48,6 +49,23 @@ def error_body(message: str, status: int, param: str | None = None) -> dict[str,
     }
 
 
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def loads(raw: bytes) -> Any:
+    """The request body as JSON, strictly: UTF-8 without lone surrogates, no NaN/Infinity
+    (what a strict JSON parser such as vLLM's refuses too)."""
+    try:
+        text = raw.decode("utf-8")
+        body = json.loads(text, parse_constant=_no_constant)
+        if "\\u" in text:  # escapes may spell lone surrogates
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+    except (ValueError, RecursionError) as exc:  # UnicodeError is a ValueError
+        raise BadRequest(f"the request body is not valid JSON: {exc}") from None
+    return body
+
+
 @dataclass(frozen=True)
 class ParsedRequest:
     """What the engine needs from a completions or chat body."""
@@ -60,9 +78,7 @@ class ParsedRequest:
     stream: bool
     include_usage: bool
     remote_decode: bool
-    remote: RemotePrefill | None
-    remote_invalid: str
-    """Why ``kv_transfer_params`` asked for a remote prefill we cannot do ('' if none)."""
+    remote: RemotePrefill | MalformedRemote | None
 
 
 def _int_field(body: dict[str, Any], name: str, minimum: int) -> int | None:
@@ -95,10 +111,12 @@ def _prompt_ids(body: dict[str, Any], chat: bool, model: ModelTokenizer | None) 
         prompt = prompt[0]  # a batch of one
     if isinstance(prompt, str):
         ids = model.encode_prompt(prompt) if model is not None else tokenizer.encode(prompt)
-    elif isinstance(prompt, list) and all(
-        isinstance(t, int) and not isinstance(t, bool) for t in prompt
-    ):
+    elif isinstance(prompt, list) and all(_is_int(t) for t in prompt):
         ids = [int(t) for t in prompt]
+        vocab = model.vocab_size if model is not None else tokenizer.VOCAB_SIZE
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:  # vLLM's check, and its wording
+            raise BadRequest(f"Token id {bad} is out of vocabulary", "prompt")
     elif prompt is None:
         raise BadRequest("'prompt' is required", "prompt")
     else:
@@ -112,43 +130,41 @@ def _prompt_ids(body: dict[str, Any], chat: bool, model: ModelTokenizer | None) 
     return ids
 
 
-def _remote_prefill(params: dict[str, Any]) -> tuple[RemotePrefill | None, str]:
-    """vLLM's NixlConnector check: all remote fields present and well-typed, else local."""
+def _remote_prefill(params: dict[str, Any]) -> RemotePrefill | MalformedRemote:
+    """Read ``kv_transfer_params`` as vLLM's NixlConnector does: it trusts them.  A missing or
+    mistyped field is not a local prefill but a dead engine (FAULTS.md), so it is reported as
+    :class:`MalformedRemote` and the engine dies when it reaches the request."""
+    host = params.get("remote_host")
+    if host is None:
+        return MalformedRemote("kv_transfer_params without remote_host", hangs=True)
     blocks = params.get("remote_block_ids")
     if isinstance(blocks, list) and blocks and all(isinstance(g, list) for g in blocks):
         blocks = blocks[0]  # one KV-cache group
-    engine_id, host, port = (
-        params.get("remote_engine_id"),
-        params.get("remote_host"),
-        params.get("remote_port"),
-    )
+    if not isinstance(blocks, list) or not blocks or not all(_is_int(b) for b in blocks):
+        return MalformedRemote(f"remote_block_ids is not a non-empty list of ids: {blocks!r:.80}")
+    engine_id, port = params.get("remote_engine_id"), params.get("remote_port")
     request_id = params.get("remote_request_id")
-    problems = []
-    if not isinstance(blocks, list) or not blocks or not all(isinstance(b, int) for b in blocks):
-        problems.append("remote_block_ids")
-    for name, value, kind in (
-        ("remote_engine_id", engine_id, str),
-        ("remote_request_id", request_id, str),
-        ("remote_host", host, str),
-        ("remote_port", port, int),
+    for name, value, ok in (
+        ("remote_engine_id", engine_id, isinstance(engine_id, str) and engine_id != ""),
+        ("remote_request_id", request_id, isinstance(request_id, str) and request_id != ""),
+        ("remote_host", host, isinstance(host, str) and host != ""),
+        ("remote_port", port, _is_int(port)),
     ):
-        if not isinstance(value, kind) or isinstance(value, bool) or value == "":
-            problems.append(name)
-    if problems:
-        return None, "invalid kv_transfer_params: " + ", ".join(problems)
+        if not ok:
+            return MalformedRemote(f"{name} is malformed: {value!r:.80}")
     tp = params.get("tp_size", 1)
-    assert isinstance(blocks, list)
-    return (
-        RemotePrefill(
-            engine_id=str(engine_id),
-            request_id=str(request_id),
-            block_ids=tuple(int(b) for b in blocks),
-            host=str(host),
-            port=int(port),  # type: ignore[arg-type]
-            tp_size=tp if isinstance(tp, int) else 1,
-        ),
-        "",
+    return RemotePrefill(
+        engine_id=str(engine_id),
+        request_id=str(request_id),
+        block_ids=tuple(int(b) for b in blocks),
+        host=str(host),
+        port=int(port),  # type: ignore[arg-type]
+        tp_size=tp if _is_int(tp) else 1,
     )
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def parse_request(
@@ -205,9 +221,7 @@ def parse_request(
     if params is not None and not isinstance(params, dict):
         raise BadRequest("'kv_transfer_params' must be an object", "kv_transfer_params")
     params = params or {}
-    remote, invalid = None, ""
-    if params.get("do_remote_prefill"):
-        remote, invalid = _remote_prefill(params)
+    remote = _remote_prefill(params) if params.get("do_remote_prefill") else None
     return ParsedRequest(
         chat=chat,
         model=model,
@@ -218,7 +232,6 @@ def parse_request(
         include_usage=bool(options and options.get("include_usage")),
         remote_decode=bool(params.get("do_remote_decode")),
         remote=remote,
-        remote_invalid=invalid,
     )
 
 

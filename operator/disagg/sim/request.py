@@ -18,7 +18,7 @@ from disagg.sim import tokenizer
 
 @dataclass(frozen=True)
 class RemotePrefill:
-    """Validated ``kv_transfer_params`` of a decode-leg request: where to pull the KV from."""
+    """Well-formed ``kv_transfer_params`` of a decode-leg request: where to pull the KV from."""
 
     engine_id: str
     request_id: str
@@ -26,6 +26,16 @@ class RemotePrefill:
     host: str
     port: int
     tp_size: int = 1
+
+
+@dataclass(frozen=True)
+class MalformedRemote:
+    """``kv_transfer_params`` that ask for a remote prefill but that vLLM's connector cannot
+    parse: real vLLM's engine dies on them (FAULTS.md), so the simulator's does too."""
+
+    problem: str
+    hangs: bool = False
+    """vLLM hangs the request first (a missing ``remote_host``), then the engine dies."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,9 @@ class ErrorEvent:
     status: int
     message: str
     type: str = "InternalServerError"
+    silent_in_stream: bool = False
+    """A stream ends with no error frame: vLLM drops the empty chunk that would carry it (a
+    KV-load failure under ``kv_load_failure_policy: fail``, FAULTS.md)."""
 
 
 Event = TokenEvent | FinishEvent | ErrorEvent
@@ -61,7 +74,7 @@ class Request:
     max_model_len: int = 1 << 30
     hold_for_remote_decode: bool = False
     """Prefill leg: keep the blocks after finishing until a decode worker pulls them."""
-    remote: RemotePrefill | None = None
+    remote: RemotePrefill | MalformedRemote | None = None
     """Decode leg: pull the prompt's KV from this prefill worker instead of computing it."""
     notes: dict[str, Any] = field(default_factory=dict)
     """Where the engine and side channel note what happened to the request's held KV
@@ -84,6 +97,9 @@ class Request:
     pulled_tokens: int = 0
     """Prompt tokens whose KV came from the prefill worker (vLLM counts them all as
     ``external_kv_transfer``)."""
+    kv_taint: int = 0
+    """Non-zero when this request's KV came from blocks that held another prompt (a pull of
+    reused blocks, or a prefix-cache hit on such a pull): its output is wrong, as in vLLM."""
     scheduled_at: float | None = None
     first_token_at: float | None = None
     last_token_at: float | None = None
@@ -93,7 +109,8 @@ class Request:
 
     @functools.cached_property
     def output_seed(self) -> int:
-        return tokenizer.output_seed(self.prompt_ids)
+        """Fixed at the first sampled token; foreign KV changes it, so the text is wrong."""
+        return tokenizer.output_seed(self.prompt_ids) ^ self.kv_taint
 
     @property
     def num_tokens(self) -> int:

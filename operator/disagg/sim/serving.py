@@ -29,7 +29,14 @@ from disagg.sim import protocol
 from disagg.sim.config import SimConfig
 from disagg.sim.engine import CapacityError, Engine
 from disagg.sim.recorder import Recorder
-from disagg.sim.request import ErrorEvent, Event, FinishEvent, Request, TokenEvent
+from disagg.sim.request import (
+    ErrorEvent,
+    Event,
+    FinishEvent,
+    MalformedRemote,
+    Request,
+    TokenEvent,
+)
 
 log = logging.getLogger("disagg.sim.serving")
 ENGINE_DIED = "EngineCore encountered an issue (simulated by fault injection)"
@@ -99,13 +106,8 @@ class CompletionService:
             outcome.update(status=faults.error_status, injected="error")
             return error_response("simulated failure (fault injection)", faults.error_status)
         try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError) as exc:
-            outcome["status"] = 400
-            return error_response(f"the request body is not valid JSON: {exc}", 400)
-        try:
             parsed = protocol.parse_request(
-                body,
+                protocol.loads(raw),
                 chat,
                 self.config.served_model_names,
                 self.max_model_len,
@@ -132,9 +134,8 @@ class CompletionService:
         outcome.update(
             request_id=response_id, prompt_tokens=len(parsed.prompt_ids), engine=engine.rank
         )
-        if parsed.remote_invalid:
-            outcome["remote_invalid"] = parsed.remote_invalid
-            log.warning("%s: %s; prefilling locally", response_id, parsed.remote_invalid)
+        if isinstance(parsed.remote, MalformedRemote):
+            outcome["remote_malformed"] = parsed.remote.problem
         if not engine.alive:
             outcome["status"] = 503
             return error_response("the engine is not running", 503)
@@ -187,7 +188,7 @@ class CompletionService:
                 elif isinstance(event, FinishEvent):
                     break
                 else:
-                    outcome["status"] = event.status
+                    outcome.update(status=event.status, pull_error=req.pull_error or None)
                     return error_response(event.message, event.status)
         finally:
             engine.abort(req)  # no-op once finished; frees the blocks if the client left
@@ -229,8 +230,14 @@ class CompletionService:
                 event = pending if pending is not None else await req.events.get()
                 pending = None
                 if isinstance(event, ErrorEvent):
-                    outcome["status"] = event.status
-                    yield _sse(protocol.error_body(event.message, event.status))
+                    outcome.update(status=event.status, pull_error=req.pull_error or None)
+                    if event.silent_in_stream:  # vLLM: no token, no error, no finish_reason
+                        outcome["silent"] = True
+                        if parsed.include_usage:
+                            usage = protocol.usage(len(parsed.prompt_ids), sent, 0)
+                            yield _sse(protocol.usage_chunk(parsed, response_id, created, usage))
+                    else:
+                        yield _sse(protocol.error_body(event.message, event.status))
                     yield DONE
                     return
                 if isinstance(event, FinishEvent):
@@ -272,7 +279,7 @@ class CompletionService:
 
     def _kv_transfer_params(self, engine: Engine, req: Request) -> dict[str, Any] | None:
         """vLLM's answer on a prefill leg: where and what a decode worker pulls."""
-        if not req.hold_for_remote_decode or req.request_id not in engine.held:
+        if not req.hold_for_remote_decode or not engine.held.holds(req.request_id):
             return None
         return {
             "do_remote_prefill": True,
@@ -283,4 +290,6 @@ class CompletionService:
             "remote_host": self.config.side_channel_host,
             "remote_port": engine.side_channel_port,
             "tp_size": self.config.tensor_parallel_size,
+            "remote_num_tokens": req.num_prompt_tokens,
+            "remote_blocks_expiry_time": None,  # vLLM 0.26: D cannot know when P's lease ends
         }

@@ -1,46 +1,43 @@
-"""The NIXL side channel, simulated: a real TCP exchange between a decode and a prefill worker.
+"""The NIXL side channel, simulated: real TCP between a decode and a prefill worker.
 
-vLLM's decode worker connects to the prefill worker's side channel
-(``VLLM_NIXL_SIDE_CHANNEL_HOST:PORT``), handshakes, then reads the remote blocks with RDMA and
-tells the prefill worker it may free them.  The simulator keeps the shape -- a connection to the
-advertised host and port, a check that the blocks are still held, a transfer whose duration is
-``bytes / link bandwidth``, a completion notice that frees the blocks -- with its own small
-protocol of newline-delimited JSON messages on one connection:
+vLLM's decode worker handshakes with a prefill worker's side channel
+(``VLLM_NIXL_SIDE_CHANNEL_HOST:PORT``) once per *engine id* and caches the peer's agent
+(``engine_ttl``, 3600 s): later transfers for that engine id ignore the host and port they are
+given.  Handshakes are serialised and an unreachable peer costs the ZMQ timeout (5 s) each.  The
+transfer then reads the named blocks from the peer's memory and notifies the peer, which frees
+them.  The simulator keeps each of those properties (FAULTS.md) with its own small protocol of
+newline-delimited JSON, one connection per exchange:
 
-    D -> P  {"op": "pull", "proto": "disagg-sim/1", "engine_id", "request_id", "block_ids"}
-    P -> D  {"ok": true, "num_tokens", "prompt_digest", "bytes_per_token"}
-            or {"ok": false, "error"}
-    (D waits the transfer time, simulated)
-    D -> P  {"op": "done", "request_id"}
-    P -> D  {"ok": true}                   # P frees the blocks
+    hello      D -> P {"op": "hello", "proto"}              P -> D {"ok", "engine_id", "agent"}
+    read       D -> P {"op": "read", "engine_id", "agent", "request_id", "block_ids"}
+               P -> D {"ok", "contents", "bytes_per_token"} | {"ok": false, "error"}
+               (D waits the transfer time)  D -> P {"op": "done"}   P -> D {"ok": true}
+    heartbeat  D -> P {"op": "heartbeat", "engine_id", "request_ids"}   P -> D {"ok": true}
 
-If the decode side never says ``done`` the blocks stay held until their lease expires.
+``agent`` is a per-process nonce: a prefill worker restarted with the same configured engine id
+is a new NIXL agent, and transfers through the cached old one fail.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import socket
-from collections.abc import Sequence
+import time
+import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from disagg.sim.engine import Engine, Puller, PullError
-from disagg.sim.request import RemotePrefill, Request
+from disagg.sim.engine import Engine
+from disagg.sim.handoff import PullError, ReadResult
+from disagg.sim.request import RemotePrefill
 
 log = logging.getLogger("disagg.sim.sidechannel")
-PROTO = "disagg-sim/1"
-CONNECT_TIMEOUT_S = 5.0
-
-
-def prompt_digest(token_ids: Sequence[int]) -> str:
-    h = hashlib.blake2b(digest_size=8)
-    for tid in token_ids:
-        h.update(tid.to_bytes(4, "big"))
-    return h.hexdigest()
+PROTO = "disagg-sim/2"
+ENGINE_TTL_S = 3600.0
+"""How long a decode worker keeps a peer's agent (vLLM's ``engine_ttl`` default)."""
 
 
 async def _send(writer: asyncio.StreamWriter, message: dict[str, Any]) -> None:
@@ -58,8 +55,14 @@ async def _recv(reader: asyncio.StreamReader) -> dict[str, Any]:
     return message
 
 
+async def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+    with contextlib.suppress(Exception):
+        await writer.wait_closed()
+
+
 class SideChannelServer:
-    """The prefill side: answers pulls for blocks the engine holds."""
+    """The prefill side: answers handshakes, reads, completion notices and heartbeats."""
 
     def __init__(self, engine: Engine, host: str, port: int | None, explicit: bool) -> None:
         self.engine = engine
@@ -67,6 +70,7 @@ class SideChannelServer:
         self.requested_port = port
         self.explicit = explicit
         self.port = 0
+        self.agent = uuid.uuid4().hex
         self._server: asyncio.Server | None = None
 
     async def start(self) -> None:
@@ -96,89 +100,166 @@ class SideChannelServer:
                 await self._server.wait_closed()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peername = writer.get_extra_info("peername")
+        peer = f"{peername[0]}:{peername[1]}" if peername else "?"
         try:
             message = await _recv(reader)
-            if message.get("op") != "pull" or message.get("proto") != PROTO:
-                await _send(writer, {"ok": False, "error": "expected a disagg-sim/1 pull"})
-                return
-            engine_id = self.engine.engine_id
-            if message.get("engine_id") != engine_id:
-                await _send(writer, {"ok": False, "error": f"this is engine {engine_id}"})
-                return
-            request_id = str(message.get("request_id"))
-            block_ids = [int(b) for b in message.get("block_ids") or []]
-            try:
-                held = self.engine.claim_held(request_id, block_ids)
-            except PullError as exc:
-                await _send(writer, {"ok": False, "error": str(exc)})
-                return
-            await _send(
-                writer,
-                {
-                    "ok": True,
-                    "num_tokens": held.num_prompt_tokens,
-                    "prompt_digest": prompt_digest(held.prompt_ids),
-                    "bytes_per_token": self.engine.timer.kv_bytes(1),
-                },
-            )
-            peer = writer.get_extra_info("peername")
-            held.notes["pulled_by"] = f"{peer[0]}:{peer[1]}" if peer else "?"
-            done = await _recv(reader)
-            if done.get("op") == "done" and done.get("request_id") == request_id:
-                self.engine.release_held(request_id, "pulled")
+            op, held = message.get("op"), self.engine.held
+            if message.get("proto", PROTO) != PROTO:
+                await _send(writer, {"ok": False, "error": f"expected {PROTO}"})
+            elif op == "hello":
+                reply = {"ok": True, "engine_id": self.engine.engine_id, "agent": self.agent}
+                await _send(writer, reply)
+            elif message.get("engine_id") != self.engine.engine_id:
+                error = f"no NIXL agent for engine {message.get('engine_id')!r} here"
+                await _send(writer, {"ok": False, "error": error})
+            elif op == "heartbeat":
+                held.extend([str(r) for r in message.get("request_ids") or []])
                 await _send(writer, {"ok": True})
-        except (ConnectionError, ValueError, asyncio.IncompleteReadError) as exc:
-            log.info("side-channel peer dropped: %s", exc)
+            elif op == "read":
+                await self._read(message, reader, writer, peer)
+            else:
+                await _send(writer, {"ok": False, "error": f"unknown op {op!r}"})
+        except (ConnectionError, ValueError, TypeError, asyncio.IncompleteReadError) as exc:
+            log.info("side-channel peer %s dropped: %s", peer, exc)
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await _close(writer)
 
-
-def make_puller(engine: Engine) -> Puller:
-    """The decode side: a :data:`disagg.sim.engine.Puller` bound to ``engine``."""
-
-    async def pull(remote: RemotePrefill, request: Request) -> int:
+    async def _read(
+        self,
+        message: dict[str, Any],
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        peer: str,
+    ) -> None:
+        if message.get("agent") != self.agent:
+            await _send(writer, {"ok": False, "error": "stale NIXL agent (the peer restarted)"})
+            return
+        request_id = str(message.get("request_id"))
         try:
-            reader, writer = await asyncio.wait_for(
-                asyncio.open_connection(remote.host, remote.port), CONNECT_TIMEOUT_S
-            )
+            contents = self.engine.held.read([int(b) for b in message.get("block_ids") or []])
+        except PullError as exc:
+            await _send(writer, {"ok": False, "error": str(exc)})
+            return
+        per_token = self.engine.timer.kv_bytes(1)
+        await _send(writer, {"ok": True, "contents": contents, "bytes_per_token": per_token})
+        done = await _recv(reader)
+        if done.get("op") == "done":
+            self.engine.held.notified(request_id, peer)
+            await _send(writer, {"ok": True})
+
+
+@dataclass(frozen=True)
+class Peer:
+    host: str
+    port: int
+    agent: str
+    expires: float
+
+
+class NixlAgent:
+    """The decode side: handshakes (cached per engine id, serialised), reads, heartbeats."""
+
+    def __init__(self, handshake_timeout_s: float, engine_ttl_s: float = ENGINE_TTL_S) -> None:
+        self.handshake_timeout_s = handshake_timeout_s
+        self.engine_ttl_s = engine_ttl_s
+        self.peers: dict[str, Peer] = {}
+        self._handshakes = asyncio.Lock()
+
+    async def _connect(
+        self, host: str, port: int, timeout: float
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        try:
+            return await asyncio.wait_for(asyncio.open_connection(host, port), timeout)
         except (OSError, TimeoutError) as exc:
+            raise PullError(f"cannot reach side channel {host}:{port}: {exc}") from None
+
+    async def peer(self, remote: RemotePrefill) -> Peer:
+        """The cached agent of ``remote.engine_id``, or a fresh handshake with its host:port."""
+        cached = self.peers.get(remote.engine_id)
+        if cached is not None and cached.expires > time.monotonic():
+            return cached
+        async with self._handshakes:  # vLLM handshakes one peer at a time
+            cached = self.peers.get(remote.engine_id)
+            if cached is not None and cached.expires > time.monotonic():
+                return cached
+            return await self._handshake(remote)
+
+    async def _handshake(self, remote: RemotePrefill) -> Peer:
+        started = time.monotonic()
+        deadline = started + self.handshake_timeout_s
+        try:
+            reader, writer = await self._connect(remote.host, remote.port, deadline - started)
+            try:
+                await _send(writer, {"op": "hello", "proto": PROTO})
+                left = max(0.01, deadline - time.monotonic())
+                reply = await asyncio.wait_for(_recv(reader), left)
+            finally:
+                await _close(writer)
+        except (PullError, ConnectionError, ValueError, TimeoutError) as exc:
+            # ZMQ does not fail on a refused connection: it retries until its timeout.
+            await asyncio.sleep(max(0.0, deadline - time.monotonic()))
             raise PullError(
-                f"cannot reach side channel {remote.host}:{remote.port}: {exc}"
+                f"NIXL handshake with {remote.host}:{remote.port} timed out after "
+                f"{self.handshake_timeout_s:g}s ({exc})"
             ) from None
+        if reply.get("engine_id") != remote.engine_id:
+            raise PullError(
+                f"remote NIXL agent engine id mismatch: {remote.host}:{remote.port} is "
+                f"{reply.get('engine_id')!r}, not {remote.engine_id!r}"
+            )
+        peer = Peer(remote.host, remote.port, str(reply.get("agent")), started + self.engine_ttl_s)
+        self.peers[remote.engine_id] = peer
+        return peer
+
+    async def read(self, remote: RemotePrefill, block_ids: list[int]) -> ReadResult:
+        peer = await self.peer(remote)
+        reader, writer = await self._connect(peer.host, peer.port, self.handshake_timeout_s)
         try:
             await _send(
                 writer,
                 {
-                    "op": "pull",
+                    "op": "read",
                     "proto": PROTO,
                     "engine_id": remote.engine_id,
+                    "agent": peer.agent,
                     "request_id": remote.request_id,
-                    "block_ids": list(remote.block_ids),
+                    "block_ids": block_ids,
                 },
             )
             reply = await _recv(reader)
             if not reply.get("ok"):
-                raise PullError(str(reply.get("error", "pull refused")))
-            if reply.get("num_tokens") != request.num_prompt_tokens or reply.get(
-                "prompt_digest"
-            ) != prompt_digest(request.prompt_ids):
-                raise PullError(
-                    f"remote KV is for a different prompt ({reply.get('num_tokens')} tokens, "
-                    f"this request has {request.num_prompt_tokens})"
-                )
-            tokens = request.num_prompt_tokens - request.cached_tokens
-            moved = int(reply["bytes_per_token"]) * tokens
-            await engine.sleep_transfer(engine.timer.transfer_seconds(moved))
-            await _send(writer, {"op": "done", "request_id": remote.request_id})
-            await _recv(reader)
-            return moved
+                raise PullError(str(reply.get("error", "read refused")))
+            contents = [c if isinstance(c, int) else None for c in reply["contents"]]
+            per_token = int(reply["bytes_per_token"])
         except (ConnectionError, ValueError, KeyError, TypeError) as exc:
+            await _close(writer)
             raise PullError(f"side channel failed: {exc}") from None
-        finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+        except PullError:
+            await _close(writer)
+            raise
 
-    return pull
+        async def done() -> None:
+            try:
+                await _send(writer, {"op": "done"})
+                await _recv(reader)
+            except (ConnectionError, ValueError) as exc:
+                log.warning("completion notice to %s:%d failed: %s", peer.host, peer.port, exc)
+            finally:
+                await _close(writer)
+
+        return ReadResult(contents, per_token, done)
+
+    async def heartbeat(self, remote: RemotePrefill, request_ids: list[str]) -> None:
+        peer = self.peers.get(remote.engine_id)
+        if peer is None:
+            return  # no handshake yet: nothing to extend through
+        reader, writer = await self._connect(peer.host, peer.port, 1.0)
+        try:
+            message = {"op": "heartbeat", "proto": PROTO, "engine_id": remote.engine_id}
+            await _send(writer, {**message, "request_ids": request_ids})
+            await _recv(reader)
+        except (ConnectionError, ValueError) as exc:
+            raise PullError(f"heartbeat failed: {exc}") from None
+        finally:
+            await _close(writer)
