@@ -32,9 +32,7 @@ SIM_SOURCES = sorted((ROOT / "operator" / "disagg" / "sim").glob("*.py"))
 WORKERS = all_workers()
 
 #: Simulator defaults that differ from vLLM 0.33's, reported to the simulator's owner.
-KNOWN_DRIFT: dict[str, str] = {
-    "kv_load_failure_policy": "sim defaults to recompute, vLLM 0.33 to fail",
-}
+KNOWN_DRIFT: dict[str, str] = {}
 
 
 def _vllm_flags() -> list[str]:
@@ -136,12 +134,8 @@ def test_simulator_reads_every_rendered_command_line_as_vllm_does(worker: Any) -
     if kv is not None:
         assert sim.kv_transfer.connector == kv.kv_connector
         assert sim.kv_transfer.role == kv.kv_role
-        if "kv_load_failure_policy" in json.loads(vllm_args_raw_kv(worker)):
-            # Unset, the two defaults differ (KNOWN_DRIFT, tested above).
-            assert sim.kv_transfer.load_failure_policy == kv.kv_load_failure_policy
+        assert sim.kv_transfer.load_failure_policy == kv.kv_load_failure_policy
         assert sim.kv_transfer.extra == kv.kv_connector_extra_config
-
-
-def vllm_args_raw_kv(worker: Any) -> str:
-    args: list[str] = worker.container["args"]
-    return args[args.index("--kv-transfer-config") + 1]
+        lease = kv.kv_connector_extra_config.get("kv_lease_duration")
+        if lease is not None:  # the one extra-config key the simulator acts on
+            assert sim.kv_lease_s == float(lease)

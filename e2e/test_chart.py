@@ -445,6 +445,7 @@ def _smoke_disagg(name: str) -> dict[str, Any]:
         "spec": {
             "model": {"name": "meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama"},
             "engine": engine,
+            "kvTransfer": {"leaseSeconds": 5},
             "prefill": pool,
             "decode": pool,
             "gateway": {"image": GATEWAY_IMAGE, "cpu": "100m", "memory": "256Mi"},

@@ -56,6 +56,8 @@ def a_disagg(name: str, speedup: str = "50", **spec: Any) -> dict[str, Any]:
     body: dict[str, Any] = {
         "model": {"name": "meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama"},
         "engine": sim_engine(speedup),
+        # A short drain needs a lease no longer than it (admission checks it).
+        "kvTransfer": {"leaseSeconds": 5},
         "prefill": {"resources": small_resources(), "drain": {"timeoutSeconds": 5}},
         "decode": {"resources": small_resources(), "drain": {"timeoutSeconds": 5}},
         "gateway": {"image": GATEWAY_IMAGE, "cpu": "100m", "memory": "256Mi"},

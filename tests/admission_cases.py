@@ -753,6 +753,19 @@ INVALID: list[Case] = [
         "spec.engine.image",
         "outside 0.26.0 to 0.33.x",
     ),
+    # -- the KV lease and the drains that must cover it ----------------------------------
+    Case(
+        "prefill-drain-shorter-than-kv-lease",
+        disagg(kvTransfer={"leaseSeconds": 60}, prefill={"drain": {"timeoutSeconds": 30}}),
+        "spec.prefill.drain.timeoutSeconds",
+        "at least kvTransfer.leaseSeconds",
+    ),
+    Case(
+        "prefill-pool-drain-shorter-than-kv-lease",
+        pool(drain={"timeoutSeconds": 5}),
+        "spec.drain.timeoutSeconds",
+        "at least kvTransfer.leaseSeconds",
+    ),
 ]
 
 

@@ -119,7 +119,8 @@ def test_worker_command_line_carries_role_and_connector() -> None:
         assert args[args.index("--served-model-name") + 1] == "llama-3.1-70b"
         kv = json.loads(args[args.index("--kv-transfer-config") + 1])
         assert kv["kv_connector"] == "NixlConnector" and kv["kv_role"] == role
-        assert kv["kv_connector_extra_config"] == {"backends": ["UCX"]}
+        assert kv["kv_connector_extra_config"] == {"backends": ["UCX"], "kv_lease_duration": 30}
+        assert kv["kv_load_failure_policy"] == "recompute"  # explicit: vLLM's default is fail
         env = {e["name"]: e for e in c["env"]}
         assert (
             env["VLLM_NIXL_SIDE_CHANNEL_HOST"]["valueFrom"]["fieldRef"]["fieldPath"]

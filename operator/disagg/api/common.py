@@ -302,6 +302,17 @@ class ResourcesSpec(ApiModel):
 class KVTransferSpec(ApiModel):
     """vLLM's KV connector between prefill and decode (``--kv-transfer-config``)."""
 
+    model_config = ConfigDict(
+        json_schema_extra=validations(
+            cel(
+                "!has(self.extraConfig) || !('kv_lease_duration' in self.extraConfig)",
+                "set kvTransfer.leaseSeconds, not extraConfig.kv_lease_duration: the gateway's "
+                "hand-off budget and the prefill drain are derived from leaseSeconds",
+                ".extraConfig",
+            ),
+        )
+    )
+
     connector: Connector = "NixlConnector"
     """``NixlConnector`` (the main path), ``MooncakeConnector``, ``LMCacheConnectorV1``, or
     ``None`` for a plain aggregated pool."""
@@ -309,8 +320,16 @@ class KVTransferSpec(ApiModel):
     """NIXL handshake port (``VLLM_NIXL_SIDE_CHANNEL_PORT``), exposed as a named container port."""
     buffer_device: Literal["cuda", "cpu"] = "cuda"
     """Where KV buffers live (``kv_buffer_device``)."""
-    load_failure_policy: Literal["fail", "recompute"] | None = None
-    """What a decode worker does when it cannot load remote KV (``kv_load_failure_policy``)."""
+    load_failure_policy: Literal["fail", "recompute"] = "recompute"
+    """What a decode worker does when it cannot load the prefilled KV (``kv_load_failure_policy``,
+    always rendered): ``recompute`` prefills locally; ``fail`` (vLLM's own default) fails the
+    request -- a streamed answer then ends silently empty, which the gateway retries with a local
+    prefill."""
+    lease_seconds: int = Field(default=30, ge=1, le=3600)
+    """How long a prefill worker keeps a finished prompt's KV blocks for the decode worker's read
+    (NIXL's ``kv_connector_extra_config.kv_lease_duration``, vLLM's default 30); a decode worker
+    holding the request extends it.  The gateway starts every decode leg within a third of it
+    (or serves the request decode-only), and a leaving prefill worker waits up to it."""
     extra_config: FreeForm | None = None
     """Passed as ``kv_connector_extra_config`` (e.g. ``{"backends": ["UCX"]}``)."""
 
@@ -455,10 +474,12 @@ class PlacementSpec(ApiModel):
 
 
 class DrainSpec(ApiModel):
-    """How a worker leaves: stop taking requests, let running streams finish, then exit."""
+    """How a pod leaves: stop taking requests, let running streams finish, then exit."""
 
     timeout_seconds: int = Field(default=300, ge=0, le=86400)
-    """Longest wait for in-flight requests in preStop; the grace period adds 30 s to it."""
+    """Longest wait for in-flight work when a pod leaves (a worker's preStop: running requests
+    and, on a prefill worker, KV blocks still held for a decode worker; the gateway: in-flight
+    requests); the pod's grace period adds a margin to it."""
 
 
 class Condition(ApiModel):

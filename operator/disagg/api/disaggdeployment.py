@@ -231,6 +231,13 @@ class DisaggDeploymentSpec(ApiModel):
                 ".decode.parallelism.pipeline",
             ),
             cel(
+                "self.kvTransfer.connector != 'NixlConnector' || "
+                "self.prefill.drain.timeoutSeconds >= self.kvTransfer.leaseSeconds",
+                "prefill.drain.timeoutSeconds must be at least kvTransfer.leaseSeconds: a leaving "
+                "prefill worker waits until the KV it holds is read or its lease expires",
+                ".prefill.drain.timeoutSeconds",
+            ),
+            cel(
                 "!has(self.scaling.gpuBudget) || self.scaling.gpuBudget >= "
                 "(self.prefill.autoscaling.enabled ? self.prefill.autoscaling.minReplicas : "
                 "has(self.prefill.replicas) ? self.prefill.replicas : 1) * "

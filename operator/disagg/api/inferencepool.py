@@ -163,6 +163,13 @@ class InferencePoolSpec(PoolSection):
                 NIXL_DECODE_PIPELINE_MESSAGE,
                 ".parallelism.pipeline",
             ),
+            cel(
+                "self.role != 'prefill' || self.kvTransfer.connector != 'NixlConnector' || "
+                "self.drain.timeoutSeconds >= self.kvTransfer.leaseSeconds",
+                "drain.timeoutSeconds must be at least kvTransfer.leaseSeconds: a leaving "
+                "prefill worker waits until the KV it holds is read or its lease expires",
+                ".drain.timeoutSeconds",
+            ),
         )
     )
 

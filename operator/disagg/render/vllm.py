@@ -73,11 +73,15 @@ def kv_transfer_config(kv: KVTransferSpec, role: str) -> dict[str, Any] | None:
         "kv_connector": kv.connector,
         "kv_role": KV_ROLE[role],
         "kv_buffer_device": kv.buffer_device,
+        # Always explicit: vLLM's default (fail) differs from ours (recompute).
+        "kv_load_failure_policy": kv.load_failure_policy,
     }
-    if kv.load_failure_policy:
-        config["kv_load_failure_policy"] = kv.load_failure_policy
-    if kv.extra_config:
-        config["kv_connector_extra_config"] = kv.extra_config
+    extra = dict(kv.extra_config or {})
+    if kv.connector == "NixlConnector":
+        # The lease the gateway's hand-off budget and the prefill drain are derived from.
+        extra["kv_lease_duration"] = kv.lease_seconds
+    if extra:
+        config["kv_connector_extra_config"] = extra
     return config
 
 
