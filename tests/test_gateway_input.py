@@ -1,15 +1,26 @@
-"""Bad client input gets a specific OpenAI-style 400 (never a 500); the API key guards /v1."""
+"""Bad client input gets a specific OpenAI-style 4xx (never a 5xx) with the route headers; a
+client that goes away is a 499, not an error; header and body limits hold; the API key guards
+/v1."""
 
 from __future__ import annotations
 
+import json
+import socket
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from tests.gateway_procs import Proc, sim_requests, start_gateway, start_sim
+from tests.gateway_procs import Proc, metric, set_faults, sim_requests, start_gateway, start_sim
 
 MAX_BODY = 4096
+CONFIG = {
+    "maxBodyBytes": MAX_BODY,
+    "model": {"vocabSize": 1000},
+    "limits": {"maxHeaderBytes": 8192, "maxHeaders": 40},
+    "timeouts": {"bodyReadSeconds": 1, "headerReadSeconds": 1},
+}
 
 
 @pytest.fixture(scope="module")
@@ -21,7 +32,7 @@ def decode() -> Iterator[Proc]:
 
 @pytest.fixture(scope="module")
 def gateway(decode: Proc) -> Iterator[Proc]:
-    gw = start_gateway([], [decode.url], config={"maxBodyBytes": MAX_BODY})
+    gw = start_gateway([], [decode.url], config=CONFIG)
     yield gw
     gw.stop()
 
@@ -32,7 +43,28 @@ CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
 CASES = [
     # (path, raw body, expected param, expected code, words in the message)
     ("/v1/completions", b"{", None, "invalid_json", "not valid JSON"),
-    ("/v1/completions", b"\xff\xfe{}", None, "invalid_json", "not valid JSON"),
+    ("/v1/completions", b"\xff\xfe{}", None, "invalid_json", "not valid UTF-8"),
+    # CESU-8: a surrogate pair encoded as two 3-byte sequences (json.loads(bytes) takes them)
+    ("/v1/completions", b'{"model": "m", "prompt": "\xed\xa0\x80\xed\xb0\x80"}', None,
+     "invalid_json", "not valid UTF-8"),
+    ("/v1/completions", b'{"model": "m", "prompt": "a\\ud800b"}', None, "invalid_json",
+     "surrogate"),
+    ("/v1/chat/completions", b'{"model": "m", "messages": [{"role": "\\udfff", "content": "x"}]}',
+     None, "invalid_json", "surrogate"),
+    ("/v1/completions", b'{"model": "m", "prompt": "x", "temperature": NaN}', None,
+     "invalid_json", "not valid JSON"),
+    ("/v1/completions", b'{"model": "m", "prompt": "x", "max_tokens": 1e999}', "max_tokens",
+     "invalid_request", "integer"),
+    ("/v1/completions", b'{"model": "m", "prompt": "x", "max_tokens": 99999999999999999999}',
+     "max_tokens", "invalid_request", "2^63"),
+    ("/v1/completions", b'{"model": "m", "prompt": [1, -5]}', "prompt", "invalid_request",
+     "out of vocabulary"),
+    ("/v1/completions", b'{"model": "m", "prompt": [[1], [1000]]}', "prompt", "invalid_request",
+     "out of vocabulary"),
+    ("/v1/completions", b'{"model": "m", "prompt": [18446744073709551616]}', "prompt",
+     "invalid_request", "out of vocabulary"),
+    ("/v1/completions", b'{"model": "' + b"m" * 300 + b'", "prompt": "x"}', "model",
+     "invalid_request", "256"),
     ("/v1/completions", b"[" * 50_000 + b"]" * 50_000, None, "request_too_large", "limit"),
     ("/v1/completions", b"[" * 2000 + b"]" * 2000, None, "invalid_json", "not valid JSON"),
     ("/v1/completions", b"[1, 2]", None, "invalid_request", "JSON object"),
@@ -83,6 +115,8 @@ def test_bad_input_is_a_specific_400(
     assert (error["type"], error["param"], error["code"]) == ("invalid_request_error", param, code)
     assert words in error["message"]
     assert len(sim_requests(decode)) == before  # nothing reached a worker
+    assert reply.headers["x-disagg-route"] == "none"
+    assert reply.headers["x-request-id"].startswith("disagg-")
 
 
 def test_oversize_body_without_content_length(gateway: Proc) -> None:
@@ -124,3 +158,83 @@ def test_api_key(decode: Proc) -> None:
         assert last["headers"].get("authorization") is None
     finally:
         gw.stop()
+
+
+def test_unknown_paths_and_methods_answer_openai_errors(gateway: Proc) -> None:
+    missing = httpx.get(gateway.url + "/v1/nothing")
+    assert missing.status_code == 404 and missing.json()["error"]["code"] == 404
+    wrong = httpx.get(gateway.url + "/v1/completions")
+    assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
+
+
+def test_oversize_headers_get_431_and_the_gateway_keeps_serving(gateway: Proc) -> None:
+    big = {"x-filler": "y" * 20_000}
+    reply = httpx.post(gateway.url + "/v1/completions", json=OK, headers=big)
+    assert reply.status_code == 431
+    assert reply.json()["error"]["code"] == "request_header_fields_too_large"
+    assert reply.headers["x-disagg-route"] == "none"
+    many = {f"x-h{i}": "v" for i in range(60)}
+    assert httpx.post(gateway.url + "/v1/completions", json=OK, headers=many).status_code == 431
+    assert httpx.post(gateway.url + "/v1/completions", json=OK).status_code == 200
+
+
+def _raw(gateway: Proc, data: bytes) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", gateway.port), timeout=10)
+    sock.sendall(data)
+    return sock
+
+
+def _read_all(sock: socket.socket) -> bytes:
+    chunks = []
+    while chunk := sock.recv(65536):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def test_a_body_that_never_arrives_gets_408(gateway: Proc) -> None:
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{\"model\"")  # fmt: skip
+    with _raw(gateway, head) as sock:
+        started = time.monotonic()
+        answer = _read_all(sock)
+    assert answer.startswith(b"HTTP/1.1 408 ") and b"request_timeout" in answer
+    assert b"x-disagg-route: none" in answer.lower()
+    assert 0.9 < time.monotonic() - started < 5
+
+
+def test_headers_that_never_finish_close_the_connection(gateway: Proc) -> None:
+    with _raw(gateway, b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nX-Slow: ") as sock:
+        started = time.monotonic()
+        assert _read_all(sock) == b""
+    assert time.monotonic() - started < 5
+
+
+def test_a_client_leaving_is_a_499_logged_at_info_without_a_traceback(
+    gateway: Proc, decode: Proc
+) -> None:
+    closed = metric(gateway, "disagg_gateway_requests_total", path="/v1/completions", status="499")
+    head = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: 100\r\n\r\n{\"model\"")  # fmt: skip
+    _raw(gateway, head).close()  # mid-body
+    set_faults(decode, extra_latency_s=3.0)
+    try:
+        body = json.dumps({**OK, "prompt": "slow"}).encode()
+        request = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\n"
+                   b"Content-Type: application/json\r\nContent-Length: "
+                   + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+        with _raw(gateway, request):
+            deadline = time.monotonic() + 5
+            while not [e for e in sim_requests(decode) if e["body"].get("prompt") == "slow"]:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+        # while the worker is still busy with it
+        deadline = time.monotonic() + 5
+        while metric(gateway, "disagg_gateway_requests_total", path="/v1/completions",
+                     status="499") < closed + 2:  # fmt: skip
+            assert time.monotonic() < deadline, gateway.output()[-2000:]
+            time.sleep(0.05)
+    finally:
+        set_faults(decode)
+    log = gateway.output()
+    assert "client went away" in log and "Traceback" not in log
+    assert "ERROR" not in log

@@ -14,7 +14,7 @@ from pydantic import ValidationError
 
 from disagg.gateway.cli import build_parser, resolve
 from disagg.gateway.config import GatewayConfig, KubernetesDiscovery, PoolQueueConfig, load_config
-from disagg.gateway.discovery import EndpointSliceDiscovery, ready_urls
+from disagg.gateway.discovery import PodDiscovery, WorkerInfo, ready_workers
 from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.pools import Pool, QueueFull
 from disagg.gateway.requests import decode_body, prefill_body
@@ -34,8 +34,8 @@ def test_config_defaults_and_yaml(tmp_path: Path) -> None:
         "selective: {minUncachedPromptTokens: 512}\n"
         "routing:\n  prefill:\n    scorers: [{type: least-loaded, weight: 3}]\n"
         "discovery:\n  kubernetes:\n    namespace: ml\n"
-        "    prefillSelector: kubernetes.io/service-name=llama-prefill\n"
-        "    decodeSelector: kubernetes.io/service-name=llama-decode\n"
+        "    prefillSelector: disagg.dev/pool=llama-prefill\n"
+        "    decodeSelector: disagg.dev/pool=llama-decode\n"
     )
     config = load_config(path)
     assert config.pools.decode == "llama-decode"
@@ -101,39 +101,61 @@ def test_prefill_and_decode_bodies_leave_the_original_untouched() -> None:
 # -- discovery ----------------------------------------------------------------------------------
 
 
-def _slice(name: str, endpoints: list[dict[str, Any]], port: int = 8000) -> dict[str, Any]:
-    return {"metadata": {"name": name}, "ports": [{"name": "http", "port": port}],
-            "endpoints": endpoints}  # fmt: skip
+def _pod(
+    name: str,
+    ip: str | None = "10.0.0.1",
+    ready: bool = True,
+    deleting: bool = False,
+    restarts: int = 0,
+    labels: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    meta: dict[str, Any] = {"name": name, "uid": f"uid-{name}", "labels": labels or {}}
+    if deleting:
+        meta["deletionTimestamp"] = "2026-01-01T00:00:00Z"
+    status: dict[str, Any] = {
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        "containerStatuses": [{"name": "vllm", "restartCount": restarts}],
+    }
+    if ip:
+        status["podIP"] = ip
+    ports = [{"name": "http", "containerPort": 9000}, {"name": "kv-side-channel",
+                                                      "containerPort": 5600}]  # fmt: skip
+    return {"metadata": meta, "spec": {"containers": [{"name": "vllm", "ports": ports}]},
+            "status": status}  # fmt: skip
+
+
+def _urls(workers: list[WorkerInfo]) -> list[str]:
+    return [w.url for w in workers]
 
 
 @pytest.mark.parametrize(
-    ("endpoints", "expected"),
+    ("pods", "expected"),
     [
-        ([{"addresses": ["10.0.0.1"], "conditions": {"ready": True}}], ["http://10.0.0.1:8000"]),
-        ([{"addresses": ["10.0.0.1"], "conditions": {}}], ["http://10.0.0.1:8000"]),  # unset
-        ([{"addresses": ["10.0.0.1"], "conditions": {"ready": False}}], []),
-        ([{"addresses": ["10.0.0.1"],
-           "conditions": {"ready": False, "serving": True, "terminating": True}}], []),
-        ([{"addresses": ["fd00::5"], "conditions": {"ready": True}}], ["http://[fd00::5]:8000"]),
-        ([{"addresses": ["10.0.0.2"]}, {"addresses": ["10.0.0.1"]}],
-         ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]),
+        ([_pod("a")], ["http://10.0.0.1:8000"]),
+        ([_pod("a", ready=False)], []),
+        ([_pod("a", deleting=True)], []),  # draining: no new requests
+        ([_pod("a", ip=None)], []),
+        ([_pod("a", ip="fd00::5")], ["http://[fd00::5]:8000"]),
+        ([_pod("b", ip="10.0.0.2"), _pod("a")], ["http://10.0.0.1:8000", "http://10.0.0.2:8000"]),
     ],
-)  # fmt: skip
-def test_ready_urls(endpoints: list[dict[str, Any]], expected: list[str]) -> None:
-    assert ready_urls([_slice("s", endpoints)], 8000) == expected
+)
+def test_ready_workers(pods: list[dict[str, Any]], expected: list[str]) -> None:
+    assert _urls(ready_workers(pods, 8000)) == expected
 
 
-def test_ready_urls_prefers_the_named_port() -> None:
-    s = _slice("s", [{"addresses": ["10.0.0.1"]}], port=9000)
-    assert ready_urls([s], 8000, port_name="http") == ["http://10.0.0.1:9000"]
+def test_a_pod_s_labels_ports_and_restarts_reach_the_worker() -> None:
+    labels = {"disagg.dev/kv-layout": "abc123", "disagg.dev/tensor-parallel": "2"}
+    (worker,) = ready_workers([_pod("a", labels=labels, restarts=1)], 8000, port_name="http")
+    assert worker == WorkerInfo("http://10.0.0.1:9000", "abc123", 2, 5600, "uid-a/1")
+    (restarted,) = ready_workers([_pod("a", labels=labels, restarts=2)], 8000, port_name="http")
+    assert restarted.incarnation != worker.incarnation
 
 
-async def test_endpoint_slice_discovery_lists_then_follows_the_watch() -> None:
+async def test_pod_discovery_lists_then_follows_the_watch() -> None:
     """A transport plays the API server: a list, then a watch that adds, drains and deletes."""
-    first = _slice("pool-a", [{"addresses": ["10.0.0.1"], "conditions": {"ready": True}}])
-    added = _slice("pool-b", [{"addresses": ["10.0.0.2"], "conditions": {"ready": True}}])
-    gone = {"ready": False, "terminating": True}
-    draining = _slice("pool-a", [{"addresses": ["10.0.0.1"], "conditions": gone}])
+    first = _pod("pool-a")
+    added = _pod("pool-b", ip="10.0.0.2")
+    draining = _pod("pool-a", deleting=True)
     events = [{"type": "ADDED", "object": added}, {"type": "BOOKMARK", "object": {}},
               {"type": "MODIFIED", "object": draining},
               {"type": "DELETED", "object": added}]  # fmt: skip
@@ -152,9 +174,12 @@ async def test_endpoint_slice_discovery_lists_then_follows_the_watch() -> None:
     config = KubernetesDiscovery(namespace="ml", prefill_selector="role=prefill",
                                  decode_selector="role=decode", resync_seconds=30)  # fmt: skip
     changes: list[tuple[str, list[str]]] = []
-    discovery = EndpointSliceDiscovery(config, api)
-    task = asyncio.create_task(discovery._follow("decode", "role=decode",
-                                                 lambda r, u: changes.append((r, u))))  # fmt: skip
+    discovery = PodDiscovery(config, api)
+
+    def record(role: str, workers: list[WorkerInfo]) -> None:
+        changes.append((role, _urls(workers)))
+
+    task = asyncio.create_task(discovery._follow("decode", "role=decode", record))
     for _ in range(200):
         if len(changes) >= 4:
             break
@@ -168,7 +193,7 @@ async def test_endpoint_slice_discovery_lists_then_follows_the_watch() -> None:
         ("decode", []),
     ]
     listing, watch = seen_requests[0], seen_requests[1]
-    assert listing.url.path == "/apis/discovery.k8s.io/v1/namespaces/ml/endpointslices"
+    assert listing.url.path == "/api/v1/namespaces/ml/pods"
     assert listing.url.params["labelSelector"] == "role=decode"
     assert watch.url.params["resourceVersion"] == "42"
     assert listing.headers["authorization"].startswith("Bearer ")
@@ -184,11 +209,11 @@ def _pool(inflight: int = 1, queued: int = 1) -> Pool:
 
 def test_pool_sync_removes_series_of_workers_that_went_away() -> None:
     pool = _pool()
-    pool.sync(["http://a", "http://b"])
+    pool.sync([WorkerInfo("http://a"), WorkerInfo("http://b")])
     pool.start("http://b")
     text = generate_latest(pool.metrics.registry).decode()
     assert 'worker="http://b"' in text
-    assert pool.sync(["http://a"]) == ["http://b"]
+    assert pool.sync([WorkerInfo("http://a")]) == ["http://b"]
     text = generate_latest(pool.metrics.registry).decode()
     assert 'worker="http://b"' not in text and 'worker="http://a"' in text
     assert 'disagg_gateway_ready_workers{pool="dec",role="decode"} 1.0' in text
@@ -196,7 +221,7 @@ def test_pool_sync_removes_series_of_workers_that_went_away() -> None:
 
 async def test_pool_admission_is_fifo_bounded_and_times_out() -> None:
     pool = _pool(inflight=1, queued=1)
-    pool.sync(["http://a"])
+    pool.sync([WorkerInfo("http://a")])
     await pool.admit()  # takes the only slot
     waiter = asyncio.create_task(pool.admit())
     await asyncio.sleep(0.01)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from disagg.gateway.routing.compat import kv_compatible
 from disagg.gateway.routing.contracts import Endpoint, RoutingRequest
 from disagg.gateway.routing.disagg import DisaggRouter
 from disagg.gateway.routing.prefix_index import PrefixIndex
@@ -87,12 +88,34 @@ def test_prefill_affinity_and_retry_exclusion() -> None:
     router = _router(0)
     request = _request(LONG)
     router.record("prefill", request, "http://p2")
-    assert router.pick_prefill(request, P) == P[1]
-    assert router.pick_prefill(request, P, frozenset({"http://p2"})) == P[0]
-    assert router.pick_prefill(request, P, frozenset({"http://p1", "http://p2"})) is None
+    assert router.pick_prefill(request, P, D[0]) == P[1]
+    assert router.pick_prefill(request, P, D[0], frozenset({"http://p2"})) == P[0]
+    assert router.pick_prefill(request, P, D[0], frozenset({"http://p1", "http://p2"})) is None
     assert router.pick_decode(request, D, frozenset({"http://d1", "http://d2"})) is None
     router.retain(["http://p1"], [])
     assert router.prefill_index.workers() == []
+
+
+def test_prefill_and_decode_pair_only_within_one_kv_layout() -> None:
+    """A rollout: old (v1) and new (v2) workers side by side; tensor parallelism must divide."""
+    prefill = [Endpoint("http://p-old", kv_layout="v1", tensor_parallel=1),
+               Endpoint("http://p-new", kv_layout="v2", tensor_parallel=2)]  # fmt: skip
+    router, request = _router(0), _request(LONG)
+    for decode, expected in (
+        (Endpoint("http://d-old", kv_layout="v1", tensor_parallel=2), "http://p-old"),
+        (Endpoint("http://d-new", kv_layout="v2", tensor_parallel=4), "http://p-new"),
+    ):
+        plan = router.plan(request, prefill, [decode])
+        assert plan.decision == "disaggregated"
+        for _ in range(5):
+            picked = router.pick_prefill(request, prefill, decode)
+            assert picked is not None and picked.url == expected
+    odd = Endpoint("http://d-odd", kv_layout="v2", tensor_parallel=3)  # 3 % 2 != 0
+    assert router.plan(request, prefill, [odd]).reason == "no_compatible_prefill"
+    assert router.pick_prefill(request, prefill, odd) is None
+    unknown = Endpoint("http://d-static")  # labels unknown: pairs only with unknown
+    assert router.plan(request, prefill, [unknown]).reason == "no_compatible_prefill"
+    assert kv_compatible(Endpoint("http://p"), unknown)
 
 
 def test_prompt_tokens_and_chained_hashes() -> None:

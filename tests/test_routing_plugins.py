@@ -91,7 +91,32 @@ def test_prefix_affinity(
     for url, blocks in recorded.items():
         index.record(url, blocks)
     request = RoutingRequest("r", len(hashes) * 16, hashes)
-    assert PrefixAffinityScorer(index).score(request, [ep("a"), ep("b")]) == expected
+    assert PrefixAffinityScorer(index, hint=0).score(request, [ep("a"), ep("b")]) == expected
+
+
+def test_the_rendezvous_hint_agrees_across_replicas_and_yields_to_a_cached_prefix() -> None:
+    """Two gateway replicas (two indexes) send an unseen prompt to the same worker; the hint
+    applies only while no candidate holds a block, and removing another worker keeps it."""
+    workers = [ep(u) for u in ("a", "b", "c", "d")]
+    request = RoutingRequest("r", 64, (7, 8, 9, 10))
+    one = PrefixAffinityScorer(PrefixIndex()).score(request, workers)
+    two = PrefixAffinityScorer(PrefixIndex()).score(request, workers)
+    assert one == two and sorted(one.values()) == [0.0, 0.0, 0.0, 0.25]
+    winner = max(one, key=lambda url: one[url])
+    others = [w for w in workers if w.url != winner]
+    fewer = PrefixAffinityScorer(PrefixIndex()).score(request, [*others[1:], ep(winner)])
+    assert max(fewer, key=lambda url: fewer[url]) == winner
+    index = PrefixIndex()
+    index.record(others[0].url, (7,))
+    assert PrefixAffinityScorer(index).score(request, workers)[winner] == 0.0
+    spread = {
+        max(s, key=lambda url: s[url])
+        for s in (
+            PrefixAffinityScorer(PrefixIndex()).score(RoutingRequest("r", 16, (h,)), workers)
+            for h in range(40)
+        )
+    }
+    assert len(spread) == 4  # different prompts spread over the workers
 
 
 def test_prefix_index_is_lru_bounded_per_worker() -> None:

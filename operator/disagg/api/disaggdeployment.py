@@ -21,6 +21,7 @@ from disagg.api.base import ApiModel, FreeForm, cel, validations
 from disagg.api.common import (
     INT32_MAX,
     Condition,
+    DrainSpec,
     EngineSpec,
     KVTransferSpec,
     ModelSpec,
@@ -142,8 +143,9 @@ class RoutingSpec(ApiModel):
 class GatewaySpec(ApiModel):
     """The OpenAI-compatible KV-routing gateway in front of both pools."""
 
-    replicas: int = Field(default=1, ge=1, le=100)
-    """Gateway pods."""
+    replicas: int = Field(default=2, ge=1, le=100)
+    """Gateway pods (two by default: a PodDisruptionBudget keeps one serving while the other is
+    evicted or rolled; each keeps its own routing state, see docs/gateway.md)."""
     image: Word = DEFAULT_GATEWAY_IMAGE
     """Gateway image."""
     port: int = Field(default=8000, ge=1, le=65535)
@@ -158,6 +160,9 @@ class GatewaySpec(ApiModel):
     """CPU request of a gateway pod; above 0."""
     memory: ContainerMemory = "512Mi"
     """Memory request and limit of a gateway pod; at least ``64Mi`` (a bare number is bytes)."""
+    drain: DrainSpec = Field(default_factory=DrainSpec)
+    """How a gateway pod stops: it leaves the Service, stops accepting after a few seconds, and
+    waits up to ``timeoutSeconds`` for its in-flight requests (streams included)."""
 
 
 class RatioBounds(ApiModel):

@@ -1,10 +1,16 @@
 """The gateway's HTTP application (Starlette): OpenAI endpoints, health, metrics, auth, errors.
 
-This module only translates between HTTP and the flow: it reads the body (bounded), checks the
-API key, validates the request, builds the routing view of it and maps the flow's outcome --
-including ``QueueFull`` (429 + ``Retry-After``) and ``BadRequest`` (400) -- to responses.  Every
-error body is OpenAI-shaped.  An unexpected exception becomes a 500 that is logged with the
-request id; client input is validated before it can reach code that could raise.
+This module only translates between HTTP and the flow: it reads the body (bounded in size and
+time), checks the API key, validates the request, builds the request's context and maps the
+flow's outcome -- including ``QueueFull`` (429 + ``Retry-After``) and ``BadRequest`` (400) -- to
+responses.  Every response of the API routes carries the request id and its route headers, and
+every error body is OpenAI-shaped, unknown paths included.
+
+A client that goes away is its own outcome, not an error of ours: mid-body, or while its request
+is being served, the work is cancelled (so workers abort it too), the request is counted with
+status 499 (nginx's "client closed request") and logged at INFO, without a traceback.  An
+unexpected exception becomes a 500 logged with the request id; client input is validated before
+it can reach code that could raise.
 """
 
 from __future__ import annotations
@@ -15,21 +21,29 @@ import hmac
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
+from typing import Any
 
+import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
-from starlette.requests import Request
+from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
+from starlette.routing import Route as HTTPRoute
 
 from disagg.gateway.config import GatewayConfig
-from disagg.gateway.discovery import Discovery, Role
-from disagg.gateway.flow import Flow, FlowSettings, Reply, StreamReply
+from disagg.gateway.context import RequestContext, Route
+from disagg.gateway.decode import DecodeLeg, DecodeSettings
+from disagg.gateway.discovery import Discovery, Role, WorkerInfo
+from disagg.gateway.flow import Flow, FlowSettings
+from disagg.gateway.handoff import HandoffRules
 from disagg.gateway.kvsubscriber import KVEventMetrics
 from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.pools import Pool, QueueFull
 from disagg.gateway.precise import PreciseRouting, event_roles
+from disagg.gateway.prefill import PrefillLeg, PrefillSettings
+from disagg.gateway.replies import Reply, StreamReply
 from disagg.gateway.requests import BadRequest, Kind, error_body, parse_client_request
 from disagg.gateway.routing.contracts import RoutingRequest
 from disagg.gateway.routing.prompt import block_hashes, prompt_tokens
@@ -38,6 +52,11 @@ from disagg.gateway.telemetry import Telemetry
 from disagg.gateway.upstream import UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
+CLIENT_CLOSED = 499
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was complete."""
 
 
 def _has_prefill_pool(config: GatewayConfig) -> bool:
@@ -46,7 +65,7 @@ def _has_prefill_pool(config: GatewayConfig) -> bool:
     return bool(kube and kube.prefill_selector) or bool(static and static.prefill)
 
 
-def _error(
+def error_response(
     status: int,
     message: str,
     type_: str,
@@ -60,7 +79,7 @@ def _error(
 
 
 class Gateway:
-    """Everything one gateway process holds: config, client, pools, router, metrics, tasks."""
+    """Everything one gateway process holds: config, client, pools, legs, metrics, tasks."""
 
     def __init__(
         self,
@@ -72,7 +91,7 @@ class Gateway:
         self.config = config
         self.discovery = discovery
         self._api_key = api_key.encode() if api_key else None
-        t = config.timeouts
+        t, kv = config.timeouts, config.kv_transfer
         self.client = client or UpstreamClient(
             t.connect_seconds, t.stream_idle_seconds, t.keep_alive_expiry_seconds
         )
@@ -87,25 +106,36 @@ class Gateway:
             ),
         }
         self.router = build_router(config)
+        rules = HandoffRules(config.routing.block_size, kv.side_channel_port, kv.data_parallel_size)
         r = config.retries
-        self.flow = Flow(
+        prefill = PrefillLeg(
             self.client,
             self.router,
             self.pools["prefill"],
+            self.metrics,
+            PrefillSettings(r.prefill_attempts, t.prefill_seconds, rules),
+        )
+        decode = DecodeLeg(
+            self.client,
+            self.router,
             self.pools["decode"],
             self.metrics,
-            FlowSettings(
-                r.prefill_attempts,
-                r.decode_attempts,
-                r.decode_local_fallback,
-                t.prefill_seconds,
-                t.first_byte_seconds,
-                prefill_pool=_has_prefill_pool(config),
-            ),
+            DecodeSettings(r.decode_attempts, t.first_byte_seconds, kv.handoff_budget),
+        )
+        self.flow = Flow(
+            self.router,
+            self.pools["prefill"],
+            self.pools["decode"],
+            prefill,
+            decode,
+            self.metrics,
+            FlowSettings(r.decode_local_fallback, prefill_pool=_has_prefill_pool(config)),
         )
         self.telemetry = Telemetry(
             self.client, list(self.pools.values()), config.scrape_interval_seconds
         )
+        self.draining = False
+        """Set on SIGTERM: ``/ready`` fails so that load balancers stop sending here."""
         self._tasks: list[asyncio.Task[None]] = []
         self.precise: PreciseRouting | None = None
         """Precise prefix routing (tokenizer, hasher, KV-event feed), when configured."""
@@ -114,8 +144,8 @@ class Gateway:
             self.precise = PreciseRouting(config.routing, self.router.kv_index, metrics)
         self._event_roles = event_roles(config)
 
-    def on_discovery(self, role: Role, urls: list[str]) -> None:
-        removed = self.pools[role].sync(urls)
+    def on_discovery(self, role: Role, workers: list[WorkerInfo]) -> None:
+        removed = self.pools[role].sync(workers)
         if removed:
             log.info("%s pool: removed %s", role, ", ".join(removed))
         self.router.retain(self.pools["prefill"].urls(), self.pools["decode"].urls())
@@ -158,13 +188,19 @@ class Gateway:
             )
         chunks: list[bytes] = []
         size = 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise BadRequest(
-                    f"request body exceeds the limit of {limit} bytes", None, "request_too_large"
-                )
-            chunks.append(chunk)
+        try:
+            with anyio.fail_after(self.config.timeouts.body_read_seconds):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > limit:
+                        raise BadRequest(
+                            f"request body exceeds the limit of {limit} bytes",
+                            None,
+                            "request_too_large",
+                        )
+                    chunks.append(chunk)
+        except ClientDisconnect:
+            raise ClientGone from None
         return b"".join(chunks)
 
     async def completions(self, request: Request) -> Response:
@@ -174,37 +210,53 @@ class Gateway:
         return await self._serve(request, "chat")
 
     async def _serve(self, request: Request, kind: Kind) -> Response:
-        arrival = time.monotonic()
-        request_id = f"disagg-{uuid.uuid4().hex}"
-        response = await self._respond(request, kind, request_id, arrival)
-        response.headers.setdefault("X-Request-Id", request_id)
+        route = Route(f"disagg-{uuid.uuid4().hex}")
+        response = await self._respond(request, kind, route)
+        for name, value in route.headers().items():
+            response.headers.setdefault(name, value)
         self.metrics.requests.labels(request.url.path, str(response.status_code)).inc()
         return response
 
-    async def _respond(
-        self, request: Request, kind: Kind, request_id: str, arrival: float
-    ) -> Response:
+    async def _respond(self, request: Request, kind: Kind, route: Route) -> Response:
         if not self._authorized(request):
-            return _error(
+            return error_response(
                 401, "invalid or missing API key", "authentication_error", "invalid_api_key"
             )
+        arrival = time.monotonic()
         try:
             raw = await self._read_body(request)
-            client_request = parse_client_request(raw, kind, self.config.max_body_bytes)
+            client_request = parse_client_request(
+                raw, kind, self.config.max_body_bytes, self.config.model.vocab_size
+            )
             tokens = prompt_tokens(client_request.body)
             block_size = self.config.routing.block_size
             keys, exact = (
                 self.precise.engine_blocks(client_request.body) if self.precise else ((), 0)
             )
-            routing = RoutingRequest(
-                request_id, len(tokens), block_hashes(tokens, block_size), block_size, keys, exact
-            )
-            outcome = await self.flow.handle(client_request, routing, arrival)
+            hashes = block_hashes(tokens, block_size)
+            routing = RoutingRequest(route.request_id, len(tokens), hashes, block_size, keys, exact)
+            ctx = RequestContext(client_request, routing, route, arrival)
+            outcome = await self._until_disconnect(request, self.flow.handle(ctx))
         except BadRequest as exc:
-            return _error(400, exc.message, "invalid_request_error", exc.code, exc.param)
+            close = {"Connection": "close"} if exc.code == "request_too_large" else None
+            return error_response(
+                400, exc.message, "invalid_request_error", exc.code, exc.param, close
+            )
+        except TimeoutError:
+            seconds = self.config.timeouts.body_read_seconds
+            return error_response(
+                408,
+                f"the request body did not arrive within {seconds:g}s",
+                "invalid_request_error",
+                "request_timeout",
+                headers={"Connection": "close"},  # the rest of the body may still come
+            )
+        except ClientGone:
+            log.info("request %s: the client went away before its answer", route.request_id)
+            return Response(b"", CLIENT_CLOSED)  # nobody reads it; it is counted as 499
         except QueueFull as exc:
             retry = str(self.config.queue.retry_after_seconds)
-            return _error(
+            return error_response(
                 429,
                 f"the gateway is at capacity ({exc}); retry later",
                 "rate_limit_error",
@@ -212,15 +264,39 @@ class Gateway:
                 headers={"Retry-After": retry},
             )
         except Exception:  # never leak a traceback to the client; log it with the id
-            log.exception("request %s failed inside the gateway", request_id)
-            return _error(
-                500, f"internal gateway error (request {request_id})", "internal_error", 500
+            log.exception("request %s failed inside the gateway", route.request_id)
+            return error_response(
+                500, f"internal gateway error (request {route.request_id})", "internal_error", 500
             )
         if isinstance(outcome, StreamReply):
-            return StreamingResponse(
-                outcome.chunks, 200, outcome.headers, media_type=outcome.content_type
-            )
+            return StreamingResponse(outcome.chunks, 200, media_type=outcome.content_type)
         return self._plain(outcome)
+
+    async def _until_disconnect(
+        self, request: Request, work: Coroutine[Any, Any, Reply | StreamReply]
+    ) -> Reply | StreamReply:
+        """Run the flow, cancelled (``ClientGone``) if the client disconnects meanwhile: the
+        body is read, so the next ASGI message can only be ``http.disconnect``."""
+        flow = asyncio.ensure_future(work)
+        watcher = asyncio.ensure_future(request.receive())
+        try:
+            done, _ = await asyncio.wait({flow, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        except asyncio.CancelledError:
+            flow.cancel()
+            raise
+        finally:
+            watcher.cancel()
+        if flow in done:
+            result: Reply | StreamReply = flow.result()
+            return result
+        flow.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            outcome = await flow
+            if isinstance(outcome, StreamReply):  # committed just as the client left
+                close = getattr(outcome.chunks, "aclose", None)
+                if close is not None:
+                    await close()
+        raise ClientGone
 
     @staticmethod
     def _plain(reply: Reply) -> Response:
@@ -228,7 +304,7 @@ class Gateway:
 
     async def models(self, request: Request) -> Response:
         if not self._authorized(request):
-            return _error(
+            return error_response(
                 401, "invalid or missing API key", "authentication_error", "invalid_api_key"
             )
         endpoints = sorted(self.pools["decode"].endpoints(), key=lambda e: not e.healthy)
@@ -239,38 +315,48 @@ class Gateway:
                 continue
             if answer.status == 200:
                 return Response(answer.body, 200, media_type="application/json")
-        return _error(503, "no decode worker answered /v1/models", "upstream_error", 503)
+        return error_response(503, "no decode worker answered /v1/models", "upstream_error", 503)
 
     async def health(self, request: Request) -> Response:
         return Response(b"", 200)
 
     async def ready(self, request: Request) -> Response:
-        """Ready once at least one decode worker is known (prefill is optional: fallback)."""
+        """Ready once a decode worker is known (prefill is optional), until shutdown starts."""
+        if self.draining:
+            return Response(b"shutting down\n", 503)
         ready = bool(self.pools["decode"].workers)
         return Response(b"" if ready else b"no decode workers\n", 200 if ready else 503)
 
     async def kv_index_state(self, request: Request) -> Response:
         if not self._authorized(request):
-            return _error(
+            return error_response(
                 401, "invalid or missing API key", "authentication_error", "invalid_api_key"
             )
         if self.precise is None:
-            return _error(404, "KV events are off (routing.kvEvents)", "not_found", 404)
+            return error_response(404, "KV events are off (routing.kvEvents)", "not_found", 404)
         return JSONResponse(self.precise.describe())
 
     async def metrics_endpoint(self, request: Request) -> Response:
         return Response(generate_latest(self.metrics.registry), 200, media_type=CONTENT_TYPE_LATEST)
 
+    async def http_error(self, request: Request, exc: Exception) -> Response:
+        """Unknown paths and methods: OpenAI-shaped too."""
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "error"
+        return error_response(status, f"{detail}: {request.method} {request.url.path}",
+                              "invalid_request_error", status)  # fmt: skip
+
     def app(self) -> Starlette:
         return Starlette(
             routes=[
-                Route("/v1/completions", self.completions, methods=["POST"]),
-                Route("/v1/chat/completions", self.chat_completions, methods=["POST"]),
-                Route("/v1/models", self.models, methods=["GET"]),
-                Route("/health", self.health, methods=["GET"]),
-                Route("/ready", self.ready, methods=["GET"]),
-                Route("/metrics", self.metrics_endpoint, methods=["GET"]),
-                Route("/debug/kv-index", self.kv_index_state, methods=["GET"]),
+                HTTPRoute("/v1/completions", self.completions, methods=["POST"]),
+                HTTPRoute("/v1/chat/completions", self.chat_completions, methods=["POST"]),
+                HTTPRoute("/v1/models", self.models, methods=["GET"]),
+                HTTPRoute("/health", self.health, methods=["GET"]),
+                HTTPRoute("/ready", self.ready, methods=["GET"]),
+                HTTPRoute("/metrics", self.metrics_endpoint, methods=["GET"]),
+                HTTPRoute("/debug/kv-index", self.kv_index_state, methods=["GET"]),
             ],
+            exception_handlers={HTTPException: self.http_error},
             lifespan=self.lifespan,
         )

@@ -5,7 +5,7 @@ Local use names the workers on the command line (static discovery)::
     disagg gateway --prefill http://127.0.0.1:8100 --decode http://127.0.0.1:8200 --port 8000
 
 In the cluster the operator mounts the routing ConfigMap and passes ``--config``; its
-``discovery.kubernetes`` section makes the gateway follow the pools' EndpointSlices.  Flags given
+``discovery.kubernetes`` section makes the gateway follow the pools' Pods.  Flags given
 on the command line override the file.  The API key comes from ``--api-key-file`` (or the file's
 ``apiKeyFile``) or the ``DISAGG_API_KEY`` environment variable; it is never printed.
 """
@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from disagg.gateway.config import GatewayConfig, StaticDiscovery, load_config
-from disagg.gateway.discovery import Discovery, EndpointSliceDiscovery
+from disagg.gateway.discovery import Discovery, PodDiscovery
 from disagg.gateway.discovery import StaticDiscovery as StaticSource
 from disagg.gateway.upstream import KubeApiClient, UpstreamError
 
@@ -93,9 +93,7 @@ def resolve(args: argparse.Namespace) -> tuple[GatewayConfig, Discovery]:
             raise ValueError("--min-uncached-prompt-tokens must be >= 0")
         config.selective.min_uncached_prompt_tokens = args.min_uncached_prompt_tokens
     if config.discovery.kubernetes is not None:
-        discovery: Discovery = EndpointSliceDiscovery(
-            config.discovery.kubernetes, KubeApiClient.in_cluster()
-        )
+        discovery: Discovery = PodDiscovery(config.discovery.kubernetes, KubeApiClient.in_cluster())
     elif config.discovery.static is not None and config.discovery.static.decode:
         static = config.discovery.static
         discovery = StaticSource(static.prefill, static.decode)
@@ -125,17 +123,10 @@ def main(argv: list[str]) -> int:
         print(f"disagg gateway: {exc}", file=sys.stderr)
         return 2
 
-    import uvicorn
+    from disagg.gateway.server import serve
 
     logging.getLogger(__name__).info(
         "gateway on %s:%d (API key %s)", args.host, args.port, "required" if api_key else "off"
     )
-    uvicorn.run(
-        gateway.app(),
-        host=args.host,
-        port=args.port,
-        log_level=args.log_level,
-        access_log=False,
-        timeout_keep_alive=65,
-    )
+    serve(gateway, args.host, args.port, args.log_level)
     return 0

@@ -123,6 +123,7 @@ class RetryConfig(_Model):
 
 class TimeoutConfig(_Model):
     connect_seconds: float = Field(default=5.0, gt=0)
+    """Connecting to a worker; a decode leg must be able to connect well inside the KV lease."""
     prefill_seconds: float = Field(default=600.0, gt=0)
     """Whole prefill leg (long prompts under load take a while)."""
     first_byte_seconds: float = Field(default=600.0, gt=0)
@@ -131,6 +132,51 @@ class TimeoutConfig(_Model):
     """Longest silence between two chunks of a stream; there is no total limit."""
     keep_alive_expiry_seconds: float = Field(default=4.0, gt=0, lt=5.0)
     """Idle upstream connections are closed after this; must stay below vLLM's 5 s keep-alive."""
+    body_read_seconds: float = Field(default=30.0, gt=0)
+    """A client must deliver its whole request body within this (else 408)."""
+    header_read_seconds: float = Field(default=30.0, gt=0)
+    """A client must deliver its request line and headers within this (else the connection is
+    closed)."""
+
+
+class KVTransferConfig(_Model):
+    """What the gateway must know of the prefill workers' KV handoff (rendered by the operator
+    from the DisaggDeployment's ``kvTransfer``)."""
+
+    lease_seconds: float = Field(default=30.0, gt=0)
+    """The prefill workers' lease on a prompt's blocks (``kv_lease_duration``)."""
+    handoff_budget_seconds: float | None = Field(default=None, gt=0)
+    """The latest a decode leg may start after its prefill answered (default: a third of the
+    lease); later, the decode worker prefills locally instead of risking blocks already reused."""
+    side_channel_port: int | None = Field(default=None, ge=1, le=65535)
+    """The prefill workers' NIXL side-channel port, when discovery does not report it per
+    worker; ``kv_transfer_params`` naming another port are refused."""
+    data_parallel_size: int = Field(default=1, ge=1, le=64)
+    """Prefill engines per worker: ports ``sideChannelPort`` .. ``+ size - 1`` are theirs."""
+
+    @property
+    def handoff_budget(self) -> float:
+        return self.handoff_budget_seconds or self.lease_seconds / 3
+
+
+class ModelConfig(_Model):
+    vocab_size: int | None = Field(default=None, ge=1)
+    """Token ids in a prompt must be below this (400 otherwise); None: only non-negative."""
+
+
+class LimitsConfig(_Model):
+    max_header_bytes: int = Field(default=16384, ge=1024)
+    """Request line plus headers larger than this get 431 and a closed connection."""
+    max_headers: int = Field(default=100, ge=8)
+    """More header fields than this get 431."""
+
+
+class ShutdownConfig(_Model):
+    delay_seconds: float = Field(default=5.0, ge=0)
+    """After SIGTERM, keep serving (with ``/ready`` failing) this long so that load balancers
+    stop sending before the listener closes."""
+    timeout_seconds: float = Field(default=300.0, ge=0)
+    """Then stop accepting and wait this long for in-flight requests (streams included)."""
 
 
 class PoolQueueConfig(_Model):
@@ -153,21 +199,30 @@ class QueueConfig(_Model):
     """Value of ``Retry-After`` on 429."""
 
 
+class StaticWorker(_Model):
+    """A static worker with what pod discovery would read from its pod."""
+
+    url: str
+    kv_layout: str | None = None
+    tensor_parallel: int | None = Field(default=None, ge=1)
+    side_channel_port: int | None = Field(default=None, ge=1, le=65535)
+
+
 class StaticDiscovery(_Model):
-    prefill: list[str] = Field(default_factory=list)
-    decode: list[str] = Field(default_factory=list)
+    prefill: list[str | StaticWorker] = Field(default_factory=list)
+    decode: list[str | StaticWorker] = Field(default_factory=list)
 
 
 class KubernetesDiscovery(_Model):
     namespace: str
     prefill_selector: str | None = None
-    """Label selector of the prefill pool's EndpointSlices, e.g.
-    ``kubernetes.io/service-name=llama-prefill``; unset: no prefill pool (aggregated workers)."""
+    """Label selector of the prefill pool's Pods, e.g. ``disagg.dev/pool=llama-prefill``; unset:
+    no prefill pool (aggregated workers)."""
     decode_selector: str
     port: int = Field(default=8000, ge=1, le=65535)
-    """Worker HTTP port (used when the slice has no port of that name or number)."""
+    """Worker HTTP port (used when the pod declares no container port of ``portName``)."""
     port_name: str | None = None
-    """Prefer the slice port with this name (e.g. ``http``)."""
+    """Prefer the container port with this name (e.g. ``http``)."""
     resync_seconds: float = Field(default=30.0, gt=0)
     """Watches are restarted (and the list re-read) at least this often."""
 
@@ -196,6 +251,10 @@ class GatewayConfig(_Model):
     selective: SelectiveConfig = Field(default_factory=SelectiveConfig)
     retries: RetryConfig = Field(default_factory=RetryConfig)
     timeouts: TimeoutConfig = Field(default_factory=TimeoutConfig)
+    kv_transfer: KVTransferConfig = Field(default_factory=KVTransferConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    limits: LimitsConfig = Field(default_factory=LimitsConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
     queue: QueueConfig = Field(default_factory=QueueConfig)
     scrape_interval_seconds: float = Field(default=1.0, gt=0)
     """How often each worker's /metrics is read for the load scorers."""
@@ -203,6 +262,18 @@ class GatewayConfig(_Model):
     """Larger request bodies get 400."""
     api_key_file: str | None = None
     """File holding the API key (a mounted Secret); env ``DISAGG_API_KEY`` also works."""
+
+    @model_validator(mode="after")
+    def _handoff_fits_the_lease(self) -> GatewayConfig:
+        budget = self.kv_transfer.handoff_budget + self.timeouts.connect_seconds
+        if budget >= self.kv_transfer.lease_seconds:
+            raise ValueError(
+                f"kvTransfer: the hand-off budget ({self.kv_transfer.handoff_budget:g}s) plus "
+                f"timeouts.connectSeconds ({self.timeouts.connect_seconds:g}s) must stay below "
+                f"the lease ({self.kv_transfer.lease_seconds:g}s): a decode leg could start after "
+                "the prefill worker reused the blocks"
+            )
+        return self
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -1,12 +1,16 @@
-"""Where the workers are: a static list, or the pools' EndpointSlices followed live.
+"""Where the workers are and what they are: a static list, or the pools' Pods followed live.
 
-A ``Discovery`` runs for the gateway's lifetime and reports each pool's current set of worker
-URLs through a callback; the pools add and drop workers from it.  ``StaticDiscovery`` reports
-once (local use, tests, benchmarks).  ``EndpointSliceDiscovery`` lists and then watches
-EndpointSlices by label selector through ``KubeApiClient`` (plain HTTPS with the service-account
-token -- the gateway does not import the ``kubernetes`` package); a broken or expired watch is
-followed by a fresh list.  Only endpoints that are ready and not terminating count, so a pod being
-scaled down stops receiving new requests as soon as it starts draining.
+A ``Discovery`` runs for the gateway's lifetime and reports each pool's current workers through a
+callback, as ``WorkerInfo``: the URL, plus what pairing and ``kv_transfer_params`` checks need --
+the KV-layout hash and tensor-parallel size the operator labels pods with, the NIXL side-channel
+port the pod declares, and an *incarnation* that changes when the pod restarts (a restarted vLLM
+has a new NIXL engine id).  ``StaticDiscovery`` reports once (local use, tests, benchmarks).
+
+``PodDiscovery`` lists and then watches the pools' Pods by label selector through
+``KubeApiClient`` (plain HTTPS with the service-account token).  Pods, not EndpointSlices: a
+slice does not carry the pod's labels, and pairing needs them.  A pod counts while it is Ready,
+has an IP and is not being deleted -- the same rule an EndpointSlice applies -- so a pod that
+starts draining stops receiving new requests at once.
 """
 
 from __future__ import annotations
@@ -15,68 +19,111 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from disagg.gateway.config import KubernetesDiscovery
+from disagg.gateway.config import KubernetesDiscovery, StaticWorker
 from disagg.gateway.upstream import KubeApiClient, UpstreamError
 
 log = logging.getLogger(__name__)
 
 Role = Literal["prefill", "decode"]
-OnChange = Callable[[Role, list[str]], None]
+
+LABEL_KV_LAYOUT = "disagg.dev/kv-layout"
+LABEL_TENSOR_PARALLEL = "disagg.dev/tensor-parallel"
+SIDE_CHANNEL_PORT_NAME = "kv-side-channel"
+
+
+@dataclass(frozen=True)
+class WorkerInfo:
+    url: str
+    kv_layout: str | None = None
+    tensor_parallel: int | None = None
+    side_channel_port: int | None = None
+    incarnation: str = ""
+    """Changes when the worker process restarts (pod uid and restart count)."""
+
+    @property
+    def host(self) -> str:
+        rest = self.url.split("://", 1)[-1]
+        if rest.startswith("["):
+            return rest[1 : rest.index("]")]
+        return rest.split(":", 1)[0].split("/", 1)[0]
+
+
+OnChange = Callable[[Role, list[WorkerInfo]], None]
 
 
 class Discovery(Protocol):
     async def run(self, on_change: OnChange) -> None:
-        """Report every change of a pool's worker URLs; runs until cancelled."""
+        """Report every change of a pool's workers; runs until cancelled."""
         ...
 
 
+def _static(entry: str | StaticWorker) -> WorkerInfo:
+    if isinstance(entry, str):
+        return WorkerInfo(entry.rstrip("/"))
+    return WorkerInfo(
+        entry.url.rstrip("/"), entry.kv_layout, entry.tensor_parallel, entry.side_channel_port
+    )
+
+
 class StaticDiscovery:
-    def __init__(self, prefill: Iterable[str], decode: Iterable[str]) -> None:
-        self.prefill = [u.rstrip("/") for u in prefill]
-        self.decode = [u.rstrip("/") for u in decode]
+    def __init__(
+        self, prefill: Iterable[str | StaticWorker], decode: Iterable[str | StaticWorker]
+    ) -> None:
+        self.prefill = [_static(e) for e in prefill]
+        self.decode = [_static(e) for e in decode]
 
     async def run(self, on_change: OnChange) -> None:
         on_change("prefill", list(self.prefill))
         on_change("decode", list(self.decode))
 
 
-def _port_of(slice_: Mapping[str, Any], default_port: int, port_name: str | None) -> int:
-    ports = slice_.get("ports") or []
-    if port_name is not None:
-        for port in ports:
-            if port.get("name") == port_name and port.get("port"):
-                return int(port["port"])
-    for port in ports:
-        if port.get("port") == default_port:
-            return default_port
-    return default_port
+def _int_label(value: Any) -> int | None:
+    return int(value) if isinstance(value, str) and value.isdigit() else None
 
 
-def ready_urls(
-    slices: Iterable[Mapping[str, Any]], default_port: int, port_name: str | None = None
-) -> list[str]:
-    """Worker URLs of the ready, non-terminating endpoints of these EndpointSlices (sorted).
+def worker_of(
+    pod: Mapping[str, Any], default_port: int, port_name: str | None
+) -> WorkerInfo | None:
+    """The worker a Pod serves as, or None while it is not routable (not Ready, no IP, or
+    being deleted: a draining pod gets no new requests)."""
+    meta, status = pod.get("metadata") or {}, pod.get("status") or {}
+    ip = status.get("podIP")
+    if not ip or meta.get("deletionTimestamp"):
+        return None
+    conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    if conditions.get("Ready") != "True":
+        return None
+    port, side = default_port, None
+    for container in (pod.get("spec") or {}).get("containers") or []:
+        for p in container.get("ports") or []:
+            if port_name is not None and p.get("name") == port_name and p.get("containerPort"):
+                port = int(p["containerPort"])
+            if p.get("name") == SIDE_CHANNEL_PORT_NAME and p.get("containerPort"):
+                side = int(p["containerPort"])
+    labels = meta.get("labels") or {}
+    restarts = sum(int(c.get("restartCount", 0)) for c in status.get("containerStatuses") or [])
+    host = f"[{ip}]" if ":" in ip else ip
+    return WorkerInfo(
+        url=f"http://{host}:{port}",
+        kv_layout=labels.get(LABEL_KV_LAYOUT),
+        tensor_parallel=_int_label(labels.get(LABEL_TENSOR_PARALLEL)),
+        side_channel_port=side,
+        incarnation=f"{meta.get('uid', '')}/{restarts}",
+    )
 
-    Per the EndpointSlice API, an unset ``ready`` condition means ready; ``serving`` without
-    ``ready`` is a terminating pod still finishing work -- not routable for new requests.
-    """
-    urls: set[str] = set()
-    for slice_ in slices:
-        port = _port_of(slice_, default_port, port_name)
-        for endpoint in slice_.get("endpoints") or []:
-            conditions = endpoint.get("conditions") or {}
-            if conditions.get("ready") is False or conditions.get("terminating") is True:
-                continue
-            for address in endpoint.get("addresses") or []:
-                host = f"[{address}]" if ":" in address else address
-                urls.add(f"http://{host}:{port}")
-    return sorted(urls)
+
+def ready_workers(
+    pods: Iterable[Mapping[str, Any]], default_port: int, port_name: str | None = None
+) -> list[WorkerInfo]:
+    workers = (worker_of(p, default_port, port_name) for p in pods)
+    return sorted((w for w in workers if w is not None), key=lambda w: w.url)
 
 
-class EndpointSliceDiscovery:
-    """List + watch EndpointSlices of both pools (two concurrent loops)."""
+class PodDiscovery:
+    """List + watch the Pods of both pools (two concurrent loops)."""
 
     def __init__(self, config: KubernetesDiscovery, api: KubeApiClient) -> None:
         self.config = config
@@ -91,16 +138,16 @@ class EndpointSliceDiscovery:
         await asyncio.gather(*loops)
 
     async def _follow(self, role: Role, selector: str, on_change: OnChange) -> None:
-        path = f"/apis/discovery.k8s.io/v1/namespaces/{self.config.namespace}/endpointslices"
+        path = f"/api/v1/namespaces/{self.config.namespace}/pods"
         backoff = 1.0
-        last: list[str] | None = None
+        last: list[WorkerInfo] | None = None
         while True:
             try:
                 listing = await self.api.get_json(path, {"labelSelector": selector})
-                slices: dict[str, Mapping[str, Any]] = {
+                pods: dict[str, Mapping[str, Any]] = {
                     item["metadata"]["name"]: item for item in listing.get("items", [])
                 }
-                last = self._report(role, slices, last, on_change)
+                last = self._report(role, pods, last, on_change)
                 version = str(listing.get("metadata", {}).get("resourceVersion", ""))
                 backoff = 1.0
                 params = {
@@ -117,12 +164,12 @@ class EndpointSliceDiscovery:
                         break
                     name = obj.get("metadata", {}).get("name")
                     if kind in ("ADDED", "MODIFIED") and name:
-                        slices[name] = obj
+                        pods[name] = obj
                     elif kind == "DELETED" and name:
-                        slices.pop(name, None)
+                        pods.pop(name, None)
                     else:
                         continue
-                    last = self._report(role, slices, last, on_change)
+                    last = self._report(role, pods, last, on_change)
                 await asyncio.sleep(0.5)  # the watch ended (timeout or error): relist, calmly
             except asyncio.CancelledError:
                 raise
@@ -136,12 +183,12 @@ class EndpointSliceDiscovery:
     def _report(
         self,
         role: Role,
-        slices: Mapping[str, Mapping[str, Any]],
-        last: list[str] | None,
+        pods: Mapping[str, Mapping[str, Any]],
+        last: list[WorkerInfo] | None,
         on_change: OnChange,
-    ) -> list[str]:
-        urls = ready_urls(slices.values(), self.config.port, self.config.port_name)
-        if urls != last:
-            log.info("%s pool: %d ready worker(s)", role, len(urls))
-            on_change(role, urls)
-        return urls
+    ) -> list[WorkerInfo]:
+        workers = ready_workers(pods.values(), self.config.port, self.config.port_name)
+        if workers != last:
+            log.info("%s pool: %d ready worker(s)", role, len(workers))
+            on_change(role, workers)
+        return workers

@@ -14,6 +14,9 @@ import contextlib
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 
+#: Why a KV hand-off was abandoned (the ``reason`` label of ``kv_handoff_failures``).
+HANDOFF_FAILURES = ("invalid_params", "lease_budget", "load_failed")
+
 # ``*_created`` series double the exposition for no use to an HPA or a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -98,7 +101,7 @@ class GatewayMetrics:
         )
         self.requests = Counter(
             "disagg_gateway_requests",
-            "Client requests by API path and response status.",
+            "Client requests by API path and response status (499: the client went away).",
             ["path", "status"],
             registry=r,
         )
@@ -118,8 +121,17 @@ class GatewayMetrics:
         self.upstream_errors = Counter(
             "disagg_gateway_upstream_errors",
             "Failed calls to workers by role and kind (connect, timeout, status, protocol, "
-            "midstream).",
+            "empty: a stream that ended before any output, midstream).",
             ["role", "kind"],
+            registry=r,
+        )
+        self.kv_handoff_failures = Counter(
+            "disagg_gateway_kv_handoff_failures",
+            "Disaggregated requests whose KV hand-off was abandoned and served with a local "
+            "prefill: invalid_params (the prefill answer's kv_transfer_params failed "
+            "validation), lease_budget (the decode leg could not start in time), load_failed "
+            "(the decode worker could not load the KV; retried decode-only).",
+            ["reason"],
             registry=r,
         )
         self.ttft = Histogram(
@@ -164,6 +176,8 @@ class GatewayMetrics:
         self.rejected.labels(pool, role)
         for decision in ("disaggregated", "decode_only", "fallback"):
             self.decisions.labels(decision)
+        for reason in HANDOFF_FAILURES:
+            self.kv_handoff_failures.labels(reason)
 
     def remove_worker(self, pool: str, role: str, worker: str) -> None:
         for gauge in (self.worker_inflight, self.worker_healthy):

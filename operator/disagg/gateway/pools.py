@@ -13,10 +13,10 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from disagg.gateway.config import PoolQueueConfig
-from disagg.gateway.discovery import Role
+from disagg.gateway.discovery import Role, WorkerInfo
 from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.routing.contracts import Endpoint
 
@@ -33,15 +33,25 @@ class QueueFull(Exception):
 @dataclass
 class Worker:
     url: str
+    info: WorkerInfo
     inflight: int = 0
     waiting: float = 0.0
     running: float = 0.0
     kv_cache_usage: float = 0.0
     healthy: bool = True
+    engine_ids: set[str] = field(default_factory=set)
+    """NIXL engine ids seen in this worker's ``kv_transfer_params`` since it (re)started."""
 
     def endpoint(self) -> Endpoint:
         return Endpoint(
-            self.url, self.inflight, self.waiting, self.running, self.kv_cache_usage, self.healthy
+            self.url,
+            self.inflight,
+            self.waiting,
+            self.running,
+            self.kv_cache_usage,
+            self.healthy,
+            self.info.kv_layout,
+            self.info.tensor_parallel,
         )
 
 
@@ -65,17 +75,22 @@ class Pool:
         metrics.init_pool(name, role)
 
     # -- membership -------------------------------------------------------------------------
-    def sync(self, urls: list[str]) -> list[str]:
-        """Make the worker set equal to ``urls``; returns the urls removed."""
-        wanted = set(urls)
+    def sync(self, infos: list[WorkerInfo]) -> list[str]:
+        """Make the worker set equal to ``infos``; returns the urls removed."""
+        wanted = {info.url: info for info in infos}
         removed = [u for u in self.workers if u not in wanted]
         for url in removed:
             del self.workers[url]
             self.metrics.remove_worker(self.name, self.role, url)
-        for url in urls:
-            if url not in self.workers:
-                self.workers[url] = Worker(url)
-                self._export_worker(self.workers[url])
+        for url, info in wanted.items():
+            worker = self.workers.get(url)
+            if worker is None:
+                self.workers[url] = worker = Worker(url, info)
+                self._export_worker(worker)
+            elif worker.info != info:
+                if worker.info.incarnation != info.incarnation:
+                    worker.engine_ids.clear()  # restarted: a new NIXL engine id
+                worker.info = info
         self.metrics.ready_workers.labels(self.name, self.role).set(len(self.workers))
         self._wake()
         return removed
@@ -85,6 +100,13 @@ class Pool:
 
     def urls(self) -> list[str]:
         return list(self.workers)
+
+    def owner_of_engine(self, engine_id: str) -> str | None:
+        """The worker whose answers carried this NIXL engine id (since it last started)."""
+        for worker in self.workers.values():
+            if engine_id in worker.engine_ids:
+                return worker.url
+        return None
 
     # -- per-worker accounting --------------------------------------------------------------
     def start(self, url: str) -> None:

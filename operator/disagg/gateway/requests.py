@@ -3,7 +3,11 @@
 Validation is strict where a wrong type would make a worker fail in a confusing way (or the
 gateway raise), and silent about fields it does not know: workers get the body as the client
 sent it, so new OpenAI/vLLM parameters pass through.  Every problem becomes ``BadRequest`` -- an
-OpenAI-style 400 that names the parameter -- so client input never produces a 500.
+OpenAI-style 400 that names the parameter -- so client input never produces a 500.  The JSON
+itself is read strictly: UTF-8 only (CESU-8 and other invalid bytes are refused, where Python's
+``json.loads(bytes)`` would let surrogates through), no lone UTF-16 surrogate escapes (they
+cannot be re-encoded for the workers), no ``NaN``/``Infinity``; integers the gateway checks must
+fit 63 bits, and prompt token ids must lie in the model's vocabulary when it is known.
 
 A client-supplied ``kv_transfer_params`` is removed: it would let a client point a decode worker at
 an arbitrary host to pull KV blocks from.  The legs follow vLLM's NIXL proxy protocol (VLLM.md):
@@ -59,13 +63,28 @@ _INT_FIELDS = {"max_tokens": 1, "max_completion_tokens": 1, "min_tokens": 0, "n"
 _NUMBER_FIELDS = ("temperature", "top_p", "presence_penalty", "frequency_penalty")
 
 
-def _check_prompt(prompt: Any) -> None:
+MAX_INT = 2**63 - 1
+
+
+def _check_token_ids(ids: list[Any], vocab_size: int | None) -> None:
+    limit = vocab_size if vocab_size is not None else 2**32
+    for token in ids:
+        if not 0 <= token < limit:
+            raise BadRequest(f"token id {token} is out of vocabulary (0..{limit - 1})", "prompt")
+
+
+def _check_prompt(prompt: Any, vocab_size: int | None) -> None:
     if isinstance(prompt, str):
         return
     if isinstance(prompt, list) and prompt:
-        if all(isinstance(p, str) for p in prompt) or all(_is_int(p) for p in prompt):
+        if all(isinstance(p, str) for p in prompt):
+            return
+        if all(_is_int(p) for p in prompt):
+            _check_token_ids(prompt, vocab_size)
             return
         if all(isinstance(p, list) and p and all(_is_int(t) for t in p) for p in prompt):
+            for ids in prompt:
+                _check_token_ids(ids, vocab_size)
             return
     raise BadRequest(
         "'prompt' must be a string, a non-empty list of strings, a list of token ids or a list "
@@ -90,7 +109,40 @@ def _check_messages(messages: Any) -> None:
             )
 
 
-def parse_client_request(raw: bytes, kind: Kind, max_body_bytes: int) -> ClientRequest:
+def _refuse_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def load_json(raw: bytes) -> Any:
+    """Strict JSON: UTF-8, no lone surrogates, no NaN/Infinity; ``BadRequest`` otherwise."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"request body is not valid UTF-8 (byte {exc.start}): JSON must be UTF-8",
+            None,
+            "invalid_json",
+        ) from None
+    try:
+        body = json.loads(text, parse_constant=_refuse_constant)
+    except (ValueError, RecursionError) as exc:
+        raise BadRequest(f"request body is not valid JSON: {exc}", None, "invalid_json") from None
+    if "\\u" in text:  # only an escape can spell a lone surrogate in valid UTF-8
+        try:
+            encode(body)
+        except UnicodeEncodeError:
+            raise BadRequest(
+                "request body contains a lone UTF-16 surrogate escape (e.g. \\ud800), which is "
+                "not text",
+                None,
+                "invalid_json",
+            ) from None
+    return body
+
+
+def parse_client_request(
+    raw: bytes, kind: Kind, max_body_bytes: int, vocab_size: int | None = None
+) -> ClientRequest:
     """Validate a client body; raises ``BadRequest`` with a specific message."""
     if len(raw) > max_body_bytes:
         raise BadRequest(
@@ -98,19 +150,16 @@ def parse_client_request(raw: bytes, kind: Kind, max_body_bytes: int) -> ClientR
             None,
             "request_too_large",
         )
-    try:
-        body = json.loads(raw)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise BadRequest(f"request body is not valid JSON: {exc}", None, "invalid_json") from None
+    body = load_json(raw)
     if not isinstance(body, dict):
         raise BadRequest("request body must be a JSON object", None)
     model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("'model' is required and must be a non-empty string", "model")
+    if not isinstance(model, str) or not model or len(model) > 256:
+        raise BadRequest("'model' is required and must be a string of 1 to 256 characters", "model")
     if kind == "completions":
         if "prompt" not in body:
             raise BadRequest("'prompt' is required", "prompt")
-        _check_prompt(body["prompt"])
+        _check_prompt(body["prompt"], vocab_size)
     else:
         if "messages" not in body:
             raise BadRequest("'messages' is required", "messages")
@@ -120,8 +169,8 @@ def parse_client_request(raw: bytes, kind: Kind, max_body_bytes: int) -> ClientR
         raise BadRequest("'stream' must be a boolean", "stream")
     for name, minimum in _INT_FIELDS.items():
         value = body.get(name)
-        if value is not None and (not _is_int(value) or value < minimum):
-            raise BadRequest(f"'{name}' must be an integer >= {minimum}", name)
+        if value is not None and (not _is_int(value) or not minimum <= value <= MAX_INT):
+            raise BadRequest(f"'{name}' must be an integer >= {minimum} (and below 2^63)", name)
     for name in _NUMBER_FIELDS:
         value = body.get(name)
         if value is not None and not _is_number(value):

@@ -1,11 +1,15 @@
-"""Periodic scrape of every worker's ``/metrics`` for the load scorers and passive health.
+"""Periodic scrape of every worker's ``/metrics`` and ``/health``: load for the scorers, health.
 
 The scorers need each worker's queue (``vllm:num_requests_waiting``), running count and KV-cache
 usage.  The gateway reads them itself rather than from Prometheus: fresher (default every second)
 and no dependency on a monitoring stack on the request path.  Only those three families are
 needed, so the text is scanned line by line instead of parsed in full; values are summed over the
-``engine`` label (data parallelism), KV usage takes the max.  A failed scrape marks the worker
-unhealthy (the ``healthy`` filter then avoids it); the next good one clears the mark.
+``engine`` label (data parallelism), KV usage takes the max.
+
+Health is ``/health`` *and* ``/metrics``: vLLM keeps serving ``/metrics`` after its engine died
+(its ``/health`` then answers 503), so a worker judged by its metrics alone would stay in
+rotation, dead.  Either failing marks the worker unhealthy (the ``healthy`` filter then avoids
+it) within one scrape interval; the next round where both answer clears the mark.
 """
 
 from __future__ import annotations
@@ -81,7 +85,12 @@ class Telemetry:
 
     async def _scrape(self, pool: Pool, url: str) -> None:
         try:
-            response = await self.client.get(f"{url}/metrics", self.timeout)
+            health, response = await asyncio.gather(
+                self.client.get(f"{url}/health", self.timeout),
+                self.client.get(f"{url}/metrics", self.timeout),
+            )
+            if health.status != 200:
+                raise UpstreamError("status", f"/health answered {health.status}", health.status)
             if response.status != 200:
                 raise UpstreamError("status", f"HTTP {response.status}", response.status)
             load = parse_load(response.body.decode("utf-8", errors="replace"))

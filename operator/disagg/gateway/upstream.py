@@ -50,8 +50,9 @@ class UpstreamError(Exception):
 
 
 def _translate_aiohttp(exc: BaseException, url: str) -> UpstreamError:
-    if isinstance(exc, aiohttp.ClientConnectorError):
-        return UpstreamError("connect", f"{url}: cannot connect ({exc})")
+    # A connect that timed out never delivered the request: the worker did not see it.
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+        return UpstreamError("connect", f"{url}: cannot connect ({type(exc).__name__}: {exc})")
     if isinstance(exc, TimeoutError):
         return UpstreamError("timeout", f"{url}: timed out ({type(exc).__name__})")
     return UpstreamError("protocol", f"{url}: {type(exc).__name__}: {exc}")

@@ -1,12 +1,19 @@
-"""The gateway's children: routing ConfigMap, Deployment, Service and its RBAC.
+"""The gateway's children: routing ConfigMap, Deployment, Service, PodDisruptionBudget, RBAC.
 
 The ConfigMap holds the gateway's configuration (``disagg.gateway.config``
 schema, checked by a test so the two cannot drift) rendered from the
 DisaggDeployment's ``gateway`` section.  Workers are discovered from the pools'
-EndpointSlices, so the gateway gets a ServiceAccount allowed to read exactly
-those and nothing else.  A hash of the configuration is a pod-template
-annotation: a routing change rolls the gateway pods, nothing else does.  The pod
-passes Pod Security "restricted".
+Pods (their labels carry the KV layout the gateway pairs by), so the gateway
+gets a ServiceAccount allowed to read Pods and nothing else.  A hash of the
+configuration is a pod-template annotation: a routing change rolls the gateway
+pods, nothing else does.  The pod passes Pod Security "restricted".
+
+Timing is rendered so that the pieces agree: the gateway's hand-off budget is a
+third of the prefill workers' KV lease and its connect timeout at most another
+third (so a decode leg starts well inside the lease or goes decode-only); the
+pod's grace period covers the gateway's shutdown delay plus its drain.  Two
+replicas by default, spread over nodes, with a PodDisruptionBudget, and a
+rolling update that adds the new pod before removing an old one.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from typing import Any
 from disagg.api.common import KVEventsSpec
 from disagg.api.disaggdeployment import DisaggDeploymentSpec, Scorer
 from disagg.api.scorers import needs_kv_events, plugin_name
+from disagg.planner.models import MODELS, preset_for_model_name
 from disagg.render import names
 from disagg.render.metadata import object_meta
 from disagg.render.vllm import engine_hash_seed, kv_hash_seed
@@ -63,12 +71,25 @@ def _kv_events(spec: DisaggDeploymentSpec) -> dict[str, Any] | None:
     }
 
 
+#: Seconds a stopping gateway keeps serving before it closes its listener (endpoint removal
+#: reaches load balancers and kube-proxy in that time).
+SHUTDOWN_DELAY_SECONDS = 5
+
+
+def _vocab_size(spec: DisaggDeploymentSpec) -> int | None:
+    """The model's vocabulary size, when the planner knows the model (token ids are checked)."""
+    preset = spec.model.architecture or preset_for_model_name(spec.model.name)
+    model = MODELS.get(preset) if preset else None
+    return model.vocab_size if model is not None and model.vocab_size > 0 else None
+
+
 def render_gateway_config(
     name: str, namespace: str, spec: DisaggDeploymentSpec, owner: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     """The gateway configuration (the ConfigMap's ``config.json``)."""
     routing = spec.gateway.routing
     prefill, decode = names.pool_name(name, "prefill"), names.pool_name(name, "decode")
+    lease = spec.kv_transfer.lease_seconds
 
     def scorers(items: list[Scorer]) -> list[dict[str, Any]]:
         return [{"type": plugin_name(s.type), "weight": s.weight} for s in items if s.weight]
@@ -78,8 +99,8 @@ def render_gateway_config(
         "discovery": {
             "kubernetes": {
                 "namespace": namespace,
-                "prefillSelector": f"kubernetes.io/service-name={prefill}",
-                "decodeSelector": f"kubernetes.io/service-name={decode}",
+                "prefillSelector": names.selector_string(names.pool_selector(prefill)),
+                "decodeSelector": names.selector_string(names.pool_selector(decode)),
                 "port": spec.engine.port,
                 "portName": "http",
             }
@@ -97,12 +118,26 @@ def render_gateway_config(
         "timeouts": {
             "prefillSeconds": routing.request_timeout_seconds,
             "firstByteSeconds": routing.request_timeout_seconds,
+            "connectSeconds": min(5.0, lease / 3),
+        },
+        "kvTransfer": {
+            "leaseSeconds": lease,
+            "handoffBudgetSeconds": lease / 3,
+            "sideChannelPort": spec.kv_transfer.side_channel_port,
+            "dataParallelSize": spec.prefill.parallelism.data,
+        },
+        "shutdown": {
+            "delaySeconds": SHUTDOWN_DELAY_SECONDS,
+            "timeoutSeconds": spec.gateway.drain.timeout_seconds,
         },
         "queue": {
             "prefill": {"maxQueued": routing.max_queued_per_pool},
             "decode": {"maxQueued": routing.max_queued_per_pool},
         },
     }
+    vocab = _vocab_size(spec)
+    if vocab is not None:
+        config["model"] = {"vocabSize": vocab}
     if spec.gateway.api_key_secret_ref is not None:
         config["apiKeyFile"] = f"{API_KEY_DIR}/{spec.gateway.api_key_secret_ref.key}"
     events = _kv_events(spec)
@@ -119,7 +154,8 @@ def render_gateway_config(
 def render_gateway_children(
     name: str, namespace: str, spec: DisaggDeploymentSpec, owner: dict[str, Any] | None = None
 ) -> list[dict[str, Any]]:
-    """ConfigMap, ServiceAccount, Role, RoleBinding, Deployment and Service of the gateway."""
+    """ConfigMap, ServiceAccount, Role, RoleBinding, Deployment, Service and PDB of the
+    gateway."""
     gw = spec.gateway
     gw_name = names.gateway_name(name)
     labels = names.gateway_labels(name)
@@ -149,8 +185,8 @@ def render_gateway_children(
         "metadata": meta(),
         "rules": [
             {
-                "apiGroups": ["discovery.k8s.io"],
-                "resources": ["endpointslices"],
+                "apiGroups": [""],
+                "resources": ["pods"],
                 "verbs": ["get", "list", "watch"],
             }
         ],
@@ -226,6 +262,11 @@ def render_gateway_children(
         "spec": {
             "replicas": gw.replicas,
             "selector": {"matchLabels": selector},
+            # Cheap pods: add the new one before an old one leaves, so capacity never dips.
+            "strategy": {
+                "type": "RollingUpdate",
+                "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+            },
             "template": {
                 "metadata": {
                     "labels": dict(labels),
@@ -239,6 +280,17 @@ def render_gateway_children(
                 "spec": {
                     "serviceAccountName": gw_name,
                     "enableServiceLinks": False,
+                    "terminationGracePeriodSeconds": SHUTDOWN_DELAY_SECONDS
+                    + gw.drain.timeout_seconds
+                    + 10,
+                    "topologySpreadConstraints": [
+                        {
+                            "maxSkew": 1,
+                            "topologyKey": "kubernetes.io/hostname",
+                            "whenUnsatisfiable": "ScheduleAnyway",
+                            "labelSelector": {"matchLabels": dict(selector)},
+                        }
+                    ],
                     "securityContext": {
                         "runAsNonRoot": True,
                         "runAsUser": 65532,
@@ -261,4 +313,10 @@ def render_gateway_children(
             "ports": [{"name": "http", "port": gw.port, "targetPort": "http", "protocol": "TCP"}],
         },
     }
-    return [configmap, account, role, binding, deployment, service]
+    pdb = {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": meta(),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
+    }
+    return [configmap, account, role, binding, deployment, service, pdb]

@@ -15,6 +15,9 @@ LABEL_POOL = "disagg.dev/pool"
 LABEL_ROLE = "disagg.dev/role"
 LABEL_DEPLOYMENT = "disagg.dev/deployment"
 LABEL_COMPONENT = "app.kubernetes.io/component"
+#: On worker pods: the hash of their KV layout and their tensor-parallel size (``kvlayout``).
+LABEL_KV_LAYOUT = "disagg.dev/kv-layout"
+LABEL_TENSOR_PARALLEL = "disagg.dev/tensor-parallel"
 
 #: The field manager of every server-side apply the operator sends.
 FIELD_MANAGER = "disagg-operator"

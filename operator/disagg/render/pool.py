@@ -2,10 +2,12 @@
 
 The worker pod is shaped for vLLM on GPU nodes: GPUs from parallelism, a
 memory-backed ``/dev/shm``, the NIXL side channel on the pod IP as a named port,
-probes that respect a model load of many minutes, and a preStop hook that waits
-for in-flight requests (bounded by ``drain.timeoutSeconds``) so scale-down does
-not cut streams.  The rollout never surges: GPU nodes rarely have room for an
-extra worker, and a surge pod stuck Pending would stall the rollout.
+probes that respect a model load of many minutes, a preStop hook that waits
+for in-flight requests and a prefill worker's held KV blocks (bounded by
+``drain.timeoutSeconds``) so scale-down neither cuts streams nor strands a
+hand-off, and the KV-layout labels the gateway pairs workers by (``kvlayout``).
+The rollout never surges: GPU nodes rarely have room for an extra worker, and a
+surge pod stuck Pending would stall the rollout.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from typing import Any
 from disagg.api.inferencepool import InferencePoolSpec
 from disagg.render import names
 from disagg.render.autoscaling import render_hpa, render_scaled_object
+from disagg.render.kvlayout import kv_layout_labels
 from disagg.render.metadata import object_meta
 from disagg.render.metadata import owner_reference as owner_reference  # for the controller
 from disagg.render.overlay import merge
@@ -28,20 +31,29 @@ KV_EVENTS_PORT_NAME = "kv-events"
 KV_REPLAY_PORT_NAME = "kv-replay"
 DEFAULT_PROMETHEUS_URL = "http://prometheus.monitoring.svc:9090"
 
-#: preStop: wait until vLLM reports no running or waiting request, at most the drain timeout.
-#: Only the standard library, since it runs inside the vLLM image.
+#: preStop: wait until vLLM reports no running or waiting request -- and, on a prefill worker,
+#: no KV blocks in use: finished prompts' blocks held for a decode worker's read count in
+#: ``vllm:kv_cache_usage_perc`` until they are read or their lease expires -- at most the drain
+#: timeout.  The gateway stops sending to the pod as soon as it is terminating, so this only
+#: waits for work already handed to it.  Only the standard library: it runs in the vLLM image.
 _DRAIN_SCRIPT = """\
 import sys, time, urllib.request
 port, limit = sys.argv[1], time.monotonic() + float(sys.argv[2])
-names = ("vllm:num_requests_running", "vllm:num_requests_waiting")
+held_counts = sys.argv[3] == "1"
+busy_names = ("vllm:num_requests_running", "vllm:num_requests_waiting")
 while time.monotonic() < limit:
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read()
     except OSError:
         break
-    busy = sum(float(line.rsplit(" ", 1)[1]) for line in text.decode().splitlines()
-               if line.startswith(names))
-    if busy == 0:
+    busy = held = 0.0
+    for line in text.decode().splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in busy_names:
+            busy += float(line.rsplit(" ", 1)[1])
+        elif name == "vllm:kv_cache_usage_perc" and held_counts:
+            held = max(held, float(line.rsplit(" ", 1)[1]))
+    if busy == 0 and held == 0:
         break
     time.sleep(1)
 """
@@ -131,6 +143,7 @@ def _worker_container(spec: InferencePoolSpec) -> dict[str, Any]:
                         _DRAIN_SCRIPT,
                         str(spec.engine.port),
                         str(spec.drain.timeout_seconds),
+                        "1" if spec.role == "prefill" else "0",
                     ]
                 }
             }
@@ -215,7 +228,7 @@ def render_pool_children(
                 "type": "RollingUpdate",
                 "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1},
             },
-            "template": render_pod_template(spec, labels),
+            "template": render_pod_template(spec, {**labels, **kv_layout_labels(spec)}),
         },
     }
     service_ports = [

@@ -24,6 +24,10 @@ KNOWN_CONNECTORS = frozenset(
     }
 )
 KV_ROLES = frozenset({"kv_producer", "kv_consumer", "kv_both"})
+KV_PARAM_CORRUPTIONS = frozenset(
+    {"no_remote_host", "fewer_blocks", "blocks_as_string", "empty_blocks", "wrong_host",
+     "wrong_port"}
+)  # fmt: skip
 
 
 class ConfigError(ValueError):
@@ -138,6 +142,10 @@ class FaultConfig:
     engine dies (an SSE ``error`` frame then ``[DONE]``, or a 500 body when not streaming)."""
     unhealthy: bool = False
     """``/health`` answers 503 (a dead engine) while set."""
+    corrupt_kv_params: str = ""
+    """A prefill leg answers with broken ``kv_transfer_params`` (to test what a gateway
+    forwards): ``no_remote_host``, ``fewer_blocks``, ``blocks_as_string``, ``empty_blocks``
+    (the shapes that kill vLLM's decode engine, FAULTS.md), ``wrong_host``, ``wrong_port``."""
 
     def validate(self) -> FaultConfig:
         if not 0.0 <= self.error_rate <= 1.0 or not 0.0 <= self.die_rate <= 1.0:
@@ -148,6 +156,8 @@ class FaultConfig:
             raise ConfigError("slowdown must be >= 1 and extra_latency_s >= 0")
         if self.die_mode not in ("abort", "exit", "error"):
             raise ConfigError("die_mode is abort, exit or error")
+        if self.corrupt_kv_params not in ("", *KV_PARAM_CORRUPTIONS):
+            raise ConfigError(f"corrupt_kv_params is one of {sorted(KV_PARAM_CORRUPTIONS)}")
         return self
 
 

@@ -75,6 +75,24 @@ def _die(mode: str) -> None:
     raise ConnectionAbortedError("simulated worker death (fault injection)")
 
 
+def _corrupt(params: dict[str, Any], how: str) -> dict[str, Any]:
+    """The ``corrupt_kv_params`` fault: a prefill answer a decode engine must never see."""
+    blocks = params["remote_block_ids"][0]
+    if how == "no_remote_host":
+        del params["remote_host"]
+    elif how == "fewer_blocks":
+        params["remote_block_ids"] = [blocks[: max(0, len(blocks) - 2)]]
+    elif how == "blocks_as_string":
+        params["remote_block_ids"] = str(params["remote_block_ids"])
+    elif how == "empty_blocks":
+        params["remote_block_ids"] = []
+    elif how == "wrong_host":
+        params["remote_host"] = "10.255.255.1"
+    elif how == "wrong_port":
+        params["remote_port"] = params["remote_port"] + 1000
+    return params
+
+
 class CompletionService:
     """``POST /v1/completions`` and ``/v1/chat/completions`` over one engine."""
 
@@ -281,7 +299,7 @@ class CompletionService:
         """vLLM's answer on a prefill leg: where and what a decode worker pulls."""
         if not req.hold_for_remote_decode or not engine.held.holds(req.request_id):
             return None
-        return {
+        params: dict[str, Any] = {
             "do_remote_prefill": True,
             "do_remote_decode": False,
             "remote_block_ids": [list(req.blocks)],
@@ -293,3 +311,4 @@ class CompletionService:
             "remote_num_tokens": req.num_prompt_tokens,
             "remote_blocks_expiry_time": None,  # vLLM 0.26: D cannot know when P's lease ends
         }
+        return _corrupt(params, engine.faults.corrupt_kv_params)

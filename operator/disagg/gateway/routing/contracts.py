@@ -32,7 +32,12 @@ class Endpoint:
     kv_cache_usage: float = 0.0
     """Last scraped ``vllm:kv_cache_usage_perc`` (0..1, max over engines)."""
     healthy: bool = True
-    """False after a failed scrape or a connection error, until the next good scrape."""
+    """False after a failed scrape or health check or a connection error, until a good one."""
+    kv_layout: str | None = None
+    """Hash of what decides KV compatibility (model, revision, image, dtypes, block size,
+    pipeline parallelism...; the pod label ``disagg.dev/kv-layout``); None when unknown."""
+    tensor_parallel: int | None = None
+    """Tensor-parallel size (pod label ``disagg.dev/tensor-parallel``); None when unknown."""
 
 
 @dataclass(frozen=True)

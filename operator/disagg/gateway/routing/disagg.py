@@ -2,9 +2,11 @@
 
 Like llm-d's disaggregation handler it picks the decode worker first (its profile may prefer the
 worker caching the prompt), asks the decider whether the prompt's *uncached* part on that worker
-is worth a remote prefill, and only then runs the prefill profile.  Both pools' prefix indexes are
-owned here and updated on every decision, including fallbacks reported by the caller, so the
-indexes reflect where blocks really went (a decode worker caches the blocks it pulled).
+is worth a remote prefill, and only then runs the prefill profile -- over the prefill workers
+whose KV the chosen decode worker can load (``compat``): none left means decode-only.  Both
+pools' prefix indexes are owned here and updated on every decision, including fallbacks reported
+by the caller, so the indexes reflect where blocks really went (a decode worker caches the blocks
+it pulled).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Literal
 
+from disagg.gateway.routing.compat import kv_compatible
 from disagg.gateway.routing.contracts import Endpoint, NoEndpointError, Profile, RoutingRequest
 from disagg.gateway.routing.kv_block_index import KVBlockIndex
 from disagg.gateway.routing.prefix_index import PrefixIndex
@@ -27,7 +30,8 @@ class Plan:
     decode: Endpoint
     uncached_tokens: int
     reason: str
-    """Why: ``uncached_above_threshold``, ``uncached_below_threshold``, ``no_prefill_endpoint``."""
+    """Why: ``uncached_above_threshold``, ``uncached_below_threshold``, ``no_prefill_endpoint``,
+    ``no_compatible_prefill`` (prefill workers exist, none with the decode worker's KV layout)."""
 
 
 class DisaggRouter:
@@ -72,6 +76,8 @@ class DisaggRouter:
             kind: DecisionKind = "decode_only"
         elif not prefill_endpoints:
             reason, kind = "no_prefill_endpoint", "decode_only"
+        elif not any(kv_compatible(p, decode) for p in prefill_endpoints):
+            reason, kind = "no_compatible_prefill", "decode_only"
         else:
             reason, kind = "uncached_above_threshold", "disaggregated"
         return Plan(kind, decode, decision.uncached_tokens, reason)
@@ -80,11 +86,13 @@ class DisaggRouter:
         self,
         request: RoutingRequest,
         endpoints: Sequence[Endpoint],
+        decode: Endpoint,
         exclude: frozenset[str] = frozenset(),
     ) -> Endpoint | None:
-        """A prefill worker not yet tried, or None when none is left."""
+        """A prefill worker not yet tried whose KV ``decode`` can load, or None."""
+        compatible = [e for e in endpoints if kv_compatible(e, decode)]
         try:
-            return self.prefill.run(request, endpoints, exclude).picked
+            return self.prefill.run(request, compatible, exclude).picked
         except NoEndpointError:
             return None
 

@@ -3,25 +3,49 @@
 Reads the pool's ``PrefixIndex`` (shared with the profile handler, which records every routing
 decision into it) and scores each endpoint by the fraction of the prompt's full blocks it is
 believed to hold as a prefix: 1.0 = the whole prompt is cached there, 0.0 = nothing (or the prompt
-is shorter than one block).  Parameters: none (the index's size is set on the pool).
+is shorter than one block).
+
+Several gateway replicas each keep their own index, so a prompt prefix one replica placed is
+unknown to the others.  They agree without sharing state through a *rendezvous hint*: when no
+candidate holds any of the prompt's blocks, the candidate that rendezvous (highest-random-weight)
+hashing of the prompt's first block selects scores ``hint`` -- the same choice on every replica,
+which each replica's index then records.  The hint is small (default 0.25), so it breaks ties
+between equally loaded workers and never outweighs a real cached prefix or a load difference.
+Parameters: ``hint`` (0..1; 0 disables it).
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 
 from disagg.gateway.routing.contracts import Endpoint, RoutingRequest
 from disagg.gateway.routing.prefix_index import PrefixIndex
 
 
+def rendezvous_winner(key: int, endpoints: Sequence[Endpoint]) -> str:
+    """The endpoint url with the highest hash of (key, url): stable as endpoints come and go."""
+
+    def weight(url: str) -> bytes:
+        return hashlib.blake2b(key.to_bytes(8, "big") + url.encode(), digest_size=8).digest()
+
+    return max((e.url for e in endpoints), key=weight)
+
+
 class PrefixAffinityScorer:
-    def __init__(self, index: PrefixIndex) -> None:
+    def __init__(self, index: PrefixIndex, hint: float = 0.25) -> None:
+        if not 0.0 <= hint <= 1.0:
+            raise ValueError("hint must be in [0, 1]")
         self.index = index
+        self.hint = hint
 
     def score(self, request: RoutingRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
         total = len(request.block_hashes)
         if total == 0:
             return {e.url: 0.0 for e in endpoints}
-        return {
+        scores = {
             e.url: self.index.matched_blocks(e.url, request.block_hashes) / total for e in endpoints
         }
+        if self.hint and endpoints and not any(scores.values()):
+            scores[rendezvous_winner(request.block_hashes[0], endpoints)] = self.hint
+        return scores

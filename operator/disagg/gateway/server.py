@@ -1,0 +1,210 @@
+"""The gateway's HTTP server: uvicorn with header limits and a graceful, two-step shutdown.
+
+**Header limits.** uvicorn's fast parser (httptools) has no limit on the request line and
+headers -- a client could send a megabyte of them, or dribble them forever.  ``LimitedProtocol``
+counts the bytes and fields before the headers complete and answers ``431`` (OpenAI-shaped, with
+the route headers every gateway answer carries) past ``limits.maxHeaderBytes`` /
+``limits.maxHeaders``, and closes a connection whose headers have not arrived within
+``timeouts.headerReadSeconds``.  The body has its own timeout in ``app``.
+
+**Shutdown.** On SIGTERM a pod is removed from its Service, but load balancers and kube-proxy
+learn that a moment later; a server that stopped accepting at once would refuse their last
+requests.  So the first SIGTERM only marks the gateway draining (``/ready`` answers 503) and
+keeps serving for ``shutdown.delaySeconds``; then uvicorn stops accepting, lets in-flight
+requests -- streams included -- finish for up to ``shutdown.timeoutSeconds``, and exits.  A second
+SIGTERM skips the delay; a second SIGINT forces the exit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import uuid
+from types import FrameType
+from typing import Any
+
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from disagg.gateway.app import Gateway
+from disagg.gateway.config import GatewayConfig
+
+log = logging.getLogger(__name__)
+
+
+def _too_large_response(why: str) -> bytes:
+    request_id = f"disagg-{uuid.uuid4().hex}"
+    body = json.dumps(
+        {
+            "error": {
+                "message": f"request headers too large: {why}",
+                "type": "invalid_request_error",
+                "param": None,
+                "code": "request_header_fields_too_large",
+            }
+        }
+    ).encode()
+    head = [
+        b"HTTP/1.1 431 Request Header Fields Too Large",
+        b"content-type: application/json",
+        b"content-length: " + str(len(body)).encode(),
+        b"connection: close",
+        b"x-request-id: " + request_id.encode(),
+        b"x-disagg-route: none",
+        b"x-disagg-route-reason: refused before routing",
+    ]
+    return b"\r\n".join(head) + b"\r\n\r\n" + body
+
+
+class LimitedProtocol(HttpToolsProtocol):
+    """httptools with bounds on the request line + headers (size, count, time)."""
+
+    max_header_bytes = 16384
+    max_headers = 100
+    header_read_seconds = 30.0
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._header_bytes = 0  # raw bytes received while the headers are incomplete
+        self._parsed_bytes = 0  # the request line and header fields parsed so far
+        self._in_headers = True
+        self._header_timer: asyncio.TimerHandle | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm()
+        super().connection_lost(exc)
+
+    def _arm(self) -> None:
+        self._disarm()
+        loop = asyncio.get_running_loop()
+        self._header_timer = loop.call_later(self.header_read_seconds, self._headers_too_slow)
+
+    def _disarm(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_too_slow(self) -> None:
+        if self._in_headers and not self.transport.is_closing():
+            log.info("closing a connection whose headers did not arrive in time")
+            self.transport.close()
+
+    def _refuse(self, why: str) -> None:
+        log.info("refused a request: headers too large (%s)", why)
+        self._disarm()
+        self.transport.write(_too_large_response(why))
+        self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport.is_closing():
+            return
+        was_in_headers = self._in_headers
+        super().data_received(data)
+        if was_in_headers and self._in_headers and not self.transport.is_closing():
+            self._header_bytes += len(data)
+            if self._header_bytes > self.max_header_bytes:
+                self._refuse(f"more than {self.max_header_bytes} bytes")
+
+    def on_message_begin(self) -> None:
+        super().on_message_begin()
+        self._in_headers = True
+        self._header_bytes = self._parsed_bytes = 0
+        self._arm()
+
+    def on_url(self, url: bytes) -> None:
+        super().on_url(url)
+        self._parsed_bytes += len(url)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        super().on_header(name, value)
+        self._parsed_bytes += len(name) + len(value) + 4
+        if self.transport.is_closing():
+            return
+        if len(self.headers) > self.max_headers:
+            self._refuse(f"more than {self.max_headers} header fields")
+        elif self._parsed_bytes > self.max_header_bytes:
+            self._refuse(f"more than {self.max_header_bytes} bytes")
+
+    def on_headers_complete(self) -> None:
+        if self.transport.is_closing():
+            return
+        self._in_headers = False
+        self._disarm()
+        super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if not self.transport.is_closing():
+            super().on_body(body)
+
+    def on_message_complete(self) -> None:
+        if not self.transport.is_closing():
+            super().on_message_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        self._in_headers = True  # the next request on this connection starts its headers
+        self._header_bytes = 0
+
+
+def protocol_for(config: GatewayConfig) -> type[LimitedProtocol]:
+    """A protocol class carrying this config's limits (uvicorn instantiates it per connection)."""
+    return type(
+        "GatewayProtocol",
+        (LimitedProtocol,),
+        {
+            "max_header_bytes": config.limits.max_header_bytes,
+            "max_headers": config.limits.max_headers,
+            "header_read_seconds": config.timeouts.header_read_seconds,
+        },
+    )
+
+
+class GatewayServer(uvicorn.Server):
+    """uvicorn, with the first SIGTERM delayed while the gateway drains out of rotation."""
+
+    def __init__(self, config: uvicorn.Config, gateway: Gateway, delay_seconds: float) -> None:
+        super().__init__(config)
+        self.gateway = gateway
+        self.delay_seconds = delay_seconds
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def startup(self, sockets: Any = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().startup(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.gateway.draining or self.delay_seconds <= 0 or self._loop is None:
+            super().handle_exit(sig, frame)
+            return
+        self.gateway.draining = True
+        self._captured_signals.append(sig)
+        log.info(
+            "shutting down: /ready fails now, new connections are refused in %gs",
+            self.delay_seconds,
+        )
+
+        def stop() -> None:
+            self.should_exit = True
+
+        loop = self._loop
+        loop.call_soon_threadsafe(loop.call_later, self.delay_seconds, stop)
+
+
+def serve(gateway: Gateway, host: str, port: int, log_level: str) -> None:
+    config = gateway.config
+    uv_config = uvicorn.Config(
+        gateway.app(),
+        host=host,
+        port=port,
+        log_level=log_level,
+        access_log=False,
+        timeout_keep_alive=65,
+        http=protocol_for(config),
+        timeout_graceful_shutdown=int(config.shutdown.timeout_seconds) or None,
+    )
+    GatewayServer(uv_config, gateway, config.shutdown.delay_seconds).run()
