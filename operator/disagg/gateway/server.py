@@ -31,6 +31,8 @@ from disagg.gateway.app import Gateway
 from disagg.gateway.config import GatewayConfig
 
 log = logging.getLogger(__name__)
+LINGER_SECONDS = 2.0
+"""After refusing a request, how long the gateway keeps discarding what the client still sends."""
 
 
 def _too_large_response(why: str) -> bytes:
@@ -69,6 +71,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._header_bytes = 0  # raw bytes received while the headers are incomplete
         self._parsed_bytes = 0  # the request line and header fields parsed so far
         self._in_headers = True
+        self._discarding = False
         self._header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
@@ -95,17 +98,23 @@ class LimitedProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse(self, why: str) -> None:
+        """Answer 431 and close *lingering*: a socket closed while the client is still sending
+        resets the connection and can destroy the answer in flight, so the gateway half-closes,
+        discards what still arrives for a moment, then closes."""
         log.info("refused a request: headers too large (%s)", why)
         self._disarm()
+        self._discarding = True
         self.transport.write(_too_large_response(why))
-        self.transport.close()
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        asyncio.get_running_loop().call_later(LINGER_SECONDS, self.transport.close)
 
     def data_received(self, data: bytes) -> None:
-        if self.transport.is_closing():
+        if self._discarding or self.transport.is_closing():
             return
         was_in_headers = self._in_headers
         super().data_received(data)
-        if was_in_headers and self._in_headers and not self.transport.is_closing():
+        if was_in_headers and self._in_headers and not self._discarding:
             self._header_bytes += len(data)
             if self._header_bytes > self.max_header_bytes:
                 self._refuse(f"more than {self.max_header_bytes} bytes")
@@ -123,7 +132,7 @@ class LimitedProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         super().on_header(name, value)
         self._parsed_bytes += len(name) + len(value) + 4
-        if self.transport.is_closing():
+        if self._discarding or self.transport.is_closing():
             return
         if len(self.headers) > self.max_headers:
             self._refuse(f"more than {self.max_headers} header fields")
@@ -131,18 +140,18 @@ class LimitedProtocol(HttpToolsProtocol):
             self._refuse(f"more than {self.max_header_bytes} bytes")
 
     def on_headers_complete(self) -> None:
-        if self.transport.is_closing():
+        if self._discarding or self.transport.is_closing():
             return
         self._in_headers = False
         self._disarm()
         super().on_headers_complete()
 
     def on_body(self, body: bytes) -> None:
-        if not self.transport.is_closing():
+        if not self._discarding and not self.transport.is_closing():
             super().on_body(body)
 
     def on_message_complete(self) -> None:
-        if not self.transport.is_closing():
+        if not self._discarding and not self.transport.is_closing():
             super().on_message_complete()
 
     def on_response_complete(self) -> None:
