@@ -163,6 +163,7 @@ def test_api_key(decode: Proc) -> None:
 def test_unknown_paths_and_methods_answer_openai_errors(gateway: Proc) -> None:
     missing = httpx.get(gateway.url + "/v1/nothing")
     assert missing.status_code == 404 and missing.json()["error"]["code"] == 404
+    assert missing.headers["x-disagg-route"] == "none" and missing.headers["x-request-id"]
     wrong = httpx.get(gateway.url + "/v1/completions")
     assert wrong.status_code == 405 and wrong.json()["error"]["type"] == "invalid_request_error"
 
@@ -238,3 +239,32 @@ def test_a_client_leaving_is_a_499_logged_at_info_without_a_traceback(
     log = gateway.output()
     assert "client went away" in log and "Traceback" not in log
     assert "ERROR" not in log
+
+
+def test_a_client_leaving_mid_stream_is_not_an_error(gateway: Proc, decode: Proc) -> None:
+    body = json.dumps({**OK, "prompt": "a long one", "max_tokens": 300, "stream": True}).encode()
+    request = (b"POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+               b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)  # fmt: skip
+    aborted = _sim_metric(decode, 'finished_reason="abort"')
+    set_faults(decode, slowdown=50.0)  # a slow stream: the client leaves in the middle
+    try:
+        with _raw(gateway, request) as sock:
+            assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+        deadline = time.monotonic() + 5
+        while _sim_metric(decode, 'finished_reason="abort"') == aborted:  # the worker stops too
+            assert time.monotonic() < deadline, "the decode worker never learned"
+            time.sleep(0.05)
+    finally:
+        set_faults(decode)
+    log = gateway.output()
+    assert "Traceback" not in log and "ERROR" not in log, log[-2000:]
+    assert httpx.post(gateway.url + "/v1/completions", json=OK).status_code == 200
+
+
+def _sim_metric(sim: Proc, labels: str) -> float:
+    text = httpx.get(sim.url + "/metrics").text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("vllm:request_success_total{") and labels in line
+    )

@@ -343,8 +343,9 @@ class Gateway:
         """Unknown paths and methods: OpenAI-shaped too."""
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         detail = exc.detail if isinstance(exc, HTTPException) else "error"
+        route = Route(f"disagg-{uuid.uuid4().hex}")
         return error_response(status, f"{detail}: {request.method} {request.url.path}",
-                              "invalid_request_error", status)  # fmt: skip
+                              "invalid_request_error", status, headers=route.headers())  # fmt: skip
 
     def app(self) -> Starlette:
         return Starlette(
