@@ -128,3 +128,15 @@ def test_the_failure_policy_and_lease_are_always_explicit() -> None:
         "containers"
     ][0]["args"]
     assert '"kv_load_failure_policy":"fail"' in args[args.index("--kv-transfer-config") + 1]
+
+
+def test_the_lease_field_wins_over_one_in_extra_config() -> None:
+    d = dd(kvTransfer={"leaseSeconds": 12, "extraConfig": {"kv_lease_duration": 99, "x": 1}},
+           prefill={"drain": {"timeoutSeconds": 60}})  # fmt: skip
+    spec = child_pool_spec(d.spec, "prefill")
+    objects = render_pool_children(name="llm-prefill", namespace="ns", spec=spec, replicas=1)
+    args = next(o for o in objects if o["kind"] == "Deployment")["spec"]["template"]["spec"][
+        "containers"
+    ][0]["args"]
+    kv = json.loads(args[args.index("--kv-transfer-config") + 1])
+    assert kv["kv_connector_extra_config"] == {"kv_lease_duration": 12, "x": 1}

@@ -302,17 +302,6 @@ class ResourcesSpec(ApiModel):
 class KVTransferSpec(ApiModel):
     """vLLM's KV connector between prefill and decode (``--kv-transfer-config``)."""
 
-    model_config = ConfigDict(
-        json_schema_extra=validations(
-            cel(
-                "!has(self.extraConfig) || !('kv_lease_duration' in self.extraConfig)",
-                "set kvTransfer.leaseSeconds, not extraConfig.kv_lease_duration: the gateway's "
-                "hand-off budget and the prefill drain are derived from leaseSeconds",
-                ".extraConfig",
-            ),
-        )
-    )
-
     connector: Connector = "NixlConnector"
     """``NixlConnector`` (the main path), ``MooncakeConnector``, ``LMCacheConnectorV1``, or
     ``None`` for a plain aggregated pool."""
@@ -329,7 +318,8 @@ class KVTransferSpec(ApiModel):
     """How long a prefill worker keeps a finished prompt's KV blocks for the decode worker's read
     (NIXL's ``kv_connector_extra_config.kv_lease_duration``, vLLM's default 30); a decode worker
     holding the request extends it.  The gateway starts every decode leg within a third of it
-    (or serves the request decode-only), and a leaving prefill worker waits up to it."""
+    (or serves the request decode-only), and a leaving prefill worker waits up to it.  It
+    replaces a ``kv_lease_duration`` in ``extraConfig``, so the three always agree."""
     extra_config: FreeForm | None = None
     """Passed as ``kv_connector_extra_config`` (e.g. ``{"backends": ["UCX"]}``)."""
 

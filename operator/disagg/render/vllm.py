@@ -78,7 +78,8 @@ def kv_transfer_config(kv: KVTransferSpec, role: str) -> dict[str, Any] | None:
     }
     extra = dict(kv.extra_config or {})
     if kv.connector == "NixlConnector":
-        # The lease the gateway's hand-off budget and the prefill drain are derived from.
+        # The lease the gateway's hand-off budget and the prefill drain are derived from; it
+        # replaces one given in extraConfig, so that the three cannot disagree.
         extra["kv_lease_duration"] = kv.lease_seconds
     if extra:
         config["kv_connector_extra_config"] = extra
