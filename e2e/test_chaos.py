@@ -18,10 +18,10 @@ from typing import Any
 import httpx
 import pytest
 
-from e2e.cluster.kube import Kube
 from e2e.dataplane_load import GatewayLoad
 from e2e.operator_process import OperatorProcess
 from e2e.test_operator import DD, GATEWAY_IMAGE, IP, a_disagg, cond_is, small_resources
+from testbed.cluster.kubectl import Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -44,7 +44,7 @@ def pool(replicas: int, drain: int = 20) -> dict[str, Any]:
     }
 
 
-def ready_pods(kube: Kube, selector: str) -> list[dict[str, Any]]:
+def ready_pods(kube: Kubectl, selector: str) -> list[dict[str, Any]]:
     return [
         p
         for p in kube.items("pods", selector)
@@ -52,7 +52,9 @@ def ready_pods(kube: Kube, selector: str) -> list[dict[str, Any]]:
     ]
 
 
-def wait_ready(kube: Kube, selector: str, count: int, timeout: float = 180) -> list[dict[str, Any]]:
+def wait_ready(
+    kube: Kubectl, selector: str, count: int, timeout: float = 180
+) -> list[dict[str, Any]]:
     """Until exactly ``count`` pods are Ready and no other pod of the selector remains."""
 
     def settled() -> list[dict[str, Any]] | None:
@@ -63,7 +65,7 @@ def wait_ready(kube: Kube, selector: str, count: int, timeout: float = 180) -> l
     return kube.wait_for(settled, timeout, f"{count} ready pods for {selector}")
 
 
-def restart_operator(kube: Kube, operator: OperatorProcess) -> None:
+def restart_operator(kube: Kubectl, operator: OperatorProcess) -> None:
     """Delete the operator's pod when it runs in the cluster, else kill and restart its process."""
     if os.environ.get("E2E_OPERATOR", "process") == "pod":
         kube.kubectl("delete", "pods", "-A", "-l", "app.kubernetes.io/component=operator",
@@ -85,7 +87,7 @@ def failed_transfers(pods: list[dict[str, Any]]) -> float:
     return total
 
 
-def test_a_data_path_that_loses_nothing(operator: OperatorProcess, kube: Kube) -> None:
+def test_a_data_path_that_loses_nothing(operator: OperatorProcess, kube: Kubectl) -> None:
     prefill_sel, decode_sel = f"disagg.dev/pool={NAME}-prefill", f"disagg.dev/pool={NAME}-decode"
     gateway_sel = f"disagg.dev/deployment={NAME},app.kubernetes.io/component=gateway"
     kube.apply(

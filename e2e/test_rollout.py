@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.kube import Kube
 from e2e.dataplane_load import GatewayLoad
 from e2e.operator_process import OperatorProcess
 from e2e.test_chaos import GATEWAY, pool, ready_pods, wait_ready
 from e2e.test_operator import DD, a_disagg, cond_is
+from testbed.cluster.kubectl import Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -33,7 +33,7 @@ MODEL = {"name": "meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama"}
 class RevisionWatcher:
     """Pod IP -> the set of ``--revision`` values seen on worker pods with that IP."""
 
-    def __init__(self, kube: Kube) -> None:
+    def __init__(self, kube: Kubectl) -> None:
         self.kube = kube
         self.by_ip: dict[str, set[str]] = {}
         self._stop = threading.Event()
@@ -67,7 +67,7 @@ class RevisionWatcher:
         return next(iter(seen)) if len(seen) == 1 else None
 
 
-def revisions_of(kube: Kube, selector: str) -> set[str]:
+def revisions_of(kube: Kubectl, selector: str) -> set[str]:
     out = set()
     for pod in kube.items("pods", selector):
         args: list[str] = pod["spec"]["containers"][0]["args"]
@@ -76,7 +76,7 @@ def revisions_of(kube: Kube, selector: str) -> set[str]:
 
 
 def test_a_revision_rollout_under_load_loses_nothing_and_never_pairs_across(
-    operator: OperatorProcess, kube: Kube
+    operator: OperatorProcess, kube: Kubectl
 ) -> None:
     prefill_sel, decode_sel = f"disagg.dev/pool={NAME}-prefill", f"disagg.dev/pool={NAME}-decode"
 
