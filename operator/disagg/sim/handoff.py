@@ -22,15 +22,33 @@ import contextlib
 import hashlib
 import logging
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-from disagg.sim.kvcache import content_tags
+from disagg.sim.config import SimConfig
+from disagg.sim.kvcache import KVCache, content_tags
+from disagg.sim.metrics import SimMetrics
 from disagg.sim.request import MalformedRemote, RemotePrefill, Request
+from disagg.sim.timing import StepTimer
 
-if TYPE_CHECKING:
-    from disagg.sim.engine import Engine
+
+class Engine(Protocol):
+    """What the hand-off needs of its engine (``disagg.sim.engine.Engine``)."""
+
+    config: SimConfig
+    kv: KVCache
+    metrics: SimMetrics
+    timer: StepTimer
+    waiting: deque[Request]
+
+    def wake(self) -> None: ...
+    def die(self, reason: str) -> None: ...
+    def loaded(self, request: Request, *, remote: bool) -> None: ...
+    def load_failed(self, request: Request) -> None: ...
+    async def sleep_transfer(self, seconds: float) -> None: ...
+
 
 log = logging.getLogger("disagg.sim.handoff")
 
