@@ -13,14 +13,17 @@ from __future__ import annotations
 
 import os
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from e2e.dataplane_load import GatewayLoad
-from e2e.operator_process import OperatorProcess
+from e2e.operator_process import OperatorProcess, session_operator
 from e2e.test_operator import DD, GATEWAY_IMAGE, IP, a_disagg, cond_is, small_resources
+from testbed.cluster.config import Settings
 from testbed.cluster.kubectl import Kubectl
 
 pytestmark = pytest.mark.e2e
@@ -34,6 +37,24 @@ GATEWAY = {
     "drain": {"timeoutSeconds": 30},
     "routing": {"selective": {"minUncachedPromptTokens": 64}},
 }
+
+
+@pytest.fixture(scope="module")
+def op(cluster: Any, crds: list[str], images: None) -> Iterator[OperatorProcess]:
+    """An operator for this module only (or the session's, if one runs): the session fixture
+    would keep a cluster-wide operator running into e2e/test_chart.py, whose namespaced-mode
+    test requires that nothing else reconciles."""
+    shared = session_operator()
+    log = Settings.from_env().cache / "logs" / "operator-e2e.log"
+    if shared is not None or os.environ.get("E2E_OPERATOR", "process") == "pod":
+        yield shared or OperatorProcess(Path(cluster.kubeconfig), log)
+        return
+    own = OperatorProcess(Path(cluster.kubeconfig), log)
+    own.start()
+    try:
+        yield own
+    finally:
+        own.stop()
 
 
 def pool(replicas: int, drain: int = 20) -> dict[str, Any]:
@@ -87,7 +108,7 @@ def failed_transfers(pods: list[dict[str, Any]]) -> float:
     return total
 
 
-def test_a_data_path_that_loses_nothing(operator: OperatorProcess, kube: Kubectl) -> None:
+def test_a_data_path_that_loses_nothing(op: OperatorProcess, kube: Kubectl) -> None:
     prefill_sel, decode_sel = f"disagg.dev/pool={NAME}-prefill", f"disagg.dev/pool={NAME}-decode"
     gateway_sel = f"disagg.dev/deployment={NAME},app.kubernetes.io/component=gateway"
     kube.apply(
@@ -124,7 +145,7 @@ def test_a_data_path_that_loses_nothing(operator: OperatorProcess, kube: Kubectl
             wait_ready(kube, selector, count)
             time.sleep(3)
         load.set_phase("operator restarted")
-        restart_operator(kube, operator)
+        restart_operator(kube, op)
         time.sleep(8)
 
         load.set_phase("prefill scaled down")

@@ -20,11 +20,12 @@ import pytest
 
 from e2e.dataplane_load import GatewayLoad
 from e2e.operator_process import OperatorProcess
-from e2e.test_chaos import GATEWAY, pool, ready_pods, wait_ready
+from e2e.test_chaos import GATEWAY, op, pool, ready_pods, wait_ready
 from e2e.test_operator import DD, a_disagg, cond_is
 from testbed.cluster.kubectl import Kubectl
 
 pytestmark = pytest.mark.e2e
+__all__ = ["op"]  # the module-scoped operator fixture, shared with test_chaos
 
 NAME = "roll"
 MODEL = {"name": "meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama"}
@@ -76,7 +77,7 @@ def revisions_of(kube: Kubectl, selector: str) -> set[str]:
 
 
 def test_a_revision_rollout_under_load_loses_nothing_and_never_pairs_across(
-    operator: OperatorProcess, kube: Kubectl
+    op: OperatorProcess, kube: Kubectl
 ) -> None:
     prefill_sel, decode_sel = f"disagg.dev/pool={NAME}-prefill", f"disagg.dev/pool={NAME}-decode"
 
