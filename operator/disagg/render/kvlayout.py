@@ -1,13 +1,14 @@
 """The KV-layout labels of a worker pod: which prefill and decode workers may pair.
 
 During a rollout that changes how KV is laid out -- the model or its revision, the engine image
-(vLLM version), the dtype, the KV-cache dtype, the block size, quantization, the tokenizer,
-pipeline parallelism -- old and new pods serve side by side, and a decode worker that loads KV
-computed under another layout answers wrong without an error.  Every worker pod is labelled with
-a hash of those fields (``disagg.dev/kv-layout``) and with its tensor-parallel size
-(``disagg.dev/tensor-parallel``); the gateway pairs a prefill and a decode worker only when the
-hashes match and the decode side's tensor parallelism is a multiple of the prefill side's (NIXL
-maps the one onto the other; the DisaggDeployment's admission rules already require it).
+and vLLM version (part of NIXL's handshake), the dtype, the KV-cache dtype, the block size,
+quantization, the tokenizer, pipeline parallelism -- old and new pods serve side by side, and a
+decode worker that loads KV computed under another layout answers wrong without an error.
+Every worker pod is labelled with a hash of those fields (``disagg.dev/kv-layout``) and with its
+tensor-parallel size (``disagg.dev/tensor-parallel``); the gateway pairs a prefill and a decode
+worker only when the hashes match and the decode side's tensor parallelism is a multiple of the
+prefill side's (NIXL maps the one onto the other; the DisaggDeployment's admission rules already
+require it).
 
 Only fields a prefill and a decode pool of one DisaggDeployment share, or must agree on, enter
 the hash, so that both pools of one spec carry the same value; per-pool flags that change the
@@ -22,6 +23,7 @@ import json
 from typing import Any
 
 from disagg.api.inferencepool import InferencePoolSpec
+from disagg.api.versions import resolve_vllm_version
 from disagg.render.names import LABEL_KV_LAYOUT, LABEL_TENSOR_PARALLEL
 from disagg.render.vllm import model_path
 
@@ -58,6 +60,7 @@ def kv_layout(spec: InferencePoolSpec) -> str:
         "claim": spec.model.volume.claim_name if spec.model.volume else None,
         "revision": spec.model.revision,
         "image": spec.engine.image,
+        "vllm": resolve_vllm_version(spec.engine.vllm_version, spec.engine.image),
         "block_size": spec.engine.block_size,
         "connector": spec.kv_transfer.connector,
         "buffer_device": spec.kv_transfer.buffer_device,
