@@ -146,7 +146,20 @@ def test_openai_client_chat(client: openai.OpenAI) -> None:
     assert [m.id for m in models.data] == ["m"]
 
 
-def test_selective_disaggregation(sims: dict[str, Proc], gateway: Proc) -> None:
+@pytest.fixture
+def affinity_gateway(sims: dict[str, Proc]) -> Iterator[Proc]:
+    """Decode workers picked by cached prefix alone: with the load scorers a scrape taken while
+    the first request still ran (up to a second stale) could outvote the cached prefix, and this
+    module is about the decider, not load balancing."""
+    config = {"routing": {"decode": {"scorers": [{"type": "prefix-affinity"}]}}}
+    gw = start_gateway([sims["p1"].url, sims["p2"].url], [sims["d1"].url, sims["d2"].url],
+                       config=config)  # fmt: skip
+    yield gw
+    gw.stop()
+
+
+def test_selective_disaggregation(sims: dict[str, Proc], affinity_gateway: Proc) -> None:
+    gateway = affinity_gateway
     before = metric(gateway, "disagg_gateway_routing_decisions_total", decision="decode_only")
     short = httpx.post(
         gateway.url + "/v1/completions",
