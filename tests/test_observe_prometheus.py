@@ -1,4 +1,4 @@
-"""MetricsReader against a real Prometheus (Debian's binary) on loopback, empty TSDB.
+"""The operator's Prometheus client against a real Prometheus (Debian's binary), empty TSDB.
 
 Catches what a unit test with a canned answer cannot: the query parameters Prometheus itself
 accepts (a ``timeout`` of ``2.0s`` is rejected with HTTP 400, which made every status read
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from disagg.controller.observe import MetricsReader
+from disagg.controller.metrics import QUERIES, PrometheusClient, read_snapshot
 
 
 def _free_port() -> int:
@@ -64,16 +64,34 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         proc.wait(10)
 
 
-def test_scalar_and_per_pod_read_a_real_prometheus(prometheus: str) -> None:
-    reader = MetricsReader(prometheus, timeout_seconds=2.0)
-    assert reader.scalar("vector(3)") == 3.0
-    assert reader.per_pod('label_replace(vector(2), "pod", "w-1", "", "")') == {"w-1": 2.0}
+def test_every_query_the_operator_sends_is_accepted_by_prometheus(prometheus: str) -> None:
+    client = PrometheusClient(prometheus, timeout_seconds=2.0)
+    for name, promql in QUERIES.items():
+        assert client.query(promql) == [], name  # valid PromQL, empty TSDB
+    assert client.query('label_replace(vector(2), "pod", "w-1", "", "")') == [
+        {"metric": {"pod": "w-1"}, "value": [pytest.approx(0, abs=1e12), "2"]}
+    ]
 
 
-def test_decisions_with_no_traffic_are_zero_not_unavailable(prometheus: str) -> None:
-    decisions = MetricsReader(prometheus).decisions("ns", "llm")
+def test_with_no_traffic_the_snapshot_is_idle_not_unavailable(prometheus: str) -> None:
+    snapshot = read_snapshot(PrometheusClient(prometheus), {})
+    assert snapshot.ok
+    decisions = snapshot.decisions_of("ns", "llm")
     assert decisions is not None and decisions.total == 0
 
 
-def test_unreachable_prometheus_reads_as_none() -> None:
-    assert MetricsReader(f"http://127.0.0.1:{_free_port()}", 0.5).scalar("vector(1)") is None
+def test_an_unreachable_prometheus_costs_one_short_timeout_and_no_retries() -> None:
+    started = time.monotonic()
+    snapshot = read_snapshot(PrometheusClient(f"http://127.0.0.1:{_free_port()}", 0.5), {})
+    assert not snapshot.ok and snapshot.pool("ns", "p") is None
+    assert time.monotonic() - started < 2.0  # 5 refused queries, none retried
+
+
+def test_a_prometheus_that_never_answers_is_cut_off_by_the_timeout() -> None:
+    with socket.socket() as silent:  # accepts connections, never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(16)
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        started = time.monotonic()
+        assert PrometheusClient(url, 0.5).query("vector(1)") is None
+        assert time.monotonic() - started < 1.5

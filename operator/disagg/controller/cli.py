@@ -1,4 +1,4 @@
-"""``disagg operator``: run the kopf operator.
+"""``disagg operator``: run the operator.
 
 By default it watches every namespace (cluster-wide RBAC); ``--namespace`` (repeatable)
 restricts it to listed namespaces, for the least-privilege mode with Roles.
@@ -12,12 +12,39 @@ import argparse
 import asyncio
 import logging
 import os
+import sys
+from pathlib import Path
+
+_EPILOG = """\
+The operator reads the cluster only through watches and writes only what differs from
+what it would render; failures show in each object's status (Degraded) and as one
+Warning Event per distinct failure.  Worker pods may not be privileged, use host
+namespaces, hostPath, host ports, added capabilities (IPC_LOCK with RDMA excepted),
+another ServiceAccount, or Secrets other than the model token Secret the spec names,
+unless --worker-policy allows it for their namespace (docs/security.md).
+"""
+
+
+def _policies(path: str | None) -> object:
+    from disagg.render.podpolicy import PolicySet
+
+    if not path:
+        return PolicySet()
+    import yaml
+
+    try:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        return PolicySet.from_dict(raw)
+    except (OSError, ValueError, yaml.YAMLError) as exc:
+        raise SystemExit(f"disagg operator: --worker-policy {path}: {exc}") from None
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(
         prog="disagg operator",
         description="Reconcile InferencePools and DisaggDeployments (disagg.dev/v1alpha1).",
+        epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument(
         "-n",
@@ -36,12 +63,41 @@ def main(argv: list[str]) -> int:
         "http://prometheus.monitoring.svc:9090)",
     )
     parser.add_argument(
+        "--workers",
+        type=int,
+        default=8,
+        help="concurrent reconciles, which bounds the operator's concurrent API requests "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--worker-policy",
+        metavar="FILE",
+        help="YAML {default: {...}, namespaces: {NS: {...}}} of what worker pods may do beyond "
+        "the safe default, e.g. allowHostNamespaces, allowedSecrets (docs/security.md)",
+    )
+    parser.add_argument(
+        "--metrics-interval",
+        type=float,
+        default=30.0,
+        help="seconds between Prometheus reads (default: %(default)s)",
+    )
+    parser.add_argument(
         "--liveness",
         default="http://0.0.0.0:8080/healthz",
         help="liveness endpoint URL served by the operator (default: %(default)s)",
     )
+    parser.add_argument(
+        "--fault-apply-delay",
+        type=float,
+        default=0.0,
+        metavar="SECONDS",
+        help="fault injection for tests: sleep before every write of children (default: 0)",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    policies = _policies(args.worker_policy)
     if args.kubeconfig:
         # Before anything imports the Kubernetes client: it reads KUBECONFIG at import time,
         # and kopf's login handler relies on that default.
@@ -49,19 +105,33 @@ def main(argv: list[str]) -> int:
 
     import kopf
 
-    from disagg.controller import handlers
+    from disagg.controller.handlers import build_registry
     from disagg.controller.kube import Kube
-    from disagg.controller.reconcile import Reconciler
+    from disagg.controller.runtime import Controller, Settings
+    from disagg.render.podpolicy import PolicySet
 
+    assert isinstance(policies, PolicySet)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
     )
+    if not args.verbose:
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     kube = Kube.from_environment(args.kubeconfig)
-    reconciler = Reconciler(kube, args.prometheus_url) if args.prometheus_url else Reconciler(kube)
-    handlers.configure(reconciler)
+    controller = Controller(
+        kube,
+        Settings(
+            workers=args.workers,
+            prometheus_url=args.prometheus_url,
+            metrics_interval=args.metrics_interval,
+            policies=policies,
+            fault_apply_delay=args.fault_apply_delay,
+        ),
+    )
     asyncio.run(
         kopf.operator(
+            registry=build_registry(controller),
             standalone=True,
             clusterwide=not args.namespaces,
             namespaces=list(args.namespaces),

@@ -1,12 +1,19 @@
-"""kopf handlers: thin wiring from events to the reconciler.
+"""kopf wiring: watch streams feed the cache and the work queue, nothing else.
 
-Registered with the full group and version (``inferencepools.disagg.dev``), so
-the Gateway API Inference Extension's ``InferencePool`` is never touched.  Create,
-update, resume and a drift timer all run the same reconcile; changes of owned
-Deployments and pods refresh status; a change of a child pool's replicas (its
-autoscaler at work) re-reconciles the sibling pool too, because the
-DisaggDeployment's guards bound the pair.  Handlers return nothing: a return
-value would land in status and be pruned.
+For each kind the operator reads there is one index handler (a slim copy of each
+object into a kopf index, the cache ``store`` reads) and one event handler (which
+only enqueues the key of the object to reconcile: the object itself for our kinds,
+the controlling owner for children, the pool for pods).  kopf holds every event
+handler back until all indexes are filled from their initial listings, so the
+first reconcile already sees the whole cluster.
+
+There are deliberately no create/update/resume handlers, timers or daemons: those
+make kopf put a finalizer on every object and store progress annotations, so a
+DisaggDeployment could not be deleted while the operator is down.  Drift is seen
+through the children's watch events instead.  kopf still knows the finalizer the
+previous versions added (``disagg.dev/finalizer``) and removes it from each object
+on its first event.  Registered with the full group (``inferencepools.disagg.dev``):
+the Gateway API Inference Extension's ``InferencePool`` is never touched.
 """
 
 from __future__ import annotations
@@ -17,137 +24,107 @@ from typing import Any
 import kopf
 
 from disagg.api.versions import GROUP, VERSION
-from disagg.controller.kube import Invalid, Kube, KubeError, NotFound, TransientError
-from disagg.controller.reconcile import Outcome, Reconciler
+from disagg.controller.runtime import DISAGG, POOL, Controller
+from disagg.controller.store import INDEX_OF_KIND, POD_INDEX, pod_keys, slim, slim_pod
 from disagg.render import names
 
 log = logging.getLogger(__name__)
 
-POOLS = f"inferencepools.{VERSION}.{GROUP}"
-DISAGGS = f"disaggdeployments.{VERSION}.{GROUP}"
-MANAGED = {"app.kubernetes.io/managed-by": names.MANAGED_BY}
-DRIFT_INTERVAL_SECONDS = 60.0
+#: Finalizer of versions <= 0.1 (kopf added it for their drift timers); removed on sight.
+LEGACY_FINALIZER = f"{GROUP}/finalizer"
 
-_reconciler: Reconciler | None = None
-
-
-def configure(reconciler: Reconciler) -> None:
-    """Install the reconciler the handlers use (done once by ``disagg operator``)."""
-    global _reconciler
-    _reconciler = reconciler
-
-
-def reconciler() -> Reconciler:
-    if _reconciler is None:
-        configure(Reconciler(Kube.from_environment()))
-    assert _reconciler is not None
-    return _reconciler
+#: kind -> (group, version, plural) of what the operator watches besides its own kinds.
+CHILD_KINDS: dict[str, tuple[str, str, str]] = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "Service": ("", "v1", "services"),
+    "ConfigMap": ("", "v1", "configmaps"),
+    "ServiceAccount": ("", "v1", "serviceaccounts"),
+    "Role": ("rbac.authorization.k8s.io", "v1", "roles"),
+    "RoleBinding": ("rbac.authorization.k8s.io", "v1", "rolebindings"),
+    "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
+}
+MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 
 
-#: Events posted only when the user changed something (create/update), not on every resync.
-_ON_CHANGE_ONLY = frozenset({"Applied"})
+def _controller_ref(body: Any) -> tuple[str, str] | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or []:
+        if ref.get("controller") and ref.get("kind") in (POOL, DISAGG):
+            return str(ref["kind"]), str(ref["name"])
+    return None
 
 
-def _emit(body: Any, outcome: Outcome, changed: bool) -> None:
-    for type_, reason, message in outcome.events:
-        if reason in _ON_CHANGE_ONLY and not changed:
-            continue
-        kopf.event(body, type=type_, reason=reason, message=message[:1000])
+def build_registry(controller: Controller) -> kopf.OperatorRegistry:
+    """A kopf registry whose handlers feed ``controller`` (no module-level state)."""
+    registry = kopf.OperatorRegistry()
+    delay = controller.settings.child_delay
 
+    def indexer(kind: str) -> Any:
+        def index(body: kopf.Body, namespace: str, name: str, **_: Any) -> Any:
+            return {(namespace, name): slim(kind, body)}
 
-def _run(fn: Any, body: Any, changed: bool = False) -> None:
-    try:
-        outcome = fn(dict(body))
-    except TransientError as exc:
-        raise kopf.TemporaryError(str(exc), delay=10) from exc
-    except (Invalid, NotFound) as exc:
-        # Reported in status by the reconciler where it can; anything else is a bug to see.
-        raise kopf.TemporaryError(str(exc), delay=30) from exc
-    except KubeError as exc:
-        raise kopf.TemporaryError(str(exc), delay=15) from exc
-    _emit(body, outcome, changed)
+        return index
 
+    for kind, plural in ((DISAGG, "disaggdeployments"), (POOL, "inferencepools")):
+        kopf.index(GROUP, VERSION, plural, id=INDEX_OF_KIND[kind], registry=registry)(indexer(kind))
+    for kind, (group, version, plural) in CHILD_KINDS.items():
+        kopf.index(group, version, plural, id=INDEX_OF_KIND[kind], registry=registry)(indexer(kind))
 
-@kopf.on.startup()
-def _startup(settings: kopf.OperatorSettings, **_: Any) -> None:
-    settings.persistence.finalizer = f"{GROUP}/finalizer"
-    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=GROUP)
-    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=GROUP, key="last-handled-configuration"
-    )
-    settings.posting.level = logging.INFO
-    settings.watching.server_timeout = 300
-    settings.batching.error_delays = [1, 2, 5, 10, 30, 60]
+    @kopf.index("", "v1", "pods", id=POD_INDEX, labels=MANAGED, registry=registry)
+    def pod_index(body: kopf.Body, **_: Any) -> Any:
+        return {key: slim_pod(body) for key in pod_keys(body)}
 
+    @kopf.on.event(GROUP, VERSION, "disaggdeployments", registry=registry)
+    async def disagg_event(namespace: str | None, name: str, **kwargs: Any) -> None:
+        controller.attach(kwargs)
+        controller.enqueue(DISAGG, namespace or "", name)
 
-# ------------------------------------------------------------------ InferencePool
+    @kopf.on.event(GROUP, VERSION, "inferencepools", registry=registry)
+    async def pool_event(body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -> None:
+        controller.attach(kwargs)
+        namespace = namespace or ""
+        controller.enqueue(POOL, namespace, name)
+        controller.enqueue_waiters("InferencePool", namespace, name)
+        owner = _controller_ref(body)
+        if owner and owner[0] == DISAGG:
+            controller.enqueue(DISAGG, namespace, owner[1], delay)
+            for role in ("prefill", "decode"):
+                sibling = names.pool_name(owner[1], role)
+                if sibling != name:
+                    controller.enqueue(POOL, namespace, sibling)
 
+    def child_event(kind: str) -> Any:
+        async def on_event(body: kopf.Body, namespace: str, name: str, **kwargs: Any) -> None:
+            controller.attach(kwargs)
+            owner = _controller_ref(body)
+            if owner:
+                controller.enqueue(owner[0], namespace, owner[1], delay)
+            controller.enqueue_waiters(kind, namespace, name)
 
-@kopf.on.create(POOLS)
-@kopf.on.update(POOLS)
-@kopf.on.resume(POOLS)
-def reconcile_pool(body: kopf.Body, reason: str, **_: Any) -> None:
-    _run(reconciler().reconcile_pool, body, changed=reason in ("create", "update"))
-    _reconcile_sibling(body)
+        return on_event
 
+    for kind, (group, version, plural) in CHILD_KINDS.items():
+        kopf.on.event(group, version, plural, id=f"{kind.lower()}_event", registry=registry)(
+            child_event(kind)
+        )
 
-@kopf.timer(POOLS, interval=DRIFT_INTERVAL_SECONDS, initial_delay=DRIFT_INTERVAL_SECONDS)
-def pool_drift(body: kopf.Body, **_: Any) -> None:
-    _run(reconciler().reconcile_pool, body)
+    @kopf.on.event("", "v1", "pods", labels=MANAGED, registry=registry)
+    async def pod_event(body: kopf.Body, **kwargs: Any) -> None:
+        controller.attach(kwargs)
+        for namespace, what, name in pod_keys(body):
+            kind = POOL if what == "pool" else DISAGG
+            controller.enqueue(kind, namespace, name, delay)
 
+    @kopf.on.startup(registry=registry)
+    async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
+        settings.persistence.finalizer = LEGACY_FINALIZER
+        settings.posting.enabled = False  # Events are ours (one per distinct failure)
+        settings.watching.server_timeout = 300
+        await controller.start()
 
-def _reconcile_sibling(body: kopf.Body) -> None:
-    labels = body.get("metadata", {}).get("labels", {})
-    deployment, role = labels.get(names.LABEL_DEPLOYMENT), labels.get(names.LABEL_ROLE)
-    if not deployment or role not in ("prefill", "decode"):
-        return
-    other = names.pool_name(deployment, "decode" if role == "prefill" else "prefill")
-    namespace = body["metadata"]["namespace"]
-    rec = reconciler()
-    sibling = rec.kube.get_or_none(f"{GROUP}/{VERSION}", "InferencePool", namespace, other)
-    if sibling is not None:
-        _run(rec.reconcile_pool, sibling)
-    parent = rec.kube.get_or_none(f"{GROUP}/{VERSION}", "DisaggDeployment", namespace, deployment)
-    if parent is not None:
-        rec.refresh_disaggdeployment_status(parent)
+    @kopf.on.cleanup(registry=registry)
+    async def cleanup(**_: Any) -> None:
+        await controller.stop()
 
-
-@kopf.on.event("apps", "v1", "deployments", labels=MANAGED)
-@kopf.on.event("", "v1", "pods", labels=MANAGED)
-def child_changed(body: kopf.Body, type: str | None, **_: Any) -> None:
-    """A worker Deployment or pod changed: refresh its pool's (and parent's) status."""
-    if type is None:  # the initial listing: resume handlers cover it
-        return
-    labels = body.get("metadata", {}).get("labels", {})
-    namespace = body["metadata"]["namespace"]
-    rec = reconciler()
-    pool_name = labels.get(names.LABEL_POOL)
-    try:
-        if pool_name:
-            pool = rec.kube.get_or_none(f"{GROUP}/{VERSION}", "InferencePool", namespace, pool_name)
-            if pool is not None:
-                _run(rec.reconcile_pool, pool)
-        deployment = labels.get(names.LABEL_DEPLOYMENT)
-        if deployment:
-            parent = rec.kube.get_or_none(
-                f"{GROUP}/{VERSION}", "DisaggDeployment", namespace, deployment
-            )
-            if parent is not None:
-                rec.refresh_disaggdeployment_status(parent)
-    except KubeError as exc:
-        log.warning("status refresh after %s change failed: %s", body.get("kind"), exc)
-
-
-# --------------------------------------------------------------- DisaggDeployment
-
-
-@kopf.on.create(DISAGGS)
-@kopf.on.update(DISAGGS)
-@kopf.on.resume(DISAGGS)
-def reconcile_disaggdeployment(body: kopf.Body, reason: str, **_: Any) -> None:
-    _run(reconciler().reconcile_disaggdeployment, body, changed=reason in ("create", "update"))
-
-
-@kopf.timer(DISAGGS, interval=DRIFT_INTERVAL_SECONDS, initial_delay=DRIFT_INTERVAL_SECONDS)
-def disaggdeployment_drift(body: kopf.Body, **_: Any) -> None:
-    _run(reconciler().reconcile_disaggdeployment, body)
+    return registry

@@ -1,13 +1,24 @@
 """The one module that talks to the Kubernetes API.
 
-Everything the operator reads or writes goes through here (``lint-imports``
-enforces that no other module imports ``kubernetes``): server-side apply with
-one field manager, gets and label-selected lists, deletes, status patches.
-Objects are plain dicts in and out, the same dicts ``disagg.render`` produces.
+Everything the operator *writes* goes through here (``lint-imports`` enforces that no
+other module imports ``kubernetes``); reads come from the watch-fed cache
+(``controller.store``), so a reconcile that finds nothing to change makes no request.
 
-Errors are sorted into what the caller can act on: :class:`NotFound`,
+Writes are chosen so that the operator can never take an object it did not create:
+a new child is made with ``POST`` (it fails with :class:`AlreadyExists` when a
+same-named object exists, whoever owns it), and an existing child is changed by
+server-side apply *with the resourceVersion we read as a precondition* (it fails
+with :class:`Conflict` if the object changed since, e.g. an autoscaler's write
+landed in between).  Objects are plain dicts in and out.
+
+Errors are sorted into what the caller can act on: :class:`NotFound` (and
+:class:`MissingAPI` when the kind itself is not served), :class:`AlreadyExists`,
 :class:`Conflict`, :class:`Invalid` (the API server rejected the object: a
-permanent problem with the spec) and :class:`TransientError` (retry later).
+permanent problem with the spec; "failed to create typed patch object", which the
+server answers with a 500, is one of these), :class:`Forbidden` (the operator's
+own RBAC) and :class:`TransientError` (5xx, throttling, network: retry later).
+Every request is counted by verb in :attr:`Kube.requests` (for the operator's
+metrics and the scale benchmark).
 """
 
 from __future__ import annotations
@@ -15,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import threading
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,17 +46,35 @@ class KubeError(Exception):
         super().__init__(message)
         self.status = status
 
+    @property
+    def first_line(self) -> str:
+        """The server's message without the request line, cut at its first line."""
+        text = str(self)
+        return text.splitlines()[0] if text else ""
+
 
 class NotFound(KubeError):
-    """The object (or its kind) does not exist."""
+    """The object does not exist."""
+
+
+class MissingAPI(NotFound):
+    """The kind itself is not served (e.g. KEDA's ScaledObject without KEDA installed)."""
 
 
 class Conflict(KubeError):
-    """A field-manager or resourceVersion conflict."""
+    """A resourceVersion precondition failed: the object changed since it was read."""
+
+
+class AlreadyExists(KubeError):
+    """A create found an object of that name (ours or, more worrying, someone else's)."""
 
 
 class Invalid(KubeError):
-    """The API server rejected the object (422, 400, 403 on admission)."""
+    """The API server (or an admission plugin) rejected the object: 400, 403, 422."""
+
+
+class Forbidden(Invalid):
+    """The operator's own RBAC does not allow the request."""
 
 
 class TransientError(KubeError):
@@ -101,10 +132,14 @@ def resource_of(api_version: str, kind: str) -> Resource:
 
 
 class Kube:
-    """A thin, dict-in dict-out client over one ``ApiClient``."""
+    """A thin, dict-in dict-out client over one ``ApiClient``; safe to share between threads."""
 
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self._api = api_client or client.ApiClient()
+        self._lock = threading.Lock()
+        self.requests: Counter[str] = Counter()
+        """Requests sent, by verb (``create``, ``apply``, ``get``, ``list``, ``delete``,
+        ``patch``, ``status``, ``event``)."""
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> Kube:
@@ -117,6 +152,7 @@ class Kube:
 
     def _call(
         self,
+        verb: str,
         method: str,
         path: str,
         *,
@@ -124,6 +160,8 @@ class Kube:
         query: list[tuple[str, Any]] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
+        with self._lock:
+            self.requests[verb] += 1
         try:
             # param_serialize + call_api are the generated client's untyped entry points; we
             # read the raw JSON ourselves and never depend on the generated model classes.
@@ -148,30 +186,55 @@ class Kube:
         result: dict[str, Any] = json.loads(raw) if raw else {}
         return result
 
-    def apply(self, obj: dict[str, Any], *, force: bool = True) -> dict[str, Any]:
-        """Server-side apply ``obj`` with the operator's field manager."""
+    def create(self, obj: dict[str, Any]) -> dict[str, Any]:
+        """Create ``obj``; :class:`AlreadyExists` if any object of that name is there."""
         meta = obj["metadata"]
         res = resource_of(obj["apiVersion"], obj["kind"])
         return self._call(
+            "create",
+            "POST",
+            res.path(meta.get("namespace")),
+            body=obj,
+            query=[("fieldManager", FIELD_MANAGER)],
+        )
+
+    def apply(self, obj: dict[str, Any], *, resource_version: str | None = None) -> dict[str, Any]:
+        """Server-side apply ``obj`` with the operator's field manager (forcing ownership of
+        the fields it sets).  With ``resource_version`` the apply only lands on exactly that
+        version of the object (:class:`Conflict` otherwise)."""
+        meta = obj["metadata"]
+        if resource_version is not None:
+            obj = {**obj, "metadata": {**meta, "resourceVersion": resource_version}}
+        res = resource_of(obj["apiVersion"], obj["kind"])
+        return self._call(
+            "apply",
             "PATCH",
             res.path(meta.get("namespace"), meta["name"]),
             body=obj,
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true" if force else "false")],
+            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
 
     def apply_status(
-        self, api_version: str, kind: str, namespace: str, name: str, status: dict[str, Any]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        status: dict[str, Any],
+        *,
+        uid: str | None = None,
     ) -> dict[str, Any]:
-        """Server-side apply of the ``status`` subresource (only the fields we set)."""
+        """Server-side apply of the ``status`` subresource (only the fields we set).  With
+        ``uid`` the write lands only on that incarnation of the object (a same-named object
+        created after ours was deleted is left alone)."""
         res = resource_of(api_version, kind)
-        body = {
-            "apiVersion": api_version,
-            "kind": kind,
-            "metadata": {"name": name, "namespace": namespace},
-            "status": status,
-        }
+        metadata: dict[str, Any] = {"name": name, "namespace": namespace}
+        if uid:
+            metadata["uid"] = uid
+        body = {"apiVersion": api_version, "kind": kind, "metadata": metadata, "status": status}
         return self._call(
+            "status",
             "PATCH",
             res.path(namespace, name, "status"),
             body=body,
@@ -180,7 +243,7 @@ class Kube:
         )
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
-        return self._call("GET", resource_of(api_version, kind).path(namespace, name))
+        return self._call("get", "GET", resource_of(api_version, kind).path(namespace, name))
 
     def get_or_none(
         self, api_version: str, kind: str, namespace: str, name: str
@@ -195,6 +258,7 @@ class Kube:
     ) -> list[dict[str, Any]]:
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
         result = self._call(
+            "list",
             "GET",
             resource_of(api_version, kind).path(namespace),
             query=[("labelSelector", label_selector)],
@@ -202,37 +266,78 @@ class Kube:
         items: list[dict[str, Any]] = result.get("items", [])
         return items
 
-    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> None:
+    def delete(
+        self, api_version: str, kind: str, namespace: str, name: str, *, uid: str | None = None
+    ) -> None:
+        """Delete (background propagation); with ``uid``, only that incarnation."""
+        body: dict[str, Any] = {"propagationPolicy": "Background"}
+        if uid:
+            body["preconditions"] = {"uid": uid}
         with contextlib.suppress(NotFound):
             self._call(
+                "delete",
                 "DELETE",
                 resource_of(api_version, kind).path(namespace, name),
-                body={"propagationPolicy": "Background"},
+                body=body,
             )
 
     def merge_patch(
-        self, api_version: str, kind: str, namespace: str, name: str, patch: dict[str, Any]
+        self,
+        api_version: str,
+        kind: str,
+        namespace: str,
+        name: str,
+        patch: dict[str, Any],
+        *,
+        field_manager: str = FIELD_MANAGER,
     ) -> dict[str, Any]:
         return self._call(
+            "patch",
             "PATCH",
             resource_of(api_version, kind).path(namespace, name),
             body=patch,
+            query=[("fieldManager", field_manager)],
             content_type="application/merge-patch+json",
         )
 
+    def post_event(self, event: dict[str, Any]) -> None:
+        """Create a core/v1 Event (best effort: a lost Event is logged, never raised)."""
+        try:
+            self._call(
+                "event",
+                "POST",
+                resource_of("v1", "Event").path(event["metadata"]["namespace"]),
+                body=event,
+            )
+        except KubeError as exc:
+            log.warning("could not post Event %s: %s", event.get("reason"), exc.first_line)
+
 
 def _classify(status: int, reason: str, body: Any, method: str, path: str) -> KubeError:
-    message = f"{method} {path}: {status} {reason}"
     try:
-        detail = json.loads(body or "{}").get("message")
-    except (ValueError, AttributeError):
-        detail = None
-    if detail:
-        message = f"{message}: {detail}"
+        parsed = json.loads(body or "{}")
+    except (ValueError, TypeError):
+        parsed = {}
+    if not isinstance(parsed, dict):
+        parsed = {}
+    detail = str(parsed.get("message") or reason or "")
+    why = parsed.get("reason", "")
+    message = detail or f"{method} {path}: {status} {reason}"
     if status == 404:
+        details = parsed.get("details") or {}
+        if not details.get("name"):
+            return MissingAPI(f"{path}: the API server does not serve this kind", status)
         return NotFound(message, status)
     if status == 409:
+        if why == "AlreadyExists":
+            return AlreadyExists(message, status)
         return Conflict(message, status)
+    if status == 403 and "cannot" in detail and 'User "' in detail:
+        return Forbidden(message, status)
     if status in (400, 403, 422):
+        return Invalid(message, status)
+    if status == 500 and "failed to create typed patch object" in detail:
+        # The object does not fit its schema (a wrong type in a pass-through field): the
+        # server says 500, but retrying the same object can never succeed.
         return Invalid(message, status)
     return TransientError(message, status)

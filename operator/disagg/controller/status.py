@@ -8,11 +8,12 @@ scheduler's own message instead of sitting silently at 0/N.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from disagg.api.disaggdeployment import DisaggDeploymentSpec
 from disagg.api.inferencepool import InferencePoolSpec
-from disagg.controller.conditions import Condition, condition, is_true
+from disagg.controller.conditions import Condition, Reason, Type, condition, find, is_true
 from disagg.planner.models import MODELS, kv_bytes_per_token, preset_for_model_name
 from disagg.planner.roofline import transfer_time_s
 
@@ -22,6 +23,17 @@ _TCP_WARNING = (
     "RDMA is off: NIXL moves KV over TCP, expect TTFT 10-40x worse than over RDMA; "
     "set spec.rdma for production"
 )
+
+
+def _creation_problem(deployment: dict[str, Any] | None) -> tuple[str, str] | None:
+    """(reason, message) when the ReplicaSet cannot create pods at all: Pod Security or
+    another admission plugin forbids them, or a quota is exhausted (``ReplicaFailure``,
+    which the Deployment controller copies from the ReplicaSet's ``FailedCreate``)."""
+    for cond in (deployment or {}).get("status", {}).get("conditions", []):
+        if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
+            message = (cond.get("message") or "pods cannot be created").strip()
+            return Reason.PODS_FORBIDDEN, message.splitlines()[0]
+    return None
 
 
 def _pod_problems(pods: list[dict[str, Any]]) -> tuple[str, str] | None:
@@ -68,42 +80,46 @@ def pool_status(
         "selector": selector,
         "endpoints": ready,
     }
-    problem = _pod_problems(pods)
+    problem = _creation_problem(deployment) or _pod_problems(pods)
     conds: list[Condition] = []
     if desired == 0:
-        conds.append(condition("Ready", True, "ScaledToZero", "the pool has no workers by request"))
+        conds.append(
+            condition(Type.READY, True, Reason.SCALED_TO_ZERO, "the pool has no workers by request")
+        )
     elif ready >= desired:
-        conds.append(condition("Ready", True, "WorkersReady", f"{ready}/{desired} workers ready"))
+        conds.append(
+            condition(Type.READY, True, Reason.WORKERS_READY, f"{ready}/{desired} workers ready")
+        )
     else:
-        reason = problem[0] if problem else "WorkersNotReady"
-        conds.append(condition("Ready", False, reason, f"{ready}/{desired} workers ready"))
+        reason = problem[0] if problem else Reason.WORKERS_NOT_READY
+        conds.append(condition(Type.READY, False, reason, f"{ready}/{desired} workers ready"))
     progressing = updated < desired or ready < desired or replicas > desired
     conds.append(
         condition(
-            "Progressing",
+            Type.PROGRESSING,
             progressing,
-            "RollingOut" if progressing else "Stable",
+            Reason.ROLLING_OUT if progressing else Reason.STABLE,
             f"{updated} updated, {ready} ready, {desired} desired",
         )
     )
     if problem:
-        conds.append(condition("Degraded", True, problem[0], problem[1]))
+        conds.append(condition(Type.DEGRADED, True, problem[0], problem[1]))
     elif clamp_reason:
-        conds.append(condition("Degraded", False, "ScalingLimited", clamp_reason))
+        conds.append(condition(Type.DEGRADED, False, Reason.SCALING_LIMITED, clamp_reason))
     else:
-        conds.append(condition("Degraded", False, "AsExpected"))
+        conds.append(condition(Type.DEGRADED, False, Reason.AS_EXPECTED))
     if spec.rdma.enabled:
         conds.append(
             condition(
-                "RDMAReady",
+                Type.RDMA_READY,
                 ready > 0,
-                "DevicesAllocated" if ready > 0 else "NoReadyWorker",
+                Reason.DEVICES_ALLOCATED if ready > 0 else Reason.NO_READY_WORKER,
                 f"{spec.rdma.count} x {spec.rdma.resource_name} per worker, "
                 f"transport {spec.rdma.transport}",
             )
         )
     else:
-        conds.append(condition("RDMAReady", False, "RDMADisabled", _TCP_WARNING))
+        conds.append(condition(Type.RDMA_READY, False, Reason.RDMA_DISABLED, _TCP_WARNING))
     return fields, conds
 
 
@@ -134,7 +150,7 @@ def disagg_status(
     """Status fields and conditions of a DisaggDeployment from its children."""
     fields: dict[str, Any] = {}
     conds: list[Condition] = []
-    for role, type_ in (("prefill", "PrefillReady"), ("decode", "DecodeReady")):
+    for role, type_ in (("prefill", Type.PREFILL_READY), ("decode", Type.DECODE_READY)):
         pool = pools.get(role)
         pstatus = (pool or {}).get("status", {})
         requested = (pool or {}).get("spec", {}).get("replicas")
@@ -144,15 +160,17 @@ def disagg_status(
             "ready": pstatus.get("readyReplicas", 0),
         }
         if pool is None:
-            conds.append(condition(type_, False, "PoolMissing", f"{name}-{role} not created yet"))
+            conds.append(
+                condition(type_, False, Reason.POOL_MISSING, f"{name}-{role} not created yet")
+            )
         else:
             pconds = pstatus.get("conditions", [])
-            ready = is_true(pconds, "Ready")
+            ready = is_true(pconds, Type.READY)
             reason = next(
-                (c.get("reason", "") for c in pconds if c.get("type") == "Ready"), "Pending"
+                (c.get("reason", "") for c in pconds if c.get("type") == Type.READY), Reason.PENDING
             )
             conds.append(
-                condition(type_, ready, reason or "Pending", f"{fields[role]['ready']} ready")
+                condition(type_, ready, reason or Reason.PENDING, f"{fields[role]['ready']} ready")
             )
     gstatus = (gateway or {}).get("status", {})
     gready = gstatus.get("readyReplicas", 0)
@@ -161,12 +179,12 @@ def disagg_status(
         "endpoint": f"http://{name}-gateway.{namespace}.svc:{port}",
         "ready": gready,
     }
-    gateway_ok = gateway is not None and gready >= 1
+    gateway_ok = gateway is not None and gready >= min(1, spec.gateway.replicas)
     conds.append(
         condition(
-            "GatewayReady",
+            Type.GATEWAY_READY,
             gateway_ok,
-            "GatewayAvailable" if gateway_ok else "GatewayNotReady",
+            Reason.GATEWAY_AVAILABLE if gateway_ok else Reason.GATEWAY_NOT_READY,
             f"{gready}/{spec.gateway.replicas} gateway pods ready",
         )
     )
@@ -175,9 +193,9 @@ def disagg_status(
     conds.insert(
         0,
         condition(
-            "Ready",
+            Type.READY,
             all_ready,
-            "AllComponentsReady" if all_ready else "ComponentsNotReady",
+            Reason.ALL_COMPONENTS_READY if all_ready else Reason.COMPONENTS_NOT_READY,
             "prefill, decode and gateway are ready"
             if all_ready
             else "not ready: " + ", ".join(not_ready),
@@ -186,14 +204,93 @@ def disagg_status(
     if spec.rdma.enabled:
         conds.append(
             condition(
-                "RDMAReady",
+                Type.RDMA_READY,
                 True,
-                "RDMAConfigured",
+                Reason.RDMA_CONFIGURED,
                 f"{spec.rdma.count} x {spec.rdma.resource_name} per worker, "
                 f"transport {spec.rdma.transport}, {spec.rdma.link_gbps:g} Gb/s",
             )
         )
     else:
-        conds.append(condition("RDMAReady", False, "RDMADisabled", _TCP_WARNING))
+        conds.append(condition(Type.RDMA_READY, False, Reason.RDMA_DISABLED, _TCP_WARNING))
+    degraded = [
+        (role, found)
+        for role, pool in pools.items()
+        if (found := find((pool or {}).get("status", {}).get("conditions"), Type.DEGRADED))
+        and found.get("status") == "True"
+    ]
+    if degraded:
+        role, found = degraded[0]
+        conds.append(
+            condition(
+                Type.DEGRADED,
+                True,
+                found.get("reason") or Reason.WORKERS_NOT_READY,
+                f"{role} pool: {found.get('message', '')}",
+            )
+        )
+    else:
+        conds.append(condition(Type.DEGRADED, False, Reason.AS_EXPECTED))
     fields.update(kv_estimates(spec))
     return fields, conds
+
+
+#: Window over which the routing decisions are counted.
+WINDOW = "5m"
+#: Below this share of disaggregated requests, disaggregation is not effective.
+MIN_DISAGGREGATED_SHARE = 0.05
+#: Above this share of fallbacks among P/D attempts, KV handoffs are failing.
+MAX_FALLBACK_SHARE = 0.5
+
+
+@dataclass(frozen=True)
+class Decisions:
+    """The gateway's routing decisions over :data:`WINDOW`, summed over its pods."""
+
+    disaggregated: float
+    decode_only: float
+    fallback: float
+
+    @property
+    def total(self) -> float:
+        return self.disaggregated + self.decode_only + self.fallback
+
+
+def effectiveness(
+    decisions: Decisions | None, configured: bool = True
+) -> tuple[float | None, Condition]:
+    """The disaggregated share and the ``DisaggregationEffective`` condition."""
+    type_ = Type.DISAGGREGATION_EFFECTIVE
+    if decisions is None:
+        why = (
+            "Prometheus did not answer"
+            if configured
+            else "the operator runs without --prometheus-url, so it cannot tell"
+        )
+        return None, condition(type_, None, Reason.METRICS_UNAVAILABLE, why)
+    if decisions.total < 1:
+        return None, condition(type_, None, Reason.NO_TRAFFIC, f"no requests in the last {WINDOW}")
+    share = decisions.disaggregated / decisions.total
+    attempted = decisions.disaggregated + decisions.fallback
+    if attempted >= 1 and decisions.fallback / attempted > MAX_FALLBACK_SHARE:
+        return share, condition(
+            type_,
+            False,
+            Reason.KV_HANDOFF_FAILING,
+            f"{decisions.fallback:.0f} of {attempted:.0f} P/D attempts fell back to "
+            f"decode-local prefill in the last {WINDOW}",
+        )
+    if share < MIN_DISAGGREGATED_SHARE:
+        return share, condition(
+            type_,
+            False,
+            Reason.MOSTLY_DECODE_ONLY,
+            f"{share:.0%} of requests disaggregated in the last {WINDOW}: prompts are below "
+            "gateway.routing.selective.minUncachedPromptTokens (or cached)",
+        )
+    return share, condition(
+        type_,
+        True,
+        Reason.DISAGGREGATING,
+        f"{share:.0%} of requests went prefill -> decode in the last {WINDOW}",
+    )

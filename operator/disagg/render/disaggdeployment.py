@@ -18,6 +18,7 @@ from disagg.api.versions import API_VERSION
 from disagg.render import names
 from disagg.render.gateway import render_gateway_children
 from disagg.render.metadata import object_meta
+from disagg.render.pool import requested_replicas
 from disagg.render.vllm import kv_hash_seed
 
 ROLES = ("prefill", "decode")
@@ -35,7 +36,7 @@ def child_pool_spec(
 ) -> InferencePoolSpec:
     """The spec of the ``role`` pool: shared settings plus that side's section."""
     side = section(spec, role)
-    replicas = side.replicas
+    replicas = requested_replicas(side)
     if side.autoscaling.enabled:
         if current_replicas is not None:
             replicas = current_replicas

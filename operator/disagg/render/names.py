@@ -15,6 +15,7 @@ LABEL_POOL = "disagg.dev/pool"
 LABEL_ROLE = "disagg.dev/role"
 LABEL_DEPLOYMENT = "disagg.dev/deployment"
 LABEL_COMPONENT = "app.kubernetes.io/component"
+LABEL_MANAGED_BY = "app.kubernetes.io/managed-by"
 #: On worker pods: the hash of their KV layout and their tensor-parallel size (``kvlayout``).
 LABEL_KV_LAYOUT = "disagg.dev/kv-layout"
 LABEL_TENSOR_PARALLEL = "disagg.dev/tensor-parallel"
@@ -50,7 +51,7 @@ def pool_labels(pool: str, role: str, deployment: str | None) -> dict[str, str]:
         "app.kubernetes.io/instance": pool,
         LABEL_COMPONENT: role,
         "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_POOL: pool,
         LABEL_ROLE: role,
     }
@@ -65,7 +66,7 @@ def gateway_labels(deployment: str) -> dict[str, str]:
         "app.kubernetes.io/instance": gateway_name(deployment),
         LABEL_COMPONENT: "gateway",
         "app.kubernetes.io/part-of": PART_OF,
-        "app.kubernetes.io/managed-by": MANAGED_BY,
+        LABEL_MANAGED_BY: MANAGED_BY,
         LABEL_DEPLOYMENT: deployment,
     }
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from disagg.api.inferencepool import InferencePoolSpec
+from disagg.api.inferencepool import InferencePoolSpec, PoolSection
 from disagg.render import names
 from disagg.render.autoscaling import render_hpa, render_scaled_object
 from disagg.render.kvlayout import kv_layout_labels
@@ -57,6 +57,22 @@ while time.monotonic() < limit:
         break
     time.sleep(1)
 """
+
+
+def requested_replicas(section: PoolSection) -> int:
+    """The workers a pool asks for: ``replicas``, else the autoscaling minimum (else 1)."""
+    replicas = getattr(section, "replicas", None)
+    if replicas is not None:
+        return int(replicas)
+    return section.autoscaling.min_replicas if section.autoscaling.enabled else 1
+
+
+def may_run_several(section: PoolSection) -> bool:
+    """Whether the pool can ever have two workers: only then can a disruption budget protect
+    anything (``maxUnavailable: 1`` of one worker allows evicting it)."""
+    if section.autoscaling.enabled:
+        return section.autoscaling.max_replicas >= 2
+    return requested_replicas(section) >= 2
 
 
 def _worker_container(spec: InferencePoolSpec) -> dict[str, Any]:
@@ -181,6 +197,8 @@ def render_pod_template(spec: InferencePoolSpec, labels: dict[str, str]) -> dict
     pod: dict[str, Any] = {
         # VLLM_PORT and friends from service links collide with vLLM's own variables.
         "enableServiceLinks": False,
+        # vLLM never talks to the Kubernetes API: no credentials in the worker.
+        "automountServiceAccountToken": False,
         "terminationGracePeriodSeconds": spec.drain.timeout_seconds + 30,
         "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}},
         "containers": [_worker_container(spec)],
@@ -254,7 +272,9 @@ def render_pool_children(
         "metadata": object_meta(name, namespace, labels, owner),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
     }
-    children = [deployment_obj, service, pdb]
+    children = [deployment_obj, service]
+    if may_run_several(spec):
+        children.append(pdb)
     if spec.autoscaling.enabled:
         if spec.autoscaling.engine == "keda":
             scaler = render_scaled_object(
