@@ -14,14 +14,14 @@ from typing import Any
 
 from disagg.controller.drift import with_hash
 from disagg.controller.failures import FailureMemory
-from disagg.controller.plan import (
+from disagg.controller.plan_disagg import plan_disagg
+from disagg.controller.plan_pool import plan_pool
+from disagg.controller.plantypes import (
     Observed,
     Plan,
     PlanConfig,
     PoolMetrics,
     disagg_child_keys,
-    plan_disagg,
-    plan_pool,
     pool_child_keys,
 )
 from disagg.controller.status import Decisions

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from disagg.controller.metrics import QUERIES, MetricsSnapshot, build_snapshot
-from disagg.controller.plan import PoolMetrics
+from disagg.controller.plantypes import PoolMetrics
 from disagg.controller.status import Decisions, effectiveness
 
 

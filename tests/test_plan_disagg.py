@@ -179,3 +179,17 @@ def test_a_gateway_scaled_to_zero_is_not_a_failure() -> None:
     world = _world(gateway={"replicas": 0})
     world.converge()
     assert cond(world.obj["status"], "GatewayReady")["status"] == "True"
+
+
+def test_a_gateway_image_of_the_tenants_choosing_is_refused_unless_allowed() -> None:
+    from disagg.render.podpolicy import PodPolicy, PolicySet
+    from tests.planworld import NS
+
+    world = _world(
+        gateway={"image": "tenant/exfiltrate:1", "apiKeySecretRef": {"name": "k", "key": "k"}}
+    )
+    plan = world.plan()
+    assert plan.writes == []
+    assert "spec.gateway.image" in cond(plan.status, "Degraded")["message"]
+    world.policies = PolicySet(namespaces={NS: PodPolicy(allow_any_gateway_image=True)})
+    assert world.plan().writes

@@ -8,7 +8,8 @@ import pytest
 
 from disagg.controller.conditions import Reason
 from disagg.controller.failures import Failure, FailureMemory
-from disagg.controller.plan import DELETION_COST, PoolMetrics, failure_plan
+from disagg.controller.plan import failure_plan
+from disagg.controller.plantypes import DELETION_COST, PoolMetrics
 from disagg.render.podpolicy import PodPolicy, PolicySet
 from tests.planworld import NS, World, cond, disagg_obj, foreign, pool_obj
 

@@ -30,7 +30,7 @@ from disagg.controller.kube import (
     MissingAPI,
     NotFound,
 )
-from disagg.controller.plan import EventSpec, Observed, Plan
+from disagg.controller.plantypes import EventSpec, Observed, Plan
 
 log = logging.getLogger(__name__)
 

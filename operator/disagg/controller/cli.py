@@ -76,6 +76,14 @@ def main(argv: list[str]) -> int:
         "the safe default, e.g. allowHostNamespaces, allowedSecrets (docs/security.md)",
     )
     parser.add_argument(
+        "--gateway-image",
+        action="append",
+        default=[],
+        metavar="IMAGE",
+        help="a gateway image every namespace may run besides the default one (repeatable); "
+        "others need allowAnyGatewayImage in --worker-policy",
+    )
+    parser.add_argument(
         "--metrics-interval",
         type=float,
         default=30.0,
@@ -127,6 +135,7 @@ def main(argv: list[str]) -> int:
             metrics_interval=args.metrics_interval,
             policies=policies,
             fault_apply_delay=args.fault_apply_delay,
+            trusted_gateway_images=frozenset(args.gateway_image),
         ),
     )
     asyncio.run(

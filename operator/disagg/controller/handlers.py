@@ -123,6 +123,10 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         settings.watching.server_timeout = 300
         await controller.start()
 
+    @kopf.on.probe(id="controller", registry=registry)
+    def probe(**_: Any) -> dict[str, object]:
+        return controller.probe()
+
     @kopf.on.cleanup(registry=registry)
     async def cleanup(**_: Any) -> None:
         await controller.stop()

@@ -24,7 +24,7 @@ from typing import Any
 
 import httpx
 
-from disagg.controller.plan import PoolMetrics
+from disagg.controller.plantypes import PoolMetrics
 from disagg.controller.status import WINDOW, Decisions
 
 log = logging.getLogger(__name__)

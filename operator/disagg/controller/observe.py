@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from disagg.controller.failures import FailureMemory
 from disagg.controller.metrics import MetricsSnapshot
-from disagg.controller.plan import Observed, disagg_child_keys, pool_child_keys
+from disagg.controller.plantypes import Observed, disagg_child_keys, pool_child_keys
 from disagg.controller.store import Store
 from disagg.render import names
 

@@ -27,21 +27,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+from disagg.api.versions import DEFAULT_GATEWAY_IMAGE
 from disagg.controller import act
 from disagg.controller.conditions import Reason, now
 from disagg.controller.failures import Failure, FailureMemory
 from disagg.controller.kube import Kube
 from disagg.controller.metrics import MetricsSnapshot, PrometheusClient, read_snapshot
 from disagg.controller.observe import observe_disagg, observe_pool
-from disagg.controller.plan import (
-    EventSpec,
-    Observed,
-    Plan,
-    PlanConfig,
-    failure_plan,
-    plan_disagg,
-    plan_pool,
-)
+from disagg.controller.plan import failure_plan
+from disagg.controller.plan_disagg import plan_disagg
+from disagg.controller.plan_pool import plan_pool
+from disagg.controller.plantypes import EventSpec, Observed, Plan, PlanConfig
 from disagg.controller.store import Store
 from disagg.render.podpolicy import PolicySet
 from disagg.render.pool import DEFAULT_PROMETHEUS_URL
@@ -71,6 +67,8 @@ class Settings:
     """Coalescing delay for events of children and pods (a rollout's burst is one reconcile)."""
     policies: PolicySet = field(default_factory=PolicySet)
     """What worker pods may do, per namespace."""
+    trusted_gateway_images: frozenset[str] = frozenset()
+    """Gateway images every namespace may run, besides the default one."""
     fault_apply_delay: float = 0.0
     """Fault injection for tests: seconds to sleep before writing children."""
 
@@ -154,6 +152,16 @@ class Controller:
             finally:
                 self.queue.done(key)
 
+    def probe(self) -> dict[str, object]:
+        """What the liveness endpoint reports (kopf adds it to ``/healthz``)."""
+        return {
+            "queued": len(self.queue),
+            "processing": self.queue.processing,
+            "reconciles": self.stats["reconciles"],
+            "failing": len(self.failures),
+            "requests": dict(self.kube.requests),
+        }
+
     def observe(self, key: Key) -> Observed | None:
         assert self.store is not None
         kind, namespace, name = key
@@ -173,6 +181,7 @@ class Controller:
             now=now(),
             clock=loop.time(),
             deletion_costs=self.deletion_costs,
+            trusted_gateway_images=self.settings.trusted_gateway_images | {DEFAULT_GATEWAY_IMAGE},
         )
         started = time.monotonic()
         result = await loop.run_in_executor(self._executor, self._plan_and_act, observed, cfg)

@@ -8,6 +8,7 @@ scheduler's own message instead of sitting silently at 0/N.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,6 +19,7 @@ from disagg.planner.models import MODELS, kv_bytes_per_token, preset_for_model_n
 from disagg.planner.roofline import transfer_time_s
 
 TYPICAL_PROMPT_TOKENS = 4096
+_POD_NAME = re.compile(r'pods? "[^"]*" (?:is|are) forbidden')
 
 _TCP_WARNING = (
     "RDMA is off: NIXL moves KV over TCP, expect TTFT 10-40x worse than over RDMA; "
@@ -31,8 +33,10 @@ def _creation_problem(deployment: dict[str, Any] | None) -> tuple[str, str] | No
     which the Deployment controller copies from the ReplicaSet's ``FailedCreate``)."""
     for cond in (deployment or {}).get("status", {}).get("conditions", []):
         if cond.get("type") == "ReplicaFailure" and cond.get("status") == "True":
-            message = (cond.get("message") or "pods cannot be created").strip()
-            return Reason.PODS_FORBIDDEN, message.splitlines()[0]
+            message = (cond.get("message") or "pods cannot be created").strip().splitlines()[0]
+            # Each retry names a new random pod: drop the name so the message (and so the
+            # Event, one per distinct message) stays the same while the cause does.
+            return Reason.PODS_FORBIDDEN, _POD_NAME.sub("pods are forbidden", message)
     return None
 
 

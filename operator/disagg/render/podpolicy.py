@@ -65,6 +65,9 @@ class PodPolicy:
     """ConfigMaps as volumes or environment of worker pods."""
     allow_node_name: bool = False
     """``nodeName`` (bypasses the scheduler, taints and quotas on placement)."""
+    allow_any_gateway_image: bool = False
+    """A gateway image other than the operator's trusted ones (the gateway pod holds the API
+    key Secret and a token that reads the namespace's pods and EndpointSlices)."""
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> PodPolicy:
@@ -79,6 +82,7 @@ class PodPolicy:
             "allowedSecrets": "allowed_secrets",
             "allowConfigMaps": "allow_config_maps",
             "allowNodeName": "allow_node_name",
+            "allowAnyGatewayImage": "allow_any_gateway_image",
         }
         unknown = sorted(set(raw) - set(names))
         if unknown:

@@ -1,0 +1,193 @@
+"""plan_disagg(): one reconcile of a DisaggDeployment, decided without the cluster.
+
+It owns two pools and the gateway's objects.  An autoscaled pool's ``spec.replicas``
+belongs to its autoscaler: set once at creation and afterwards only pulled inside new
+bounds, so the DisaggDeployment never races an HPA.  Its ``observedGeneration`` moves
+only when both pools have applied the spec it gave them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from pydantic import ValidationError
+
+from disagg.api.disaggdeployment import DisaggDeploymentSpec
+from disagg.api.inferencepool import InferencePoolSpec
+from disagg.api.versions import API_VERSION
+from disagg.controller.children import ChildDiff, Write, diff_children
+from disagg.controller.children import prunes as find_prunes
+from disagg.controller.conditions import (
+    Reason,
+    Type,
+    condition,
+)
+from disagg.controller.failures import Failure
+from disagg.controller.plan import (
+    base_status,
+    blocked_by_failure,
+    conflicted,
+    degraded_events,
+    failed,
+    invalid_spec_message,
+    kept_generation,
+    pod_template_violations,
+    status_update,
+    user_field,
+    violation_message,
+)
+from disagg.controller.plantypes import (
+    GATEWAY_CHILD_KINDS,
+    GATEWAY_PRUNABLE,
+    Body,
+    Observed,
+    Plan,
+    PlanConfig,
+)
+from disagg.controller.status import disagg_status, effectiveness
+from disagg.render import names
+from disagg.render.disaggdeployment import render_disaggdeployment_children, section
+from disagg.render.guards import apply_guards
+from disagg.render.pool import (
+    owner_reference,
+    render_pool_children,
+)
+
+
+def _strip_replicas(pool: Body) -> Body:
+    spec = {k: v for k, v in pool["spec"].items() if k != "replicas"}
+    return {**pool, "spec": spec}
+
+
+def _pool_writes(
+    o: Observed, spec: DisaggDeploymentSpec, diff: ChildDiff, rendered: Mapping[str, int]
+) -> list[Write]:
+    """Pool writes with ``spec.replicas`` handled: an autoscaled pool's replicas belong to its
+    autoscaler — set once at creation, and afterwards only pulled back inside new bounds
+    (the pool's admission rule would reject the spec otherwise)."""
+    out = []
+    for write in diff.writes:
+        if write.obj["kind"] != "InferencePool":
+            out.append(write)
+            continue
+        role = write.obj["spec"]["role"]
+        scaling = section(spec, role).autoscaling
+        if not scaling.enabled:
+            out.append(write)
+            continue
+        live = o.live.get(("InferencePool", write.obj["metadata"]["name"])) or {}
+        current = (live.get("spec") or {}).get("replicas")
+        body = dict(write.obj["spec"])
+        if write.mode == "create":
+            body["replicas"] = rendered[role]
+        elif current is None or not scaling.min_replicas <= current <= scaling.max_replicas:
+            low, high = scaling.min_replicas, scaling.max_replicas
+            body["replicas"] = max(low, min(high, current if current is not None else low))
+        out.append(Write({**write.obj, "spec": body}, write.mode, write.resource_version))
+    return out
+
+
+def _pools_caught_up(o: Observed, pool_names: list[str]) -> bool:
+    for pool_name in pool_names:
+        live = o.live.get(("InferencePool", pool_name))
+        if live is None:
+            return False
+        observed = (live.get("status") or {}).get("observedGeneration")
+        if observed is None or observed != live["metadata"].get("generation"):
+            return False
+    return True
+
+
+def plan_disagg(o: Observed, cfg: PlanConfig) -> Plan:
+    """The plan for one DisaggDeployment."""
+    if o.obj["metadata"].get("deletionTimestamp"):
+        return Plan()
+    base = base_status(o)
+    try:
+        spec = DisaggDeploymentSpec.model_validate(o.obj.get("spec") or {})
+    except ValidationError as exc:
+        return failed(o, Failure(Reason.INVALID_SPEC, invalid_spec_message(exc)), base, cfg)
+    owner = owner_reference(API_VERSION, "DisaggDeployment", o.name, o.uid)
+    children = render_disaggdeployment_children(o.name, o.namespace, spec, owner=owner)
+    rendered_replicas: dict[str, int] = {}
+    desired: list[Body] = []
+    for child in children:
+        if child["kind"] == "InferencePool":
+            role = child["spec"]["role"]
+            rendered_replicas[role] = int(child["spec"]["replicas"])
+            if section(spec, role).autoscaling.enabled:
+                child = _strip_replicas(child)
+        desired.append(child)
+    pool_names = [names.pool_name(o.name, role) for role in ("prefill", "decode")]
+    pools = {
+        role: o.live.get(("InferencePool", names.pool_name(o.name, role)))
+        for role in rendered_replicas
+    }
+    gateway = o.live.get(("Deployment", names.gateway_name(o.name)))
+    requested = {
+        role: int(((pool or {}).get("spec") or {}).get("replicas", rendered_replicas[role]))
+        for role, pool in pools.items()
+    }
+    guard = apply_guards(spec, requested["prefill"], requested["decode"])
+    fields, conds = disagg_status(
+        o.name,
+        o.namespace,
+        spec,
+        pools,
+        gateway,
+        {"prefill": guard.prefill, "decode": guard.decode},
+    )
+    share, effective = effectiveness(o.decisions, configured=o.metrics_configured)
+    fields["disaggregatedShare"] = None if share is None else round(share, 4)
+    conds.append(effective)
+    conds.append(
+        condition(Type.SCALING_LIMITED, True, Reason.GUARDS_APPLIED, "; ".join(guard.reasons))
+        if guard.clamped
+        else condition(Type.SCALING_LIMITED, False, Reason.WITHIN_BOUNDS)
+    )
+    violations: list[str] = []
+    for role in ("prefill", "decode"):
+        pool_spec = InferencePoolSpec.model_validate(
+            next(c for c in children if c["kind"] == "InferencePool" and c["spec"]["role"] == role)[
+                "spec"
+            ]
+        )
+        pool_children = render_pool_children(
+            name=names.pool_name(o.name, role),
+            namespace=o.namespace,
+            spec=pool_spec,
+            replicas=rendered_replicas[role],
+            deployment=o.name,
+        )
+        found = pod_template_violations(pool_spec, pool_children, o.namespace, cfg)
+        violations += [
+            user_field(v, section(spec, role).pod_template, f"spec.{role}") for v in found
+        ]
+    policy = cfg.policies.for_namespace(o.namespace)
+    image = spec.gateway.image
+    if image not in cfg.trusted_gateway_images and not policy.allow_any_gateway_image:
+        trusted = ", ".join(sorted(cfg.trusted_gateway_images))
+        violations.append(
+            f"spec.gateway.image: {image!r} is not a trusted gateway image ({trusted}); the "
+            "gateway holds the API key Secret and reads the namespace's pods"
+        )
+    if violations:
+        failure = Failure(Reason.UNSAFE_POD_TEMPLATE, violation_message(violations))
+        return failed(o, failure, (fields, conds), cfg)
+    if (memory := blocked_by_failure(o, cfg)) is not None:
+        plan = failed(o, memory.failure, (fields, conds), cfg)
+        plan.requeue_after = memory.retry_at - cfg.clock
+        return plan
+    diff = diff_children(desired, o.live, o.uid, {names.LABEL_DEPLOYMENT: o.name})
+    if diff.conflicts:
+        return conflicted(o, diff, (fields, conds), cfg)
+    writes = _pool_writes(o, spec, diff, rendered_replicas)
+    gateway_name = names.gateway_name(o.name)
+    wanted = {(c["kind"], c["metadata"]["name"]) for c in desired}
+    candidates = {(k, gateway_name): o.live.get((k, gateway_name)) for k in GATEWAY_PRUNABLE}
+    prunes = find_prunes(wanted, candidates, GATEWAY_CHILD_KINDS, o.namespace, o.uid)
+    pool_writes = any(w.obj["kind"] == "InferencePool" for w in writes)
+    caught_up = not pool_writes and _pools_caught_up(o, pool_names)
+    generation = o.generation if caught_up else kept_generation(o)
+    status = status_update(o, fields, conds, generation, cfg)
+    return Plan(writes=writes, prunes=prunes, status=status, events=degraded_events(o, conds))
