@@ -13,13 +13,17 @@ Tests that need it call ``use_prometheus(url)``, which restarts the process with
 
 from __future__ import annotations
 
+import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -34,6 +38,24 @@ class OperatorProcess:
     log_path: Path
     proc: subprocess.Popen[bytes] | None = None
     prometheus_url: str | None = None
+    health_port: int = 0
+    extra_args: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not self.health_port:
+            with socket.socket() as s:
+                s.bind(("127.0.0.1", 0))
+                self.health_port = int(s.getsockname()[1])
+
+    def health(self) -> dict[str, Any] | None:
+        """The operator's /healthz (its ``controller`` probe: queue, reconciles, requests)."""
+        try:
+            url = f"http://127.0.0.1:{self.health_port}/healthz"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                data: dict[str, Any] = json.loads(resp.read())
+                return data
+        except (OSError, ValueError):
+            return None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -48,8 +70,12 @@ class OperatorProcess:
                 "--kubeconfig",
                 str(self.kubeconfig),
                 "--liveness",
-                "http://127.0.0.1:0/healthz",
+                f"http://127.0.0.1:{self.health_port}/healthz",
+                # The e2e tier's gateway image (the default is the release tag).
+                "--gateway-image",
+                "disagg/gateway:dev",
                 *(["--prometheus-url", self.prometheus_url] if self.prometheus_url else []),
+                *self.extra_args,
             ],
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -455,6 +455,7 @@ def test_deploy_manifests_match_the_chart() -> None:
     assert docs[0]["kind"] == "Namespace"
     assert {d["kind"] for d in docs} == {
         "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
+        "ConfigMap",  # the worker policy
     }  # fmt: skip
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)

@@ -73,8 +73,8 @@ each line is there).  No wildcards: a new kind the operator manages must be adde
 tests/test_chart.py checks every rule against this list of verbs.
 */}}
 {{- define "disagg.namespacedRules" -}}
-# The custom resources: kopf patches finalizers and annotations on both; the operator
-# creates, applies and prunes a DisaggDeployment's child InferencePools.
+# The custom resources: watched; kopf removes the finalizer versions <= 0.1 added (patch);
+# the operator creates, applies and prunes a DisaggDeployment's child InferencePools.
 - apiGroups: ["disagg.dev"]
   resources: ["disaggdeployments"]
   verbs: ["get", "list", "watch", "patch", "update"]
@@ -109,11 +109,16 @@ tests/test_chart.py checks every rule against this list of verbs.
 - apiGroups: ["discovery.k8s.io"]
   resources: ["endpointslices"]
   verbs: ["get", "list", "watch"]
-# Worker pods: readiness for status, and events that trigger a reconcile.
+# Worker pods: readiness for status, and events that trigger a reconcile (and, only with
+# operator.podDeletionCost, their pod-deletion-cost annotation).
 - apiGroups: [""]
   resources: ["pods"]
+  {{- if .Values.operator.podDeletionCost }}
+  verbs: ["get", "list", "watch", "patch"]
+  {{- else }}
   verbs: ["get", "list", "watch"]
-# Events on the custom resources (kopf posts core/v1 Events).
+  {{- end }}
+# Events on the custom resources (the operator posts core/v1 Events).
 - apiGroups: [""]
   resources: ["events"]
   verbs: ["create", "patch"]
