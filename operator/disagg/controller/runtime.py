@@ -209,7 +209,10 @@ class Controller:
         events = [] if deferred else list(plan.events)
         if outcome.changed:
             log.info("%s %s/%s: %s", o.kind, o.namespace, o.name, plan.applied_message())
-            events.insert(0, EventSpec("Normal", "Applied", plan.applied_message()))
+            # Events go to the object the user wrote: a DisaggDeployment's pools are its
+            # business (its own Applied event names them), a standalone pool is the user's.
+            if o.parent is None:
+                events.insert(0, EventSpec("Normal", "Applied", plan.applied_message()))
         if not deferred and not act.write_status(self.kube, o, plan):
             outcome.gone = True
         if events and not outcome.gone:
