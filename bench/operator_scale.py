@@ -1,0 +1,480 @@
+"""The operator at scale on the local cluster: N DisaggDeployments, what it costs the API server.
+
+    python bench/operator_scale.py --n 100 300 500      # writes docs/benchmarks-operator.json
+
+Needs the local cluster up (``make cluster-up``) and no other operator running against it
+(hold the e2e lock).  Pools and gateways run at 0 replicas, so no pod is scheduled: this
+measures the operator and the API server, nothing else.
+
+The operator under test runs from this checkout as its own ServiceAccount (cluster-admin,
+for the benchmark only) with a FlowSchema matching exactly that user, so the API server's
+own counter ``apiserver_flowcontrol_dispatched_requests_total{flow_schema=...}`` counts
+its requests — reads, writes, watches and Events — and nobody else's.
+
+For each N: wall time from the first create to every DisaggDeployment converged
+(``status.observedGeneration == metadata.generation``), per-object p50/p99, API requests per
+DisaggDeployment, operator CPU seconds and peak RSS, requests/s at rest, spec change →
+child Deployment latency (p50/p99 over 20 changes), operator restart → everything resumed
+(and the writes it made), delete → every child gone, RSS after.  The peer in the same run
+is the floor: the same objects created directly by this driver with the same concurrency
+(what the API server needs without any operator).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import yaml
+from kubernetes import client, config
+from kubernetes.client.exceptions import ApiException
+
+REPO = Path(__file__).resolve().parent.parent
+CACHE = Path(os.environ.get("DISAGG_CACHE", Path.home() / ".cache" / "disagg"))
+KUBECONFIG = CACHE / "kubeconfig"
+GROUP, VERSION = "disagg.dev", "v1alpha1"
+BENCH_NS = "disagg-bench-system"
+SA = "disagg-bench-operator"
+FLOW = "disagg-bench-operator"
+CHANGES = 20
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def kubectl(*args: str, input: str | None = None) -> str:
+    kubectl_bin = os.environ.get("KUBECTL") or str(CACHE / "bin" / "kubectl")
+    proc = subprocess.run(
+        [kubectl_bin, f"--kubeconfig={KUBECONFIG}", *args],
+        input=input,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return proc.stdout
+
+
+def a_disagg(name: str) -> dict[str, Any]:
+    small = {"cpu": "100m", "memory": "256Mi", "sharedMemory": "64Mi"}
+    return {
+        "apiVersion": f"{GROUP}/{VERSION}",
+        "kind": "DisaggDeployment",
+        "metadata": {"name": name},
+        "spec": {
+            "model": {"name": "meta-llama/Llama-3.1-8B-Instruct", "servedName": "llama"},
+            "engine": {"image": "disagg/sim:dev", "imagePullPolicy": "Never"},
+            "prefill": {"replicas": 0, "resources": small},
+            "decode": {"replicas": 0, "resources": small},
+            "gateway": {"replicas": 0, "cpu": "100m", "memory": "128Mi"},
+        },
+    }
+
+
+# ------------------------------------------------------------------- identity and counting
+
+
+def operator_identity(tmp: Path) -> Path:
+    """A ServiceAccount + kubeconfig for the operator, and a FlowSchema counting its requests."""
+    kubectl(
+        "apply",
+        "--server-side",
+        "-f",
+        "-",
+        input=json.dumps(
+            {
+                "apiVersion": "v1",
+                "kind": "List",
+                "items": [
+                    {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": BENCH_NS}},
+                    {
+                        "apiVersion": "v1",
+                        "kind": "ServiceAccount",
+                        "metadata": {"name": SA, "namespace": BENCH_NS},
+                    },
+                    {
+                        "apiVersion": "rbac.authorization.k8s.io/v1",
+                        "kind": "ClusterRoleBinding",
+                        "metadata": {"name": SA},
+                        "roleRef": {
+                            "apiGroup": "rbac.authorization.k8s.io",
+                            "kind": "ClusterRole",
+                            "name": "cluster-admin",
+                        },
+                        "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": BENCH_NS}],
+                    },
+                    {
+                        "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
+                        "kind": "FlowSchema",
+                        "metadata": {"name": FLOW},
+                        "spec": {
+                            "matchingPrecedence": 100,
+                            "priorityLevelConfiguration": {"name": "workload-high"},
+                            "rules": [
+                                {
+                                    "subjects": [
+                                        {
+                                            "kind": "ServiceAccount",
+                                            "serviceAccount": {"name": SA, "namespace": BENCH_NS},
+                                        }
+                                    ],
+                                    "resourceRules": [
+                                        {
+                                            "apiGroups": ["*"],
+                                            "resources": ["*"],
+                                            "verbs": ["*"],
+                                            "namespaces": ["*"],
+                                            "clusterScope": True,
+                                        }
+                                    ],
+                                    "nonResourceRules": [
+                                        {"nonResourceURLs": ["*"], "verbs": ["*"]}
+                                    ],
+                                }
+                            ],
+                        },
+                    },
+                ],
+            }
+        ),
+    )
+    token = kubectl("create", "token", SA, "-n", BENCH_NS, "--duration=24h").strip()
+    admin = yaml.safe_load(KUBECONFIG.read_text())
+    cluster = admin["clusters"][0]
+    path = tmp / "operator.kubeconfig"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [cluster],
+                "users": [{"name": SA, "user": {"token": token}}],
+                "contexts": [{"name": SA, "context": {"cluster": cluster["name"], "user": SA}}],
+                "current-context": SA,
+            }
+        )
+    )
+    return path
+
+
+def operator_requests() -> float:
+    """Requests the API server dispatched for the operator's user so far."""
+    text = kubectl("get", "--raw", "/metrics")
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith("apiserver_flowcontrol_dispatched_requests_total{") and (
+            f'flow_schema="{FLOW}"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+# ----------------------------------------------------------------------------- the operator
+
+
+class Operator:
+    def __init__(self, kubeconfig: Path, workers: int, log_path: Path) -> None:
+        self.kubeconfig, self.workers, self.log_path = kubeconfig, workers, log_path
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = int(s.getsockname()[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        out = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "disagg.cli",
+                "operator",
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--liveness",
+                f"http://127.0.0.1:{self.port}/healthz",
+                "--workers",
+                str(self.workers),
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            cwd=REPO,
+        )
+        self.wait(lambda h: h is not None, 60, "operator up")
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def health(self) -> dict[str, Any] | None:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
+                data: dict[str, Any] = json.loads(r.read())
+                return data.get("controller") or {}
+        except (OSError, ValueError):
+            return None
+
+    def wait(self, ok: Any, timeout: float, what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            health = self.health()
+            if ok(health):
+                return health or {}
+            time.sleep(0.2)
+        raise SystemExit(f"timed out waiting for {what}")
+
+    def cpu_seconds(self) -> float:
+        assert self.proc is not None
+        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
+        ticks = os.sysconf("SC_CLK_TCK")
+        return (int(fields[11]) + int(fields[12])) / ticks
+
+    def memory_mib(self) -> tuple[float, float]:
+        """(current RSS, peak RSS) in MiB."""
+        assert self.proc is not None
+        values = {}
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            key, _, rest = line.partition(":")
+            if key in ("VmRSS", "VmHWM"):
+                values[key] = int(rest.split()[0]) / 1024
+        return values["VmRSS"], values["VmHWM"]
+
+
+# ------------------------------------------------------------------------------ measuring
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def converged(obj: dict[str, Any]) -> bool:
+    status = obj.get("status") or {}
+    return status.get("observedGeneration") == obj["metadata"].get("generation")
+
+
+def run_one(
+    n: int, workers: int, kubeconfig: Path, tmp: Path, rest_seconds: float
+) -> dict[str, Any]:
+    api = client.CustomObjectsApi()
+    apps = client.AppsV1Api()
+    core = client.CoreV1Api()
+    ns = f"bench-{n}"
+    core.create_namespace({"metadata": {"name": ns}})
+    op = Operator(kubeconfig, workers, tmp / f"operator-{n}.log")
+    op.start()
+    result: dict[str, Any] = {"n": n, "workers": workers}
+    try:
+        names = [f"dd-{i:04d}" for i in range(n)]
+        created: dict[str, float] = {}
+        done: dict[str, float] = {}
+        requests_before, cpu_before = operator_requests(), op.cpu_seconds()
+        started = time.monotonic()
+
+        def create(name: str) -> None:
+            api.create_namespaced_custom_object(
+                GROUP, VERSION, ns, "disaggdeployments", a_disagg(name)
+            )
+            created[name] = time.monotonic()
+
+        with concurrent.futures.ThreadPoolExecutor(16) as pool:
+            list(pool.map(create, names))
+        log(f"N={n}: created in {time.monotonic() - started:.1f} s")
+        while len(done) < n and time.monotonic() - started < 900:
+            items = api.list_namespaced_custom_object(GROUP, VERSION, ns, "disaggdeployments")[
+                "items"
+            ]
+            now = time.monotonic()
+            for obj in items:
+                if obj["metadata"]["name"] not in done and converged(obj):
+                    done[obj["metadata"]["name"]] = now
+            time.sleep(0.25)
+        if len(done) < n:
+            raise SystemExit(f"N={n}: only {len(done)} converged")
+        latencies = [done[k] - created[k] for k in names]
+        op.wait(
+            lambda h: h and h.get("queued") == 0 and not h.get("processing"), 120, "queue empty"
+        )
+        requests_after = operator_requests()
+        result.update(
+            converge_seconds=round(max(done.values()) - started, 2),
+            per_object_p50_s=round(percentile(latencies, 0.5), 2),
+            per_object_p99_s=round(percentile(latencies, 0.99), 2),
+            requests_per_deployment=round((requests_after - requests_before) / n, 2),
+            cpu_seconds_create=round(op.cpu_seconds() - cpu_before, 1),
+        )
+        per_dd = result["requests_per_deployment"]
+        log(f"N={n}: converged {result['converge_seconds']} s, {per_dd} req/DD")
+
+        at_rest_before = operator_requests()
+        time.sleep(rest_seconds)  # the measurement window itself
+        result["requests_per_second_at_rest"] = round(
+            (operator_requests() - at_rest_before) / rest_seconds, 3
+        )
+
+        changes = []
+        for i, name in enumerate(names[:: max(1, n // CHANGES)][:CHANGES]):
+            marker = str(100 + i)
+            t0 = time.monotonic()
+            api.patch_namespaced_custom_object(
+                GROUP,
+                VERSION,
+                ns,
+                "disaggdeployments",
+                name,
+                {"spec": {"decode": {"extraArgs": ["--max-num-seqs", marker]}}},
+            )
+            while time.monotonic() - t0 < 60:
+                dep = apps.read_namespaced_deployment(f"{name}-decode", ns)
+                if marker in (dep.spec.template.spec.containers[0].args or []):
+                    changes.append(time.monotonic() - t0)
+                    break
+                time.sleep(0.02)
+        result["spec_change_to_child_p50_s"] = round(percentile(changes, 0.5), 3)
+        result["spec_change_to_child_p99_s"] = round(percentile(changes, 0.99), 3)
+        result["rss_mib"], result["peak_rss_mib"] = (round(v, 1) for v in op.memory_mib())
+
+        op.stop()
+        restart_requests = operator_requests()
+        t0 = time.monotonic()
+        op.start()
+        health = op.wait(
+            lambda h: (
+                h
+                and h.get("reconciles", 0) >= 3 * n
+                and h.get("queued") == 0
+                and not h.get("processing")
+            ),
+            300,
+            "resume",
+        )
+        result["restart_resumed_seconds"] = round(time.monotonic() - t0, 2)
+        writes = {k: v for k, v in health.get("requests", {}).items() if k != "event"}
+        result["restart_writes"] = sum(writes.values())
+        result["restart_requests_per_deployment"] = round(
+            (operator_requests() - restart_requests) / n, 2
+        )
+
+        t0 = time.monotonic()
+        api.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, "disaggdeployments")
+        while time.monotonic() - t0 < 300:
+            left = len(apps.list_namespaced_deployment(ns).items) + len(
+                core.list_namespaced_config_map(
+                    ns, label_selector="app.kubernetes.io/managed-by=disagg-operator"
+                ).items
+            )
+            if (
+                left == 0
+                and not api.list_namespaced_custom_object(GROUP, VERSION, ns, "inferencepools")[
+                    "items"
+                ]
+            ):
+                break
+            time.sleep(0.5)
+        result["delete_to_children_gone_seconds"] = round(time.monotonic() - t0, 2)
+        op.wait(lambda h: h and h.get("queued") == 0, 60, "queue empty after delete")
+        result["rss_after_delete_mib"] = round(op.memory_mib()[0], 1)
+        op.stop()  # the floor is measured without any operator
+        result["floor_create_seconds"] = floor(ns, n)
+    finally:
+        op.stop()
+        with contextlib.suppress(ApiException):
+            core.delete_namespace(ns)
+    return result
+
+
+def floor(ns: str, n: int) -> float:
+    """The peer: the same children, created by this driver directly (no operator)."""
+    sys.path.insert(0, str(REPO / "operator"))
+    from disagg.api.disaggdeployment import DisaggDeploymentSpec
+    from disagg.api.inferencepool import InferencePoolSpec
+    from disagg.render.disaggdeployment import render_disaggdeployment_children
+    from disagg.render.pool import render_pool_children
+
+    dyn = client.ApiClient()
+    objects: list[dict[str, Any]] = []
+    for i in range(n):
+        name = f"floor-{i:04d}"
+        spec = DisaggDeploymentSpec.model_validate(a_disagg(name)["spec"])
+        for child in render_disaggdeployment_children(name, ns, spec):
+            objects.append(child)
+            if child["kind"] == "InferencePool":
+                pool = InferencePoolSpec.model_validate(child["spec"])
+                objects += render_pool_children(
+                    name=child["metadata"]["name"],
+                    namespace=ns,
+                    spec=pool,
+                    replicas=0,
+                    deployment=name,
+                )
+    plurals = {
+        "InferencePool": "inferencepools",
+        "ConfigMap": "configmaps",
+        "ServiceAccount": "serviceaccounts",
+        "Role": "roles",
+        "RoleBinding": "rolebindings",
+        "Deployment": "deployments",
+        "Service": "services",
+        "PodDisruptionBudget": "poddisruptionbudgets",
+    }
+
+    def create(obj: dict[str, Any]) -> None:
+        group_version = obj["apiVersion"]
+        base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
+        dyn.call_api(
+            f"{base}/namespaces/{ns}/{plurals[obj['kind']]}",
+            "POST",
+            body=obj,
+            header_params={"Content-Type": "application/json"},
+            auth_settings=["BearerToken"],
+            _preload_content=False,
+        )
+
+    t0 = time.monotonic()
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(create, objects))
+    return round(time.monotonic() - t0, 2)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--n", type=int, nargs="+", default=[100, 300, 500])
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--rest-seconds", type=float, default=120.0)
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "benchmarks-operator.json")
+    args = parser.parse_args()
+    if not KUBECONFIG.exists():
+        parser.error(f"no cluster: {KUBECONFIG} is missing (make cluster-up)")
+    config.load_kube_config(str(KUBECONFIG))
+    kubectl("apply", "--server-side", "--force-conflicts", "-f", str(REPO / "crds"))
+    results = []
+    with tempfile.TemporaryDirectory() as tmp:
+        identity = operator_identity(Path(tmp))
+        for n in args.n:
+            results.append(run_one(n, args.workers, identity, Path(tmp), args.rest_seconds))
+            log(json.dumps(results[-1]))
+    args.out.write_text(json.dumps({"runs": results}, indent=2) + "\n")
+    print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
