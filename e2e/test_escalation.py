@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.kube import Kube, KubectlError, condition
 from e2e.operator_process import OperatorProcess
 from e2e.test_operator import DD, IP, a_disagg, a_pool
+from testbed.cluster.kubectl import Kubectl, KubectlError, condition
 
 pytestmark = pytest.mark.e2e
 
@@ -159,7 +159,7 @@ ATTEMPTS: dict[str, tuple[dict[str, Any], str]] = {
 
 
 @pytest.fixture
-def tenant(kube: Kube, namespace: str) -> str:
+def tenant(kube: Kubectl, namespace: str) -> str:
     """A ServiceAccount that may do anything with our custom resources and nothing else."""
     kube.apply(
         [
@@ -199,7 +199,7 @@ def tenant(kube: Kube, namespace: str) -> str:
     return f"system:serviceaccount:{namespace}:{TENANT}"
 
 
-def _as(kube: Kube, user: str, obj: dict[str, Any]) -> None:
+def _as(kube: Kubectl, user: str, obj: dict[str, Any]) -> None:
     kube.kubectl("apply", f"--as={user}", "--server-side", "-f", "-", input=json.dumps(obj))
 
 
@@ -213,7 +213,7 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def test_the_tenant_really_has_only_our_resources(kube: Kube, tenant: str) -> None:
+def test_the_tenant_really_has_only_our_resources(kube: Kubectl, tenant: str) -> None:
     for verb, resource in (("get", "secrets"), ("create", "pods"), ("create", "deployments")):
         answer = kube.kubectl("auth", "can-i", verb, resource, f"--as={tenant}", check=False)
         assert answer.strip() == "no", (verb, resource, answer)
@@ -221,7 +221,7 @@ def test_the_tenant_really_has_only_our_resources(kube: Kube, tenant: str) -> No
 
 
 def test_no_field_of_our_api_gets_the_tenant_an_unsafe_pod(
-    operator: OperatorProcess, kube: Kube, tenant: str
+    operator: OperatorProcess, kube: Kubectl, tenant: str
 ) -> None:
     admitted: dict[str, str] = {}
     for name, (overlay, field) in ATTEMPTS.items():
@@ -248,7 +248,7 @@ def test_no_field_of_our_api_gets_the_tenant_an_unsafe_pod(
 
 
 def test_a_standalone_pool_is_held_to_the_same_rules(
-    operator: OperatorProcess, kube: Kube, tenant: str
+    operator: OperatorProcess, kube: Kubectl, tenant: str
 ) -> None:
     pool = a_pool("sneaky", podTemplate={"spec": {"hostNetwork": True, "hostPID": True}})
     _as(kube, tenant, pool)
@@ -264,7 +264,7 @@ def test_a_standalone_pool_is_held_to_the_same_rules(
 
 
 def test_the_model_token_secret_the_spec_names_is_allowed(
-    operator: OperatorProcess, kube: Kube, tenant: str
+    operator: OperatorProcess, kube: Kubectl, tenant: str
 ) -> None:
     kube.apply(
         {

@@ -20,23 +20,23 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.kube import Kube, condition
 from e2e.operator_process import OperatorProcess
 from e2e.test_operator import DD, IP, a_disagg, a_pool
+from testbed.cluster.kubectl import Kubectl, condition
 
 pytestmark = pytest.mark.e2e
 
 WATCH_SECONDS = 180
 
 
-def _degraded(kube: Kube, kind: str, name: str) -> dict[str, Any]:
+def _degraded(kube: Kubectl, kind: str, name: str) -> dict[str, Any]:
     obj = kube.get(kind, name) or {}
     found = condition(obj, "Degraded") or {}
     return found if found.get("status") == "True" else {}
 
 
 @pytest.fixture
-def failing_webhook(cluster_kube: Kube, namespace: str) -> Iterator[None]:
+def failing_webhook(cluster_kube: Kubectl, namespace: str) -> Iterator[None]:
     """Admission of Deployments labelled for this test calls a webhook that is not there:
     the API server answers 500 (Internal error: failed calling webhook)."""
     name = f"e2e-fail-{namespace}"
@@ -76,7 +76,7 @@ def failing_webhook(cluster_kube: Kube, namespace: str) -> Iterator[None]:
 
 
 @pytest.fixture
-def restricted_namespace(cluster_kube: Kube, namespace: str) -> Iterator[str]:
+def restricted_namespace(cluster_kube: Kubectl, namespace: str) -> Iterator[str]:
     name = f"{namespace[:50]}-psa"
     cluster_kube.apply(
         {
@@ -96,7 +96,7 @@ def restricted_namespace(cluster_kube: Kube, namespace: str) -> Iterator[str]:
 
 def test_each_failure_class_shows_in_status_with_exactly_one_event(
     operator: OperatorProcess,
-    kube: Kube,
+    kube: Kubectl,
     failing_webhook: None,
     restricted_namespace: str,
 ) -> None:
@@ -145,7 +145,7 @@ def test_each_failure_class_shows_in_status_with_exactly_one_event(
     assert "spec.placement.tolerations" in _degraded(kube, IP, "rejected-prefill")["message"]
     assert _degraded(kube, DD, "rejected")["message"].startswith("prefill pool:")
 
-    def warnings(k: Kube) -> Counter[tuple[str, str]]:
+    def warnings(k: Kubectl) -> Counter[tuple[str, str]]:
         return Counter(
             (e["involvedObject"]["name"], e["reason"])
             for e in k.items("events")

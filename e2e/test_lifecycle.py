@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.kube import Kube
 from e2e.operator_process import OperatorProcess
 from e2e.test_operator import DD, IP, a_disagg
+from testbed.cluster.kubectl import Kubectl
 
 pytestmark = pytest.mark.e2e
 
@@ -40,7 +40,7 @@ def idle_disagg(name: str, **spec: Any) -> dict[str, Any]:
     return body
 
 
-def _generation(kube: Kube, name: str) -> int:
+def _generation(kube: Kubectl, name: str) -> int:
     return int(kube.get(DD, name)["metadata"]["generation"])  # type: ignore[index]
 
 
@@ -48,7 +48,7 @@ def _args(deployment: dict[str, Any]) -> list[str]:
     return list(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
 
 
-def _check_children_have(kube: Kube, seqs: int, threshold: int) -> None:
+def _check_children_have(kube: Kubectl, seqs: int, threshold: int) -> None:
     """Every child reflects the spec that asked for ``seqs`` and ``threshold``."""
     pool = kube.get(IP, "llm-decode")
     assert pool is not None
@@ -60,7 +60,7 @@ def _check_children_have(kube: Kube, seqs: int, threshold: int) -> None:
     assert config["selective"]["minUncachedPromptTokens"] == threshold
 
 
-def _change_and_wait(kube: Kube, i: int) -> float:
+def _change_and_wait(kube: Kubectl, i: int) -> float:
     seqs, threshold = 16 + i, 100 + i
     body = idle_disagg("llm")
     body["spec"]["decode"]["extraArgs"] = ["--max-num-seqs", str(seqs)]
@@ -80,7 +80,7 @@ def _change_and_wait(kube: Kube, i: int) -> float:
 
 
 def test_observed_generation_is_written_only_once_every_child_has_the_spec(
-    operator: OperatorProcess, kube: Kube
+    operator: OperatorProcess, kube: Kubectl
 ) -> None:
     kube.apply(idle_disagg("llm"))
     times = [_change_and_wait(kube, i) for i in range(20)]
@@ -100,7 +100,7 @@ def test_observed_generation_is_written_only_once_every_child_has_the_spec(
 
 
 def test_deleting_while_the_operator_is_stopped_completes(
-    operator: OperatorProcess, kube: Kube, cluster_kube: Kube, namespace: str
+    operator: OperatorProcess, kube: Kubectl, cluster_kube: Kubectl, namespace: str
 ) -> None:
     if not operator.proc:
         pytest.skip("the operator runs in the cluster (E2E_OPERATOR=pod)")
@@ -138,7 +138,7 @@ def test_deleting_while_the_operator_is_stopped_completes(
 
 
 def test_the_finalizer_of_earlier_versions_is_removed(
-    operator: OperatorProcess, kube: Kube
+    operator: OperatorProcess, kube: Kubectl
 ) -> None:
     old = idle_disagg("old")
     old["metadata"]["finalizers"] = ["disagg.dev/finalizer"]
@@ -147,7 +147,7 @@ def test_the_finalizer_of_earlier_versions_is_removed(
     kube.delete(DD, "old", wait=True)
 
 
-def _versions(kube: Kube) -> dict[str, str]:
+def _versions(kube: Kubectl) -> dict[str, str]:
     out = {}
     for kind in (DD, *CHILD_KINDS):
         for obj in kube.items(kind):
@@ -155,7 +155,7 @@ def _versions(kube: Kube) -> dict[str, str]:
     return out
 
 
-def _stable_versions(kube: Kube) -> dict[str, str]:
+def _stable_versions(kube: Kubectl) -> dict[str, str]:
     """resourceVersions of everything, once two reads 3 s apart agree."""
 
     def probe() -> dict[str, str] | None:
@@ -167,7 +167,7 @@ def _stable_versions(kube: Kube) -> dict[str, str]:
 
 
 def test_an_operator_restart_writes_nothing(
-    operator: OperatorProcess, kube: Kube, cluster_kube: Kube
+    operator: OperatorProcess, kube: Kubectl, cluster_kube: Kubectl
 ) -> None:
     if not operator.proc:
         pytest.skip("the operator runs in the cluster (E2E_OPERATOR=pod)")

@@ -13,9 +13,9 @@ from typing import Any
 
 import pytest
 
-from e2e.cluster.kube import Kube, condition
 from e2e.operator_process import OperatorProcess
 from e2e.test_operator import DD, IP, a_disagg, a_pool
+from testbed.cluster.kubectl import Kubectl, condition
 
 pytestmark = pytest.mark.e2e
 
@@ -55,7 +55,7 @@ KINDS = {
 }
 
 
-def _settled(kube: Kube, kubectl_kind: str, name: str) -> dict[str, Any]:
+def _settled(kube: Kubectl, kubectl_kind: str, name: str) -> dict[str, Any]:
     """The object once nobody writes it any more (a standalone pool gets its own status)."""
 
     def probe() -> dict[str, Any] | None:
@@ -76,7 +76,7 @@ def _settled(kube: Kube, kubectl_kind: str, name: str) -> dict[str, Any]:
 
 @pytest.mark.parametrize("kind", list(KINDS))
 def test_a_foreign_object_survives_the_deployment_untouched(
-    operator: OperatorProcess, kube: Kube, kind: str
+    operator: OperatorProcess, kube: Kubectl, kind: str
 ) -> None:
     name, kubectl_kind = KINDS[kind]
     kube.create(_foreign(kind, name))
@@ -111,7 +111,7 @@ def test_a_foreign_object_survives_the_deployment_untouched(
 
 
 def test_the_deployment_proceeds_once_the_foreign_object_is_gone(
-    operator: OperatorProcess, kube: Kube
+    operator: OperatorProcess, kube: Kubectl
 ) -> None:
     kube.create(_foreign("ConfigMap", "llm-gateway"))
     kube.apply(a_disagg("llm"))

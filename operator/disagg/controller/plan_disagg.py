@@ -48,8 +48,8 @@ from disagg.controller.status import disagg_status, effectiveness
 from disagg.render import names
 from disagg.render.disaggdeployment import render_disaggdeployment_children, section
 from disagg.render.guards import apply_guards
+from disagg.render.metadata import owner_reference
 from disagg.render.pool import (
-    owner_reference,
     render_pool_children,
 )
 

@@ -46,8 +46,8 @@ from disagg.controller.status import pool_status
 from disagg.render import names
 from disagg.render.disaggdeployment import section
 from disagg.render.guards import apply_guards
+from disagg.render.metadata import owner_reference
 from disagg.render.pool import (
-    owner_reference,
     render_pool_children,
     requested_replicas,
 )

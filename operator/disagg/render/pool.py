@@ -19,7 +19,6 @@ from disagg.render import names
 from disagg.render.autoscaling import render_hpa, render_scaled_object
 from disagg.render.kvlayout import kv_layout_labels
 from disagg.render.metadata import object_meta
-from disagg.render.metadata import owner_reference as owner_reference  # for the controller
 from disagg.render.overlay import merge
 from disagg.render.rdma import rdma_annotations, rdma_capabilities, rdma_env, rdma_resources
 from disagg.render.vllm import vllm_args, vllm_command, vllm_env
