@@ -116,6 +116,12 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
             kind = POOL if what == "pool" else DISAGG
             controller.enqueue(kind, namespace, name, delay)
 
+    @kopf.on.login(registry=registry)
+    def login(**kwargs: Any) -> Any:
+        # A registry of our own has none of kopf's default login handlers: use the
+        # Kubernetes client's configuration (in-cluster, else the kubeconfig).
+        return kopf.login_via_client(**kwargs)
+
     @kopf.on.startup(registry=registry)
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = LEGACY_FINALIZER
