@@ -75,7 +75,9 @@ def cond_is(obj: dict[str, Any], type_: str, status: str) -> bool:
     return (condition(obj, type_) or {}).get("status") == status
 
 
-def test_pool_becomes_deployment_service_and_pdb(operator: OperatorProcess, kube: Kubectl) -> None:
+def test_pool_becomes_deployment_service_and_pdb_once_it_has_two_workers(
+    operator: OperatorProcess, kube: Kubectl
+) -> None:
     kube.apply(a_pool("solo", replicas=1))
     deployment = kube.wait_for(lambda: kube.get("deployment", "solo"), 60, "Deployment solo")
     container = deployment["spec"]["template"]["spec"]["containers"][0]
@@ -88,7 +90,6 @@ def test_pool_becomes_deployment_service_and_pdb(operator: OperatorProcess, kube
     assert (owner["kind"], owner["name"], owner["controller"]) == ("InferencePool", "solo", True)
     service = kube.wait_for(lambda: kube.get("service", "solo"), 30, "Service solo")
     assert service["spec"]["clusterIP"] == "None"
-    assert kube.wait_for(lambda: kube.get("pdb", "solo"), 30, "PDB solo")
     pool = kube.wait_for_object(
         IP, "solo", lambda o: o.get("status", {}).get("selector") == "disagg.dev/pool=solo"
     )
@@ -99,6 +100,10 @@ def test_pool_becomes_deployment_service_and_pdb(operator: OperatorProcess, kube
         "Applied event",
     )
     assert "Deployment/solo" in applied[0]["message"] and "Service/solo" in applied[0]["message"]
+    # One worker: a budget with maxUnavailable 1 would protect nothing, so there is none.
+    assert kube.get("pdb", "solo") is None
+    kube.apply(a_pool("solo", replicas=2))
+    assert kube.wait_for(lambda: kube.get("pdb", "solo"), 30, "PDB solo")
 
 
 def test_sim_workers_become_ready_and_pool_reports_ready(

@@ -105,6 +105,9 @@ class World:
         """What the server and the other controllers make of ``plan``: children written
         (with a new resourceVersion; child pools and Deployments report having caught up),
         pruned objects gone, status stored."""
+        if plan.defaults is not None:
+            self.obj["spec"].update(plan.defaults["spec"])
+            self.obj["metadata"]["generation"] += 1
         for write in plan.writes:
             obj = copy.deepcopy(write.obj)
             key = (obj["kind"], obj["metadata"]["name"])
@@ -143,7 +146,7 @@ class World:
         """Plan and apply until a plan writes nothing; returns that last plan."""
         plan = self.plan()
         for _ in range(rounds):
-            if not plan.writes and not plan.prunes and plan.status is None:
+            if not plan.changes_children and plan.status is None:
                 return plan
             self.apply(plan)
             plan = self.plan()

@@ -255,6 +255,9 @@ def test_replicas_default_to_the_autoscaling_minimum() -> None:
     plan = _world(autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 8}).plan()
     spec = copy.deepcopy(plan.writes[0].obj["spec"])
     assert spec["replicas"] == 2
+    # ...and the pool itself gets them, or its autoscaler would see 0 and not act.
+    assert plan.defaults == {"spec": {"replicas": 2}}
+    assert _world(autoscaling={"enabled": True}, replicas=3).plan().defaults is None
 
 
 def test_the_parents_guards_clamp_the_deployment_and_warn_once() -> None:

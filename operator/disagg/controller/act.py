@@ -34,6 +34,10 @@ from disagg.controller.plantypes import EventSpec, Observed, Plan
 
 log = logging.getLogger(__name__)
 
+#: Field manager of the operator's own defaults on a user's object (never ``disagg-operator``:
+#: the operator's apply of children must not be confused with what it sets on your object).
+DEFAULTS_MANAGER = "disagg-operator-defaults"
+
 
 @dataclass
 class Outcome:
@@ -83,6 +87,19 @@ def classify(exc: KubeError, o: Observed, write: Write | None) -> Failure:
 def act_children(kube: Kube, o: Observed, plan: Plan) -> Outcome:
     """Writes, prunes and pod patches of ``plan``."""
     out = Outcome()
+    if plan.defaults is not None:
+        body = {**plan.defaults, "metadata": {"resourceVersion": o.resource_version}}
+        try:
+            kube.merge_patch(
+                API_VERSION, o.kind, o.namespace, o.name, body, field_manager=DEFAULTS_MANAGER
+            )
+            out.changed.append(f"{o.kind}/{o.name} (defaults)")
+        except (Conflict, NotFound):
+            out.conflict = True
+            return out
+        except KubeError as exc:
+            out.failure = classify(exc, o, None)
+            return out
     for write in plan.writes:
         try:
             if write.mode == "create":

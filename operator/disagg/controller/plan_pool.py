@@ -120,7 +120,11 @@ def plan_pool(o: Observed, cfg: PlanConfig) -> Plan:
     candidates = {(k, o.name): o.live.get((k, o.name)) for k in POOL_PRUNABLE}
     prunes = find_prunes(wanted, candidates, POOL_CHILD_KINDS, o.namespace, o.uid)
     status = status_update(o, fields, conds, o.generation, cfg)
+    defaults = None
+    if spec.autoscaling.enabled and (o.obj.get("spec") or {}).get("replicas") is None:
+        defaults = {"spec": {"replicas": spec.autoscaling.min_replicas}}
     return Plan(
+        defaults=defaults,
         writes=diff.writes,
         prunes=prunes,
         pod_patches=pod_deletion_costs(o) if cfg.deletion_costs else [],

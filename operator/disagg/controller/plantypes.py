@@ -109,6 +109,11 @@ class Observed:
         return str(self.obj["metadata"].get("uid", ""))
 
     @property
+    def resource_version(self) -> str | None:
+        value = self.obj["metadata"].get("resourceVersion")
+        return str(value) if value is not None else None
+
+    @property
     def generation(self) -> int | None:
         value = self.obj["metadata"].get("generation")
         return int(value) if value is not None else None
@@ -150,6 +155,10 @@ class PodPatch:
 class Plan:
     """What ``act`` does for one object, in this order."""
 
+    defaults: Body | None = None
+    """A merge patch of the object's own spec: what the API cannot default (an autoscaled
+    pool's ``replicas`` starts at ``autoscaling.minReplicas``; at 0 or unset its autoscaler
+    would not act)."""
     writes: list[Write] = field(default_factory=list)
     prunes: list[Prune] = field(default_factory=list)
     pod_patches: list[PodPatch] = field(default_factory=list)
@@ -165,7 +174,7 @@ class Plan:
 
     @property
     def changes_children(self) -> bool:
-        return bool(self.writes or self.prunes)
+        return bool(self.writes or self.prunes or self.defaults)
 
     def applied_message(self) -> str:
         created = [w.ref for w in self.writes if w.mode == "create"]
