@@ -193,3 +193,19 @@ def test_a_gateway_image_of_the_tenants_choosing_is_refused_unless_allowed() -> 
     assert "spec.gateway.image" in cond(plan.status, "Degraded")["message"]
     world.policies = PolicySet(namespaces={NS: PodPolicy(allow_any_gateway_image=True)})
     assert world.plan().writes
+
+
+def test_a_pool_without_replicas_leaves_no_null_in_status() -> None:
+    world = _world()
+    world.converge()
+    prefill = world.live[("InferencePool", "llm-prefill")]
+    assert prefill is not None
+    del prefill["spec"]["replicas"]
+    status = world.plan().status or world.obj["status"]
+
+    def nulls(value: object) -> bool:
+        if isinstance(value, dict):
+            return any(v is None or nulls(v) for v in value.values())
+        return False
+
+    assert not nulls(status)

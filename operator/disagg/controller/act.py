@@ -118,7 +118,10 @@ def act_children(kube: Kube, o: Observed, plan: Plan) -> Outcome:
             out.conflict = True
             return out
         except KubeError as exc:
-            out.failure = classify(exc, o, write)
+            if terminating(exc):
+                out.gone = True
+            else:
+                out.failure = classify(exc, o, write)
             return out
     for prune in plan.prunes:
         try:
@@ -147,13 +150,23 @@ def act_children(kube: Kube, o: Observed, plan: Plan) -> Outcome:
     return out
 
 
+def terminating(exc: KubeError) -> bool:
+    """The namespace is being deleted: nothing more can (or need) be written there."""
+    return "because it is being terminated" in str(exc)
+
+
 def write_status(kube: Kube, o: Observed, plan: Plan) -> bool:
-    """Write ``plan.status`` (if any) to exactly this incarnation; False if the object is gone."""
+    """Write ``plan.status`` (if any) to exactly this incarnation; False if it could not be
+    (the object or its namespace is going, or the server refused: logged, never raised)."""
     if plan.status is None:
         return True
     try:
         kube.apply_status(API_VERSION, o.kind, o.namespace, o.name, plan.status, uid=o.uid)
     except (NotFound, Conflict):
+        return False
+    except KubeError as exc:
+        if not terminating(exc):
+            log.warning("%s %s/%s: status not written: %s", o.kind, o.namespace, o.name, exc)
         return False
     return True
 

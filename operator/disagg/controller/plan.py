@@ -53,13 +53,22 @@ from disagg.render.podpolicy import Allowances, Violation, check_pod_template
 # ----------------------------------------------------------------------- status helpers
 
 
+def _without_none(fields: Body) -> Body:
+    """Status fields without unknown (None) values, at any depth: the schema has no nulls."""
+    return {
+        k: _without_none(v) if isinstance(v, dict) else v
+        for k, v in fields.items()
+        if v is not None
+    }
+
+
 def status_update(
     o: Observed, fields: Body, conds: list[Condition], generation: int | None, cfg: PlanConfig
 ) -> Body | None:
     """The status to write, or None if it equals the live one (transition times kept)."""
     old = o.status
     merged = merge_conditions(old.get("conditions", []), conds, generation, cfg.now)
-    status: Body = {k: v for k, v in fields.items() if v is not None}
+    status: Body = _without_none(fields)
     status["conditions"] = merged
     if generation is not None:
         status["observedGeneration"] = generation

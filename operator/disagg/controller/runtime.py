@@ -195,7 +195,7 @@ class Controller:
             time.sleep(self.settings.fault_apply_delay)
         outcome = act.act_children(self.kube, o, plan)
         stamp = cfg.now
-        if outcome.conflict:
+        if outcome.conflict or outcome.gone:
             return _Result(plan, outcome)
         if outcome.failure is not None:
             failed = failure_plan(o, outcome.failure, cfg)
@@ -231,6 +231,8 @@ class Controller:
         if plan is not None:
             for conflict in plan.conflicts:
                 self.conflicts.setdefault((conflict[0], key[1], conflict[1]), set()).add(key)
+        if outcome is not None and outcome.gone:
+            return
         if outcome is not None and outcome.conflict:
             self.queue.add(key, 0.5)
             return
