@@ -143,9 +143,10 @@ class RoutingSpec(ApiModel):
 class GatewaySpec(ApiModel):
     """The OpenAI-compatible KV-routing gateway in front of both pools."""
 
-    replicas: int = Field(default=2, ge=1, le=100)
+    replicas: int = Field(default=2, ge=0, le=100)
     """Gateway pods (two by default: a PodDisruptionBudget keeps one serving while the other is
-    evicted or rolled; each keeps its own routing state, see docs/gateway.md)."""
+    evicted or rolled; each keeps its own routing state, see docs/gateway.md; 0 stops serving,
+    e.g. for maintenance)."""
     image: Word = DEFAULT_GATEWAY_IMAGE
     """Gateway image."""
     port: int = Field(default=8000, ge=1, le=65535)
