@@ -18,6 +18,7 @@ import os
 import secrets
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,7 +98,7 @@ def release(cluster: Cluster, cluster_kube: Kubectl) -> Iterator[Release]:
     # CRDs applied earlier by other managers (the crds fixture, kubectl) are taken over.
     rel.run(
         "install", rel.name, str(CHART), "--take-ownership", "--force-conflicts",
-        "--wait=hookOnly",
+        "--wait=hookOnly", "--set", f"gateway.trustedImages[0]={GATEWAY_IMAGE}",
     )  # fmt: skip
     try:
         yield rel
@@ -535,24 +536,131 @@ def test_upgrade_applies_a_changed_crd(
     assert "Upgraded" not in _columns(cluster_kube)
 
 
+def _rebuilt_operator_image(cluster: Cluster) -> str:
+    """The operator image with nothing changed but its identity (a new label): a new build."""
+    from testbed.images import cache_dir
+    from testbed.images_docker import Docker, load_into_containerd
+
+    assert cluster.local is not None
+    docker = Docker(cache_dir() / "dockerd")
+    docker.ensure()
+    token = secrets.token_hex(3)
+    ref = f"disagg/operator:e2e-{token}"
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "Dockerfile").write_text(
+            f"FROM disagg/operator:dev\nLABEL dev.disagg.e2e.rebuilt={token}\n"
+        )
+        docker.run(["build", "-q", "-t", ref, tmp])
+    assert load_into_containerd(
+        docker, [ref], str(cluster.local.containerd_socket), cache_dir() / "logs"
+    )
+    return ref
+
+
+def _versions(kube: Kubectl) -> dict[str, str]:
+    kinds = ("disaggdeployments.disagg.dev", "inferencepools.disagg.dev", "deployments",
+             "services", "configmaps", "serviceaccounts", "roles", "rolebindings",
+             "pdb")  # fmt: skip
+    return {
+        f"{kind}/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
+        for kind in kinds
+        for o in kube.items(kind)
+    }
+
+
+def test_an_operator_upgrade_restarts_no_worker_and_rewrites_nothing(
+    release: Release, cluster: Cluster, cluster_kube: Kubectl
+) -> None:
+    """helm upgrade to a new operator image (same rendering): worker pods keep their uids and
+    no child is written (resourceVersions unchanged) once the new operator has resumed."""
+    if cluster.local is None:
+        pytest.skip("needs the local cluster to load a rebuilt image")
+    work = _namespace(
+        cluster_kube, "disagg-chart-upgrade", {"pod-security.kubernetes.io/enforce": "baseline"}
+    )
+    kube = cluster_kube.in_namespace(work)
+    operators = cluster_kube.in_namespace(release.namespace)
+    try:
+        kube.apply(_smoke_disagg("steady"))
+        for pool in ("steady-prefill", "steady-decode", "steady-gateway"):
+            kube.wait_for_object(
+                "deployment", pool, lambda d: d.get("status", {}).get("readyReplicas", 0) >= 1, 240
+            )
+        kube.wait_for_object(
+            "disaggdeployments.disagg.dev", "steady",
+            lambda o: o.get("status", {}).get("observedGeneration") == o["metadata"]["generation"],
+            120,
+        )  # fmt: skip
+        pods = {p["metadata"]["name"]: p["metadata"]["uid"] for p in kube.items("pods")}
+        before = _settled(kube)
+        old_pod = _operator_pod(operators)["metadata"]["uid"]
+        ref = _rebuilt_operator_image(cluster)
+        release.run(
+            "upgrade", release.name, str(CHART), "--reuse-values", "--force-conflicts",
+            "--set", f"image.tag={ref.split(':', 1)[1]}", "--set", "image.pullPolicy=Never",
+        )  # fmt: skip
+        new = operators.wait_for(
+            lambda: [
+                p for p in operators.items("pods", "app.kubernetes.io/component=operator")
+                if p["metadata"]["uid"] != old_pod
+                and all(c.get("ready") for c in p.get("status", {}).get("containerStatuses", [{}]))
+            ],
+            180,
+            "the upgraded operator running",
+        )  # fmt: skip
+        assert new[0]["spec"]["containers"][0]["image"] == ref
+        after = _settled(kube)
+        assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in kube.items("pods")} == pods
+        changed = {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v}
+        assert not changed, f"the upgraded operator wrote: {changed}"
+        print(f"operator upgraded to {ref}: {len(pods)} worker/gateway pods kept, "
+              f"{len(before)} objects unchanged")  # fmt: skip
+    finally:
+        cluster_kube.delete("namespace", work)
+
+
+def _settled(kube: Kubectl) -> dict[str, str]:
+    """resourceVersions once two reads 15 s apart agree (a resuming operator has had time)."""
+
+    def probe() -> dict[str, str] | None:
+        first = _versions(kube)
+        kube.wait_for(lambda: True, 15)
+        return first if _versions(kube) == first else None
+
+    return kube.wait_for(probe, 180, "nothing changing", interval=0.1)
+
+
 def test_uninstall_keeps_the_crds_and_the_custom_resources(
     release: Release, cluster_kube: Kubectl
 ) -> None:
+    """helm uninstall: CRDs and custom resources stay, their workloads keep running without
+    the operator, and deleting a custom resource or its namespace afterwards completes."""
     work = _namespace(cluster_kube, "disagg-chart-keep")
     kube = cluster_kube.in_namespace(work)
     pool = yaml.safe_load((REPO / "examples" / "inferencepool.yaml").read_text())
     pool["metadata"] = {"name": "survivor", "namespace": work}
+    dd = _smoke_disagg("orphaned")
+    for side in ("prefill", "decode"):
+        dd["spec"][side]["replicas"] = 0
+    dd["spec"]["gateway"]["replicas"] = 0
     try:
         kube.create(pool)
+        kube.apply(dd)
+        kube.wait_for(lambda: kube.get("configmap", "orphaned-gateway"), 60, "children")
         release.run("uninstall", release.name, "--wait")
         assert not cluster_kube.in_namespace(release.namespace).get("deployment", release.operator)
         for crd in CRDS:
             assert cluster_kube.get("crd", crd), f"{crd} was deleted by helm uninstall"
         assert kube.get("inferencepools.disagg.dev", "survivor")
+        assert kube.get("deployment", "orphaned-prefill"), "workloads keep running"
+        for obj in (kube.get("inferencepools.disagg.dev", "survivor"),
+                    kube.get("disaggdeployments.disagg.dev", "orphaned")):  # fmt: skip
+            assert obj is not None and not obj["metadata"].get("finalizers"), obj["metadata"]
+        kube.delete("disaggdeployments.disagg.dev", "orphaned", wait=False)
+        kube.wait_for(
+            lambda: kube.get("disaggdeployments.disagg.dev", "orphaned") is None, 60, "CR deleted"
+        )
+        kube.wait_for(lambda: kube.get("deployment", "orphaned-prefill") is None, 60, "GC")
     finally:
-        # The operator is gone: a finalizer it may have added would block the namespace.
-        kube.kubectl(
-            "patch", "inferencepools.disagg.dev", "survivor", "--type=merge",
-            "-p", '{"metadata":{"finalizers":null}}', check=False,
-        )  # fmt: skip
-        cluster_kube.delete("namespace", work)
+        cluster_kube.delete("namespace", work, wait=False)
+        cluster_kube.wait_for(lambda: cluster_kube.get("namespace", work) is None, 60, "ns gone")
