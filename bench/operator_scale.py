@@ -454,6 +454,69 @@ def floor(ns: str, n: int) -> float:
     return round(time.monotonic() - t0, 2)
 
 
+BEGIN, END = "<!-- operator-scale:begin -->", "<!-- operator-scale:end -->"
+TARGETS = {
+    "converge_seconds": ("converged (s)", "< 60 at N=500"),
+    "per_object_p50_s": ("per object p50 (s)", ""),
+    "per_object_p99_s": ("per object p99 (s)", ""),
+    "requests_per_deployment": ("API requests / DisaggDeployment", "<= 15"),
+    "requests_per_second_at_rest": ("requests/s at rest", "< 1"),
+    "spec_change_to_child_p50_s": ("spec change -> child p50 (s)", ""),
+    "spec_change_to_child_p99_s": ("spec change -> child p99 (s)", "< 2"),
+    "restart_resumed_seconds": ("restart -> all resumed (s)", "< 60"),
+    "restart_writes": ("writes on restart", "0"),
+    "delete_to_children_gone_seconds": ("delete -> children gone (s)", ""),
+    "cpu_seconds_create": ("operator CPU s (create)", ""),
+    "peak_rss_mib": ("peak RSS (MiB)", "< 300"),
+    "rss_after_delete_mib": ("RSS after delete (MiB)", ""),
+    "floor_create_seconds": ("peer: the same objects created directly (s)", ""),
+}
+
+
+def report(results: list[dict[str, Any]], doc: Path, plot: Path) -> None:
+    """The operator section of docs/benchmarks.md (between its markers) and its plot."""
+    ns = [r["n"] for r in results]
+    lines = [
+        BEGIN,
+        "## Operator at scale",
+        "",
+        "`python bench/operator_scale.py` on the local cluster (2 cores shared by the API",
+        "server, etcd and the operator): N DisaggDeployments, pools and gateways at 0 replicas.",
+        "Requests are the API server's own count for the operator's user (a FlowSchema).",
+        "",
+        "| | " + " | ".join(f"N={n}" for n in ns) + " | target |",
+        "|---|" + "---|" * len(ns) + "---|",
+    ]
+    for key, (label, target) in TARGETS.items():
+        values = " | ".join(str(r.get(key, "")) for r in results)
+        lines.append(f"| {label} | {values} | {target} |")
+    lines += ["", f"![operator at scale]({plot.name})", END]
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n"
+    section = "\n".join(lines)
+    if BEGIN in text and END in text:
+        text = text[: text.index(BEGIN)] + section + text[text.index(END) + len(END) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    doc.write_text(text)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.5))
+    left.plot(ns, [r["converge_seconds"] for r in results], "o-", label="operator")
+    left.plot(ns, [r["floor_create_seconds"] for r in results], "s--", label="floor (direct)")
+    left.set_xlabel("DisaggDeployments")
+    left.set_ylabel("seconds to converge")
+    left.legend()
+    right.plot(ns, [r["requests_per_deployment"] for r in results], "o-")
+    right.axhline(15, color="grey", linestyle=":")
+    right.set_xlabel("DisaggDeployments")
+    right.set_ylabel("API requests per DisaggDeployment")
+    fig.tight_layout()
+    fig.savefig(plot, dpi=110)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[100, 300, 500])
@@ -472,6 +535,7 @@ def main() -> int:
             results.append(run_one(n, args.workers, identity, Path(tmp), args.rest_seconds))
             log(json.dumps(results[-1]))
     args.out.write_text(json.dumps({"runs": results}, indent=2) + "\n")
+    report(results, REPO / "docs" / "benchmarks.md", REPO / "docs" / "benchmarks-operator.png")
     print(json.dumps(results, indent=2))
     return 0
 
