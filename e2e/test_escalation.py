@@ -11,10 +11,15 @@ or pod carrying the dangerous setting may ever appear.
 from __future__ import annotations
 
 import json
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
+from e2e.conftest import Cluster
 from e2e.operator_process import OperatorProcess
 from e2e.test_operator import DD, IP, a_disagg, a_pool
 from testbed.cluster.kubectl import Kubectl, KubectlError, condition
@@ -22,6 +27,7 @@ from testbed.cluster.kubectl import Kubectl, KubectlError, condition
 pytestmark = pytest.mark.e2e
 
 TENANT = "tenant"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def _vllm(**fields: Any) -> dict[str, Any]:
@@ -203,6 +209,14 @@ def _as(kube: Kubectl, user: str, obj: dict[str, Any]) -> None:
     kube.kubectl("apply", f"--as={user}", "--server-side", "-f", "-", input=json.dumps(obj))
 
 
+def _admitted(kube: Kubectl, user: str, obj: dict[str, Any]) -> bool:
+    try:
+        _as(kube, user, obj)
+    except KubectlError:
+        return False
+    return True
+
+
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in over.items():
@@ -283,3 +297,97 @@ def test_the_model_token_secret_the_spec_names_is_allowed(
     pod = deployment["spec"]["template"]["spec"]
     assert pod["automountServiceAccountToken"] is False
     assert not pod.get("hostNetwork") and not pod.get("serviceAccountName")
+
+
+@pytest.fixture
+def secret_ref_policy(
+    cluster: Cluster, cluster_kube: Kubectl, kube: Kubectl, tenant: str
+) -> Iterator[None]:
+    """The chart's ValidatingAdmissionPolicy, rendered by helm and applied as the chart would."""
+    from testbed.cluster.config import Settings
+
+    helm_bin = str(Settings.from_env().tool("helm"))
+    rendered = subprocess.run(
+        [helm_bin, "template", "e2e", str(REPO / "charts" / "disagg"),
+         "--namespace", "disagg-e2e", "--show-only", "templates/admission-policy.yaml"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    cluster_kube.apply(rendered)
+    names = [d["metadata"]["name"] for d in yaml.safe_load_all(rendered) if d]
+    try:
+        # The API server compiles a new policy asynchronously: wait until it refuses something.
+        probe = a_disagg("policy-probe")
+        probe["spec"]["model"]["tokenSecretRef"] = {"name": "db-password", "key": "pw"}
+
+        def refusing() -> bool:
+            try:
+                kube.kubectl(
+                    "create", "--dry-run=server", f"--as={tenant}", "-f", "-",
+                    input=json.dumps(probe), check=True,
+                )  # fmt: skip
+            except KubectlError as err:
+                return "may not" in err.stderr
+            return False
+
+        cluster_kube.wait_for(refusing, 60, "the admission policy in force")
+        yield
+    finally:
+        cluster_kube.delete("validatingadmissionpolicybinding", names[1])
+        cluster_kube.delete("validatingadmissionpolicy", names[0])
+
+
+def test_naming_a_secret_you_may_not_read_is_refused_at_admission(
+    kube: Kubectl, tenant: str, secret_ref_policy: None
+) -> None:
+    for where, overlay in {
+        "model token": {"model": {"tokenSecretRef": {"name": "db-password", "key": "pw"}}},
+        "gateway API key": {"gateway": {"apiKeySecretRef": {"name": "db-password", "key": "pw"}}},
+        "engine env": {
+            "engine": {
+                "env": [
+                    {
+                        "name": "PW",
+                        "valueFrom": {"secretKeyRef": {"name": "db-password", "key": "pw"}},
+                    }
+                ]
+            }
+        },
+    }.items():
+        body = a_disagg("named")
+        body["spec"] = _merge(body["spec"], overlay)
+        with pytest.raises(KubectlError) as refused:
+            _as(kube, tenant, body)
+        assert "db-password" in refused.value.stderr and "may not" in refused.value.stderr
+        print(f"{where}: refused at admission: {refused.value.stderr.strip()[:160]}")
+    # Once the tenant may read the Secret, naming it is their right.
+    kube.apply(
+        [
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "Role",
+                "metadata": {"name": "read-db"},
+                "rules": [
+                    {
+                        "apiGroups": [""],
+                        "resources": ["secrets"],
+                        "resourceNames": ["db-password"],
+                        "verbs": ["get"],
+                    }
+                ],
+            },
+            {
+                "apiVersion": "rbac.authorization.k8s.io/v1",
+                "kind": "RoleBinding",
+                "metadata": {"name": "read-db"},
+                "roleRef": {
+                    "apiGroup": "rbac.authorization.k8s.io",
+                    "kind": "Role",
+                    "name": "read-db",
+                },
+                "subjects": [{"kind": "User", "name": tenant}],
+            },
+        ]
+    )
+    body = a_disagg("named")
+    body["spec"]["model"]["tokenSecretRef"] = {"name": "db-password", "key": "pw"}
+    kube.wait_for(lambda: _admitted(kube, tenant, body), 30, "admitted once readable")

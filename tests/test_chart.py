@@ -456,6 +456,7 @@ def test_deploy_manifests_match_the_chart() -> None:
     assert {d["kind"] for d in docs} == {
         "Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment",
         "ConfigMap",  # the worker policy
+        "ValidatingAdmissionPolicy", "ValidatingAdmissionPolicyBinding",
     }  # fmt: skip
     for doc in docs:
         kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
