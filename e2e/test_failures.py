@@ -121,10 +121,8 @@ def test_each_failure_class_shows_in_status_with_exactly_one_event(
     kube.apply(a_pool("unsafe", podTemplate={"spec": {"hostPID": True}}))
     cases[(IP, "unsafe")] = "UnsafePodTemplate"
 
-    forbidden = a_pool("forbidden")
-    forbidden["metadata"]["namespace"] = restricted_namespace
-    kube.apply(forbidden)
     restricted = kube.in_namespace(restricted_namespace)
+    restricted.apply(a_pool("forbidden"))
 
     # Update path: a valid pool first, then a wrong type where the Deployment needs a number.
     kube.apply(a_pool("typed"))
