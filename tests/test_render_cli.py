@@ -57,7 +57,13 @@ def test_manifests_include_every_child_down_to_the_pools() -> None:
         for m in yaml.safe_load_all(render("examples/disaggdeployment-minimal.yaml").stdout)
     ]
     assert kinds.count("InferencePool") == 2 and kinds.count("Deployment") == 3  # P, D, gateway
-    assert {"Service", "PodDisruptionBudget", "ConfigMap"} <= set(kinds)
+    assert {"Service", "ConfigMap"} <= set(kinds)
+    # A disruption budget only where a pool can run two workers.
+    assert "PodDisruptionBudget" not in kinds
+    two = render(
+        "examples/disaggdeployment-minimal.yaml", "--set", "spec.prefill.replicas=2"
+    ).stdout
+    assert [m["kind"] for m in yaml.safe_load_all(two)].count("PodDisruptionBudget") == 1
 
 
 def test_role_filter_and_set_change_what_is_rendered() -> None:
