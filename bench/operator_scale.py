@@ -51,6 +51,12 @@ FLOW = "disagg-bench-operator"
 CHANGES = 20
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -187,9 +193,7 @@ def operator_requests() -> float:
 class Operator:
     def __init__(self, kubeconfig: Path, workers: int, log_path: Path) -> None:
         self.kubeconfig, self.workers, self.log_path = kubeconfig, workers, log_path
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        self.port, self.metrics_port = free_port(), free_port()
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
@@ -204,6 +208,8 @@ class Operator:
                 str(self.kubeconfig),
                 "--liveness",
                 f"http://127.0.0.1:{self.port}/healthz",
+                "--metrics-address",
+                f"127.0.0.1:{self.metrics_port}",
                 "--workers",
                 str(self.workers),
             ],
@@ -224,12 +230,29 @@ class Operator:
                 self.proc.wait(10)
 
     def health(self) -> dict[str, Any] | None:
+        """The operator's own live metrics, in the shape the waits below read."""
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as r:
-                data: dict[str, Any] = json.loads(r.read())
-                return data.get("controller") or {}
-        except (OSError, ValueError):
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=2) as r:
+                text = r.read().decode()
+        except OSError:
             return None
+        values: dict[str, float] = {}
+        requests: dict[str, float] = {}
+        for line in text.splitlines():
+            if not line or line.startswith("#"):
+                continue
+            name, _, value = line.rpartition(" ")
+            if name.startswith("disagg_operator_api_requests_total"):
+                requests[name.split('verb="')[1].split('"')[0]] = float(value)
+            else:
+                values[name] = float(value)
+        return {
+            "reconciles": values.get("disagg_operator_reconciles_total", 0),
+            "queued": values.get("disagg_operator_queue_depth", 0),
+            "processing": values.get("disagg_operator_in_progress", 0),
+            "requests": requests,
+        }
 
     def wait(self, ok: Any, timeout: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout

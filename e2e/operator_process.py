@@ -39,13 +39,30 @@ class OperatorProcess:
     proc: subprocess.Popen[bytes] | None = None
     prometheus_url: str | None = None
     health_port: int = 0
+    metrics_port: int = 0
     extra_args: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        if not self.health_port:
-            with socket.socket() as s:
-                s.bind(("127.0.0.1", 0))
-                self.health_port = int(s.getsockname()[1])
+        for attr in ("health_port", "metrics_port"):
+            if not getattr(self, attr):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    setattr(self, attr, int(s.getsockname()[1]))
+
+    def metrics(self) -> dict[str, float] | None:
+        """The operator's own /metrics, live: ``{"name{labels}": value}``."""
+        try:
+            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError:
+            return None
+        out: dict[str, float] = {}
+        for line in text.splitlines():
+            if line and not line.startswith("#"):
+                name, _, value = line.rpartition(" ")
+                out[name] = float(value)
+        return out
 
     def health(self) -> dict[str, Any] | None:
         """The operator's /healthz (its ``controller`` probe: queue, reconciles, requests)."""
@@ -71,6 +88,8 @@ class OperatorProcess:
                 str(self.kubeconfig),
                 "--liveness",
                 f"http://127.0.0.1:{self.health_port}/healthz",
+                "--metrics-address",
+                f"127.0.0.1:{self.metrics_port}",
                 # The e2e tier's gateway image (the default is the release tag).
                 "--gateway-image",
                 "disagg/gateway:dev",

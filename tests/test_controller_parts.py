@@ -136,3 +136,30 @@ def test_permanent_failures_back_off_slowly_and_transient_ones_quickly() -> None
     assert [flaky.retry_after(n) for n in (1, 2, 3)] == [2.0, 4.0, 8.0]
     assert flaky.retry_after(20) == 300.0
     assert rejected.retry_after(1) == 300.0 and rejected.retry_after(9) == 1800.0
+
+
+class _RefusingKube:
+    """A Kube whose create fails like an API server without the kind (KEDA absent)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def create(self, obj: dict[str, object]) -> dict[str, object]:
+        self.calls += 1
+        if obj["kind"] == "ScaledObject":
+            raise MissingAPI("/apis/keda.sh/...: the API server does not serve this kind", 404)
+        return {}
+
+
+def test_a_kind_the_server_does_not_serve_is_a_failure_not_a_race() -> None:
+    from disagg.controller.act import act_children
+    from tests.planworld import World, pool_obj
+
+    world = World(pool_obj(replicas=2, autoscaling={"enabled": True, "engine": "keda"}))
+    plan = world.plan()
+    plan.defaults = None
+    kube = _RefusingKube()
+    outcome = act_children(kube, world.observed(), plan)  # type: ignore[arg-type]
+    assert not outcome.conflict, "a conflict is retried at once: a hot loop"
+    assert outcome.failure is not None and outcome.failure.reason == Reason.MISSING_API
+    assert not outcome.failure.permanent and outcome.failure.retry_after(1) >= 2.0

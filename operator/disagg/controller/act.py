@@ -113,6 +113,9 @@ def act_children(kube: Kube, o: Observed, plan: Plan) -> Outcome:
         except Conflict:
             out.conflict = True
             return out
+        except MissingAPI as exc:  # the kind is not served: a failure, not a race
+            out.failure = classify(exc, o, write)
+            return out
         except NotFound:
             # Applying at a resourceVersion to an object deleted meanwhile: look again.
             out.conflict = True

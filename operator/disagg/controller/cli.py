@@ -95,6 +95,13 @@ def main(argv: list[str]) -> int:
         help="liveness endpoint URL served by the operator (default: %(default)s)",
     )
     parser.add_argument(
+        "--metrics-address",
+        default="",
+        metavar="HOST:PORT",
+        help="serve the operator's own Prometheus metrics (reconciles, API requests by verb, "
+        "queue) on /metrics there, e.g. 0.0.0.0:8081 (default: off)",
+    )
+    parser.add_argument(
         "--fault-apply-delay",
         type=float,
         default=0.0,
@@ -138,6 +145,11 @@ def main(argv: list[str]) -> int:
             trusted_gateway_images=frozenset(args.gateway_image),
         ),
     )
+    if args.metrics_address:
+        from disagg.controller.telemetry import serve
+
+        host, _, port = args.metrics_address.rpartition(":")
+        serve(controller, host or "0.0.0.0", int(port))
     asyncio.run(
         kopf.operator(
             registry=build_registry(controller),

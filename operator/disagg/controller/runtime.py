@@ -89,6 +89,7 @@ class Controller:
         self.queue: WorkQueue[Key] = WorkQueue()
         self.store: Store | None = None
         self.failures: dict[Key, FailureMemory] = {}
+        self.conflicts_in_a_row: dict[Key, int] = {}
         self.conflicts: dict[tuple[str, str, str], set[Key]] = {}
         """(kind, namespace, name) of objects in the way of a key -> the keys waiting on them."""
         self.snapshot = MetricsSnapshot(configured=bool(settings.prometheus_url))
@@ -173,6 +174,7 @@ class Controller:
         observed = self.observe(key)
         if observed is None:
             self.failures.pop(key, None)
+            self.conflicts_in_a_row.pop(key, None)
             self._forget_conflicts(key)
             return
         cfg = PlanConfig(
@@ -218,7 +220,9 @@ class Controller:
         if events and not outcome.gone:
             act.post_events(self.kube, o, events, stamp, time.time_ns())
         if plan.failure is not None:
-            log.warning("%s %s/%s: %s", o.kind, o.namespace, o.name, plan.failure.message)
+            # Once, when the failure is new (its status and Event go out); not on every look.
+            level = logging.WARNING if plan.status is not None else logging.DEBUG
+            log.log(level, "%s %s/%s: %s", o.kind, o.namespace, o.name, plan.failure.message)
         return _Result(plan, outcome, plan.failure)
 
     def _after(self, key: Key, o: Observed, result: _Result, clock: float) -> None:
@@ -234,14 +238,20 @@ class Controller:
         if outcome is not None and outcome.gone:
             return
         if outcome is not None and outcome.conflict:
-            self.queue.add(key, 0.5)
+            # Someone wrote the object since the cache saw it: look again once the watch has
+            # caught up -- soon, then backing off, so a conflict can never become a hot loop.
+            self.conflicts_in_a_row[key] = self.conflicts_in_a_row.get(key, 0) + 1
+            self.queue.add(key, min(30.0, 0.5 * 2 ** (self.conflicts_in_a_row[key] - 1)))
             return
+        self.conflicts_in_a_row.pop(key, None)
         failure = result.failure
         if failure is None:
             self.failures.pop(key, None)
         elif outcome is not None and outcome.failure is not None:
             if failure.reason == Reason.NAME_CONFLICT:
-                self.queue.add(key, 1.0)  # the cache will show what is in the way
+                # Created meanwhile by someone else: the cache will show what is in the way.
+                self.conflicts_in_a_row[key] = self.conflicts_in_a_row.get(key, 0) + 1
+                self.queue.add(key, min(30.0, 2.0 ** self.conflicts_in_a_row[key]))
                 return
             before = self.failures.get(key)
             same = before and before.generation == o.generation and before.failure == failure
