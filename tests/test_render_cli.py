@@ -58,12 +58,13 @@ def test_manifests_include_every_child_down_to_the_pools() -> None:
     ]
     assert kinds.count("InferencePool") == 2 and kinds.count("Deployment") == 3  # P, D, gateway
     assert {"Service", "ConfigMap"} <= set(kinds)
-    # A disruption budget only where a pool can run two workers.
-    assert "PodDisruptionBudget" not in kinds
+    # A disruption budget only where two pods can run: the gateway's (2 replicas), not the
+    # one-worker pools'; a pool gets one once it can have two workers.
+    assert kinds.count("PodDisruptionBudget") == 1
     two = render(
         "examples/disaggdeployment-minimal.yaml", "--set", "spec.prefill.replicas=2"
     ).stdout
-    assert [m["kind"] for m in yaml.safe_load_all(two)].count("PodDisruptionBudget") == 1
+    assert [m["kind"] for m in yaml.safe_load_all(two)].count("PodDisruptionBudget") == 2
 
 
 def test_role_filter_and_set_change_what_is_rendered() -> None:
