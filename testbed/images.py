@@ -65,7 +65,7 @@ TRIM = (
 )
 #: Dependencies only the operator imports (import-linter keeps kopf and the Kubernetes client out of
 #: the gateway and the simulator); the gateway and sim images are built without them.
-OPERATOR_ONLY = frozenset({"kopf", "kubernetes", "prometheus-api-client"})
+OPERATOR_ONLY = frozenset({"kopf", "kubernetes"})
 #: The image label holding the hash of an image's inputs (base, Dockerfile, wheels).
 INPUTS_LABEL = "dev.disagg.inputs"
 
