@@ -305,6 +305,23 @@ def test_a_failed_write_shows_in_status_with_one_event() -> None:
     assert failure_plan(world.observed(), failure, world.config()).events == []
 
 
+def test_a_server_error_reworded_by_the_server_is_not_announced_again() -> None:
+    world = _world()
+    world.converge()
+    refused = "Deployment/p: the API server failed: webhook: connection refused"
+    world.apply(
+        failure_plan(world.observed(), Failure(Reason.SERVER_ERROR, refused), world.config())
+    )
+    timeout = Failure(Reason.SERVER_ERROR, "Deployment/p: the API server failed: deadline exceeded")
+    plan = failure_plan(world.observed(), timeout, world.config())
+    assert plan.events == []
+    assert "deadline exceeded" in cond(plan.status, "Degraded")["message"]
+    other = Failure(Reason.SERVER_ERROR, "Service/p: the API server failed: deadline exceeded")
+    assert [e.reason for e in failure_plan(world.observed(), other, world.config()).events] == [
+        Reason.SERVER_ERROR
+    ]
+
+
 def test_pods_forbidden_by_admission_show_the_reason_once() -> None:
     world = _world()
     world.converge()

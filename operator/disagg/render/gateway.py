@@ -319,4 +319,7 @@ def render_gateway_children(
         "metadata": meta(),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
     }
-    return [configmap, account, role, binding, deployment, service, pdb]
+    children: list[dict[str, Any]] = [configmap, account, role, binding, deployment, service]
+    if gw.replicas >= 2:  # a budget of one pod with maxUnavailable 1 protects nothing
+        children.append(pdb)
+    return children
