@@ -163,3 +163,37 @@ def test_a_kind_the_server_does_not_serve_is_a_failure_not_a_race() -> None:
     assert not outcome.conflict, "a conflict is retried at once: a hot loop"
     assert outcome.failure is not None and outcome.failure.reason == Reason.MISSING_API
     assert not outcome.failure.permanent and outcome.failure.retry_after(1) >= 2.0
+
+
+class _LaggingKube:
+    """A Kube whose Service already exists: created by ``owner`` (None: by someone else)."""
+
+    def __init__(self, owner: str | None) -> None:
+        self.owner = owner
+
+    def create(self, obj: dict[str, object]) -> dict[str, object]:
+        if obj["kind"] == "Service":
+            raise AlreadyExists('services "p" already exists', 409)
+        return {}
+
+    def get_or_none(self, api_version: str, kind: str, ns: str, name: str) -> dict[str, object]:
+        refs = [{"uid": self.owner, "controller": True}] if self.owner else []
+        return {"metadata": {"name": name, "ownerReferences": refs}}
+
+
+@pytest.mark.parametrize(("owner", "conflict"), [("ours", True), (None, False)])
+def test_a_create_finding_our_own_object_looks_again_and_a_foreign_one_conflicts(
+    owner: str | None, conflict: bool
+) -> None:
+    from disagg.controller.act import act_children
+    from tests.planworld import World, pool_obj
+
+    world = World(pool_obj(replicas=2))
+    plan = world.plan()
+    plan.defaults = None
+    observed = world.observed()
+    kube = _LaggingKube(observed.uid if owner else None)
+    outcome = act_children(kube, observed, plan)  # type: ignore[arg-type]
+    assert outcome.conflict is conflict
+    if not conflict:
+        assert outcome.failure is not None and outcome.failure.reason == Reason.NAME_CONFLICT

@@ -40,6 +40,8 @@ DEVICE_PACKAGES = (
     "h11",
     "annotated-doc",
     "typing-extensions",
+    "tokenizers",  # the image has transformers 5.x and tokenizers
+    "jinja2",  # torch needs it; chat templates render with it
 )
 
 

@@ -28,7 +28,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import msgpack
+try:
+    import msgpack
+except ImportError:  # a runtime without it (vLLM's own environment) never turns KV events on
+    msgpack = None
+
+
+def _msgpack() -> Any:
+    if msgpack is None:
+        raise RuntimeError("KV events need the msgpack package (pip install msgpack)")
+    return msgpack
+
 
 END_SEQ = (-1).to_bytes(8, "big", signed=True)
 """Sequence number of the replay socket's end-of-replay marker."""
@@ -119,7 +129,7 @@ def _struct_map(fields: dict[str, Any]) -> bytes:
 
 
 def _pack(value: Any) -> bytes:
-    packed: bytes = msgpack.packb(value, use_bin_type=True)
+    packed: bytes = _msgpack().packb(value, use_bin_type=True)
     return packed
 
 
@@ -205,7 +215,7 @@ def _event(raw: Any) -> KVEvent:
 def decode_batch(payload: bytes) -> EventBatch:
     """A batch from a publisher's payload frame; raises :class:`EventDecodeError`."""
     try:
-        raw = msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        raw = _msgpack().unpackb(payload, raw=False, strict_map_key=False)
     except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
         raise EventDecodeError(f"not msgpack: {exc}") from None
     if isinstance(raw, dict):  # a map-shaped batch (not what vLLM sends, but unambiguous)

@@ -17,7 +17,7 @@ import logging
 from dataclasses import dataclass, field
 
 from disagg.api.versions import API_VERSION
-from disagg.controller.children import Write
+from disagg.controller.children import Write, controlled_by
 from disagg.controller.conditions import Reason
 from disagg.controller.failures import Failure, field_of, first_line
 from disagg.controller.kube import (
@@ -84,6 +84,17 @@ def classify(exc: KubeError, o: Observed, write: Write | None) -> Failure:
     return Failure(Reason.SERVER_ERROR, f"{what}the API server failed: {message}")
 
 
+def _ours_already(kube: Kube, o: Observed, write: Write) -> bool:
+    """Whether the object a create found in the way is this owner's own: a create of ours
+    the watch has not delivered yet (a busy API server, a slow operator).  Only that
+    looks again; anything else is a name conflict."""
+    meta = write.obj["metadata"]
+    live = kube.get_or_none(
+        write.obj["apiVersion"], write.obj["kind"], meta["namespace"], meta["name"]
+    )
+    return live is not None and controlled_by(live, o.uid)
+
+
 def act_children(kube: Kube, o: Observed, plan: Plan) -> Outcome:
     """Writes, prunes and pod patches of ``plan``."""
     out = Outcome()
@@ -103,7 +114,13 @@ def act_children(kube: Kube, o: Observed, plan: Plan) -> Outcome:
     for write in plan.writes:
         try:
             if write.mode == "create":
-                kube.create(write.obj)
+                try:
+                    kube.create(write.obj)
+                except AlreadyExists:
+                    if not _ours_already(kube, o, write):
+                        raise
+                    out.conflict = True  # our own earlier create, not yet in the cache
+                    return out
                 out.changed.append(write.ref)
             else:
                 result = kube.apply(write.obj, resource_version=write.resource_version)
@@ -160,11 +177,24 @@ def terminating(exc: KubeError) -> bool:
 
 def write_status(kube: Kube, o: Observed, plan: Plan) -> bool:
     """Write ``plan.status`` (if any) to exactly this incarnation; False if it could not be
-    (the object or its namespace is going, or the server refused: logged, never raised)."""
+    (the object or its namespace is going, the server refused: logged, never raised).
+
+    A status that announces something (its Events go out after it) is written only to the
+    version it was planned from: two reconciles that both read the old status from a cache
+    not yet caught up must not both announce the same transition."""
     if plan.status is None:
         return True
+    version = o.resource_version if plan.events else None
     try:
-        kube.apply_status(API_VERSION, o.kind, o.namespace, o.name, plan.status, uid=o.uid)
+        kube.apply_status(
+            API_VERSION,
+            o.kind,
+            o.namespace,
+            o.name,
+            plan.status,
+            uid=o.uid,
+            resource_version=version,
+        )
     except (NotFound, Conflict):
         return False
     except KubeError as exc:

@@ -224,14 +224,18 @@ class Kube:
         status: dict[str, Any],
         *,
         uid: str | None = None,
+        resource_version: str | None = None,
     ) -> dict[str, Any]:
         """Server-side apply of the ``status`` subresource (only the fields we set).  With
         ``uid`` the write lands only on that incarnation of the object (a same-named object
-        created after ours was deleted is left alone)."""
+        created after ours was deleted is left alone); with ``resource_version`` only on the
+        version that was read (else :class:`Conflict`)."""
         res = resource_of(api_version, kind)
         metadata: dict[str, Any] = {"name": name, "namespace": namespace}
         if uid:
             metadata["uid"] = uid
+        if resource_version:
+            metadata["resourceVersion"] = resource_version
         body = {"apiVersion": api_version, "kind": kind, "metadata": metadata, "status": status}
         return self._call(
             "status",

@@ -203,7 +203,9 @@ class Controller:
             failed = failure_plan(o, outcome.failure, cfg)
             if act.write_status(self.kube, o, failed):
                 act.post_events(self.kube, o, failed.events, stamp, time.time_ns())
-            log.warning("%s %s/%s: %s", o.kind, o.namespace, o.name, outcome.failure.message)
+            # Logged at WARNING when it is news (its status and Event go out), not per retry.
+            level = logging.WARNING if failed.events else logging.DEBUG
+            log.log(level, "%s %s/%s: %s", o.kind, o.namespace, o.name, outcome.failure.message)
             return _Result(plan, outcome, outcome.failure)
         # Events about status transitions go out with the status write: when the write is
         # deferred to the next reconcile, that reconcile sees the same transition again.
