@@ -213,3 +213,6 @@ HCAPort = Annotated[
     Field(min_length=1, max_length=64, pattern=_HCA),
     _string(64, _matches(_HCA, "must be an HCA device with an optional port, e.g. mlx5_0:1")),
 ]
+
+#: The largest 32-bit integer: bounds for counts that end up in int32 Kubernetes fields.
+INT32_MAX = 2**31 - 1
