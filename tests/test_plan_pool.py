@@ -305,20 +305,21 @@ def test_a_failed_write_shows_in_status_with_one_event() -> None:
     assert failure_plan(world.observed(), failure, world.config()).events == []
 
 
-def test_a_server_error_reworded_by_the_server_is_not_announced_again() -> None:
+def test_a_failure_reworded_is_not_announced_again_but_a_new_class_is() -> None:
     world = _world()
     world.converge()
     refused = "Deployment/p: the API server failed: webhook: connection refused"
     world.apply(
         failure_plan(world.observed(), Failure(Reason.SERVER_ERROR, refused), world.config())
     )
-    timeout = Failure(Reason.SERVER_ERROR, "Deployment/p: the API server failed: deadline exceeded")
+    timeout = Failure(Reason.SERVER_ERROR, "Service/p: the API server failed: deadline exceeded")
     plan = failure_plan(world.observed(), timeout, world.config())
     assert plan.events == []
     assert "deadline exceeded" in cond(plan.status, "Degraded")["message"]
-    other = Failure(Reason.SERVER_ERROR, "Service/p: the API server failed: deadline exceeded")
-    assert [e.reason for e in failure_plan(world.observed(), other, world.config()).events] == [
-        Reason.SERVER_ERROR
+    world.apply(plan)
+    rejected = Failure(Reason.APPLY_REJECTED, "Deployment/p: rejected by the API server")
+    assert [e.reason for e in failure_plan(world.observed(), rejected, world.config()).events] == [
+        Reason.APPLY_REJECTED
     ]
 
 

@@ -75,29 +75,19 @@ def status_update(
     return None if status == old else status
 
 
-#: Failures whose message carries the server's own words, which change from one attempt to
-#: the next (a webhook's "connection refused", then "context deadline exceeded"); they are
-#: announced once per failing object, not once per wording.
-_VOLATILE_MESSAGES = frozenset({Reason.SERVER_ERROR})
-
-
-def _announced_as(cond: Condition) -> tuple[object, object]:
-    """What makes a Degraded condition worth a new Event: its reason and what it says
-    (for a server error, only which object failed)."""
-    reason, message = cond.get("reason"), str(cond.get("message", ""))
-    if reason in _VOLATILE_MESSAGES:
-        message = message.split("the API server failed", 1)[0]
-    return reason, message
-
-
 def degraded_events(o: Observed, conds: list[Condition]) -> list[EventSpec]:
-    """One Warning when Degraded turns True or changes reason/message; one Normal when a
-    failure clears."""
+    """One Warning when Degraded turns True or changes reason; one Normal when a failure
+    clears.
+
+    A new message under the same reason updates the status but is not announced again: the
+    server rewords its errors from one attempt to the next (a webhook refused, then timed
+    out), and a DisaggDeployment's Degraded may name its own failed write on one look and
+    its pool's on the next.  One Event per failure class per object, until it clears."""
     new = find(conds, Type.DEGRADED)
     old = find(o.status.get("conditions"), Type.DEGRADED) or {}
     if new is None:
         return []
-    same = _announced_as(new) == _announced_as(old)
+    same = new.get("reason") == old.get("reason")
     if new["status"] == "True" and not (same and old.get("status") == "True"):
         return [EventSpec("Warning", str(new["reason"]), str(new.get("message", "")))]
     if (
