@@ -248,6 +248,14 @@ def test_queue_full_answers_429_with_retry_after() -> None:
         assert rejected.status_code == 429
         assert rejected.headers["retry-after"] == "2"
         assert rejected.json()["error"]["type"] == "rate_limit_error"
+        bad = httpx.post(
+            gateway.url + "/v1/completions",
+            json=body,
+            headers={"X-Disagg-Priority": "urgent"},
+            timeout=30,
+        )
+        assert bad.status_code == 400, bad.text  # refused before it could queue
+        assert bad.json()["error"]["param"] == "X-Disagg-Priority"
         for t in threads:
             t.join(30)
         assert sorted(r.status_code for r in replies) == [200, 200]  # the queued one ran

@@ -16,7 +16,7 @@ from disagg.gateway.cli import build_parser, resolve
 from disagg.gateway.config import GatewayConfig, KubernetesDiscovery, PoolQueueConfig, load_config
 from disagg.gateway.discovery import PodDiscovery, WorkerInfo, ready_workers
 from disagg.gateway.metrics import GatewayMetrics
-from disagg.gateway.pools import Pool, QueueFull
+from disagg.gateway.pools import Pool, QueueFull, Ticket
 from disagg.gateway.requests import decode_body, prefill_body
 from disagg.gateway.telemetry import parse_load
 from disagg.gateway.upstream import KubeApiClient
@@ -219,22 +219,25 @@ def test_pool_sync_removes_series_of_workers_that_went_away() -> None:
     assert 'disagg_gateway_ready_workers{pool="dec",role="decode"} 1.0' in text
 
 
-async def test_pool_admission_is_fifo_bounded_and_times_out() -> None:
+async def test_pool_admission_is_bounded_times_out_and_exports_the_queue() -> None:
     pool = _pool(inflight=1, queued=1)
     pool.sync([WorkerInfo("http://a")])
-    await pool.admit()  # takes the only slot
-    waiter = asyncio.create_task(pool.admit())
+    first, second = Ticket(), Ticket()
+    await pool.admit(first)  # takes the only slot
+    waiter = asyncio.create_task(pool.admit(second))
     await asyncio.sleep(0.01)
     assert pool.metrics.queue_depth.labels("dec", "decode")._value.get() == 1
     with pytest.raises(QueueFull, match="already queued"):
-        await pool.admit()
-    pool.release()  # hands the slot to the waiter
+        await pool.admit(Ticket())
+    pool.release(first)  # hands the slot to the waiter
     await waiter
     assert pool.admitted == 1
+    assert pool.metrics.busy_workers.labels("dec", "decode")._value.get() == 1
     with pytest.raises(QueueFull, match="waited"):
-        await pool.admit()  # nobody releases: times out after max_wait_seconds
-    pool.release()
+        await pool.admit(Ticket())  # nobody releases: times out after max_wait_seconds
+    pool.release(second)
     assert pool.admitted == 0 and pool.metrics.queue_depth.labels("dec", "decode")._value.get() == 0
+    assert pool.metrics.rejected.labels("dec", "decode")._value.get() == 2
 
 
 # -- telemetry ----------------------------------------------------------------------------------

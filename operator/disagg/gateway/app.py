@@ -32,6 +32,7 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HTTPRoute
 
+from disagg.gateway.admission import ticket_for
 from disagg.gateway.config import GatewayConfig
 from disagg.gateway.context import RequestContext, Route
 from disagg.gateway.decode import DecodeLeg, DecodeSettings
@@ -235,7 +236,8 @@ class Gateway:
             )
             hashes = block_hashes(tokens, block_size)
             routing = RoutingRequest(route.request_id, len(tokens), hashes, block_size, keys, exact)
-            ctx = RequestContext(client_request, routing, route, arrival)
+            ticket = ticket_for(request.headers, client_request.body, len(tokens))
+            ctx = RequestContext(client_request, routing, route, arrival, ticket=ticket)
             outcome = await self._until_disconnect(request, self.flow.handle(ctx))
         except BadRequest as exc:
             close = {"Connection": "close"} if exc.code == "request_too_large" else None
@@ -255,7 +257,7 @@ class Gateway:
             log.info("request %s: the client went away before its answer", route.request_id)
             return Response(b"", CLIENT_CLOSED)  # nobody reads it; it is counted as 499
         except QueueFull as exc:
-            retry = str(self.config.queue.retry_after_seconds)
+            retry = str(max(self.config.queue.retry_after_seconds, exc.retry_after))
             return error_response(
                 429,
                 f"the gateway is at capacity ({exc}); retry later",

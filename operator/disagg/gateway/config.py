@@ -181,9 +181,17 @@ class ShutdownConfig(_Model):
 
 class PoolQueueConfig(_Model):
     max_inflight_per_worker: int = Field(default=64, ge=1)
-    """Requests the gateway lets run at once per ready worker; the rest wait in the queue."""
+    """Requests the gateway lets run at once per ready worker; the rest wait in the queue (the
+    operator renders the engine's ``--max-num-seqs`` for prefill)."""
+    max_inflight_tokens_per_worker: int | None = Field(default=None, ge=1)
+    """Tokens the gateway lets run at once per ready worker (prefill: prompt tokens; decode:
+    prompt plus ``max_tokens``); None: no token bound.  The operator renders the prefill
+    engine's ``--max-num-batched-tokens``.  A pool with nothing in flight admits any request."""
     max_queued: int = Field(default=512, ge=0)
     """Waiting requests beyond which the gateway answers 429."""
+    max_queued_per_client: int | None = Field(default=None, ge=1)
+    """Waiting requests of one client (and priority) beyond which it gets 429; None: only
+    ``max_queued`` bounds it."""
 
 
 class QueueConfig(_Model):
@@ -196,7 +204,8 @@ class QueueConfig(_Model):
     max_wait_seconds: float = Field(default=30.0, gt=0)
     """A queued request waiting longer gets 429."""
     retry_after_seconds: int = Field(default=1, ge=1)
-    """Value of ``Retry-After`` on 429."""
+    """Smallest ``Retry-After`` on 429; the gateway answers more when the queue ahead will take
+    longer to drain (waiters times the measured hold time of a slot, up to 60 s)."""
 
 
 class StaticWorker(_Model):

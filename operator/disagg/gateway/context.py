@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from disagg.gateway.admission import Ticket
 from disagg.gateway.requests import ClientRequest
 from disagg.gateway.routing.contracts import Endpoint, RoutingRequest
 
@@ -101,6 +102,8 @@ class RequestContext:
     prefill_endpoint: Endpoint | None = None
     """The prefill worker whose KV ``kv_params`` name (a retried decode leg must pair with it)."""
     tried_decode: set[str] = field(default_factory=set)
+    ticket: Ticket = field(default_factory=Ticket)
+    """The request's claim on the pools' slots: its class (priority, client) and size."""
 
     @property
     def headers(self) -> dict[str, str]:

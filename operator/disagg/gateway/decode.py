@@ -117,7 +117,7 @@ class DecodeLeg:
             return last
         finally:
             if not handed_over:
-                self.pool.release()
+                self.pool.release(ctx.ticket)
 
     def _next_worker(self, ctx: RequestContext, repeat: str | None) -> str | None:
         target = ctx.decode_target
@@ -234,7 +234,7 @@ class DecodeLeg:
 
         def done() -> None:
             self.pool.finish(url)
-            self.pool.release()
+            self.pool.release(ctx.ticket)
 
         handoff_start = ctx.prefill_done if ctx.kv_params is not None else None
         timing = RelayTiming(ctx.route.decision, ctx.arrival, handoff_start)

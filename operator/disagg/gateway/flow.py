@@ -76,7 +76,7 @@ class Flow:
         if no_prefill and self.settings.prefill_pool:
             route.decision = "fallback"
         ctx.decode_target = plan.decode
-        await self.decode_pool.admit()
+        await self.decode_pool.admit(ctx.ticket)
         owned = True  # the decode slot, until the decode leg takes it
         try:
             if route.decision == "disaggregated":
@@ -90,7 +90,7 @@ class Flow:
             reply = await self.decode.serve(ctx)
         finally:
             if owned:
-                self.decode_pool.release()
+                self.decode_pool.release(ctx.ticket)
         self.metrics.decisions.labels(route.decision).inc()
         log.info(
             "request %s: %s prefill=%s decode=%s (%s) -> %s",

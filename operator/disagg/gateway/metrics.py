@@ -81,6 +81,21 @@ class GatewayMetrics:
             ["pool", "role"],
             registry=r,
         )
+        self.busy_workers = Gauge(
+            "disagg_gateway_busy_workers",
+            "Workers' worth of work admitted to a pool: in-flight requests (or tokens, the fuller "
+            "budget) divided by the per-worker limit.  Held at the pool's size while it is "
+            "saturated, so an autoscaler following it keeps the workers a steady load needs.",
+            ["pool", "role"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "disagg_gateway_queue_wait_seconds",
+            "Time a request waited in the gateway's admission queue for a pool (0: none).",
+            ["pool", "role"],
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
         self.ready_workers = Gauge(
             "disagg_gateway_ready_workers",
             "Workers discovery reports ready (and not terminating) in a pool.",
@@ -172,6 +187,8 @@ class GatewayMetrics:
         """Export zeros for a pool before its first request (HPAs need the series)."""
         self.queue_depth.labels(pool, role).set(0)
         self.inflight.labels(pool, role).set(0)
+        self.busy_workers.labels(pool, role).set(0)
+        self.queue_wait.labels(pool, role)
         self.ready_workers.labels(pool, role).set(0)
         self.rejected.labels(pool, role)
         for decision in ("disaggregated", "decode_only", "fallback"):

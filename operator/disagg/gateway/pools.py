@@ -2,32 +2,21 @@
 
 A ``Pool`` holds the workers discovery reported (with what the gateway knows of each: requests in
 flight, the last scraped queue and KV usage, health) and hands the router immutable ``Endpoint``
-snapshots.  Admission bounds the work the gateway puts on a pool: at most
-``max_inflight_per_worker`` times the number of workers run at once, up to ``max_queued`` more
-wait (that wait is the ``disagg_gateway_queue_depth`` the HPAs scale on), and beyond that -- or
-after ``max_wait_seconds`` -- the request is refused with ``QueueFull`` (HTTP 429).  Waiters are
-served first come, first served.
+snapshots.  Admission (``admission.Admission``: limits from the engines' capacity, a fair and
+bounded wait, 429 beyond) bounds the work the gateway puts on a pool; its wait is the
+``disagg_gateway_queue_depth`` the prefill HPA scales on, and ``disagg_gateway_busy_workers``
+says how many workers' worth of work is admitted.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections import deque
 from dataclasses import dataclass, field
 
+from disagg.gateway.admission import Admission, QueueFull, Ticket
 from disagg.gateway.config import PoolQueueConfig
 from disagg.gateway.discovery import Role, WorkerInfo
 from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.routing.contracts import Endpoint
-
-
-class QueueFull(Exception):
-    """The pool's queue is full or the wait was too long; the client should retry later."""
-
-    def __init__(self, pool: str, role: str, reason: str) -> None:
-        super().__init__(f"{role} pool {pool!r}: {reason}")
-        self.pool = pool
-        self.role = role
 
 
 @dataclass
@@ -55,6 +44,21 @@ class Worker:
         )
 
 
+def _prompt_cost(ticket: Ticket) -> int:
+    return ticket.prompt_tokens
+
+
+def _kv_cost(ticket: Ticket) -> int:
+    return ticket.prompt_tokens + ticket.max_tokens
+
+
+#: What a request costs a pool's token budget: a prefill worker computes the prompt, a decode
+#: worker holds the KV of prompt and output.
+_COSTS = {"prefill": _prompt_cost, "decode": _kv_cost}
+
+__all__ = ["Pool", "QueueFull", "Ticket", "Worker"]
+
+
 class Pool:
     def __init__(
         self,
@@ -70,8 +74,10 @@ class Pool:
         self.max_wait_seconds = max_wait_seconds
         self.metrics = metrics
         self.workers: dict[str, Worker] = {}
-        self.admitted = 0
-        self._waiters: deque[asyncio.Future[None]] = deque()
+        self.admission = Admission(
+            name, role, queue, max_wait_seconds, _COSTS[role], self._export_admission
+        )
+        self.admission.on_refused = self._export_rejection
         metrics.init_pool(name, role)
 
     # -- membership -------------------------------------------------------------------------
@@ -92,7 +98,7 @@ class Pool:
                     worker.engine_ids.clear()  # restarted: a new NIXL engine id
                 worker.info = info
         self.metrics.ready_workers.labels(self.name, self.role).set(len(self.workers))
-        self._wake()
+        self.admission.set_workers(len(self.workers))
         return removed
 
     def endpoints(self) -> list[Endpoint]:
@@ -132,70 +138,24 @@ class Pool:
         self.metrics.worker_inflight.labels(*labels).set(worker.inflight)
         self.metrics.worker_healthy.labels(*labels).set(1 if worker.healthy else 0)
 
-    # -- admission --------------------------------------------------------------------------
+    # -- admission (``admission.Admission``) ----------------------------------------------------
     @property
-    def capacity(self) -> int:
-        return self.queue.max_inflight_per_worker * max(1, len(self.workers))
+    def admitted(self) -> int:
+        return self.admission.admitted
 
-    def has_room(self) -> bool:
-        """Whether a new request would be admitted or queued (not refused) right now."""
-        return self.admitted < self.capacity or len(self._waiters) < self.queue.max_queued
+    async def admit(self, ticket: Ticket) -> None:
+        """Wait for a slot (fair, bounded); raise ``QueueFull`` (429) beyond the bounds."""
+        waited = await self.admission.admit(ticket)
+        self.metrics.queue_wait.labels(self.name, self.role).observe(waited)
 
-    def refuse_if_full(self) -> None:
-        """Raise ``QueueFull`` now if a request would be refused (checked before a prefill)."""
-        if not self.has_room():
-            self.metrics.rejected.labels(self.name, self.role).inc()
-            raise QueueFull(self.name, self.role, f"{len(self._waiters)} requests already queued")
+    def release(self, ticket: Ticket) -> None:
+        self.admission.release(ticket)
 
-    async def admit(self) -> None:
-        """Wait for a slot (FIFO); raise ``QueueFull`` when the queue is full or the wait long."""
-        if self.admitted < self.capacity and not self._waiters:
-            self._take()
-            return
-        if len(self._waiters) >= self.queue.max_queued:
-            self.metrics.rejected.labels(self.name, self.role).inc()
-            raise QueueFull(self.name, self.role, f"{len(self._waiters)} requests already queued")
-        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._waiters.append(waiter)
-        self._export_queue()
-        try:
-            await asyncio.wait_for(asyncio.shield(waiter), self.max_wait_seconds)
-        except TimeoutError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()  # the slot arrived just as we gave up; hand it on
-            self.metrics.rejected.labels(self.name, self.role).inc()
-            raise QueueFull(
-                self.name, self.role, f"waited {self.max_wait_seconds:.0f}s for a slot"
-            ) from None
-        except asyncio.CancelledError:
-            if waiter.done() and not waiter.cancelled():
-                self.release()
-            raise
-        finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
-            if not waiter.done():
-                waiter.cancel()
-            self._export_queue()
+    def _export_admission(self) -> None:
+        labels = (self.name, self.role)
+        self.metrics.queue_depth.labels(*labels).set(self.admission.queued)
+        self.metrics.inflight.labels(*labels).set(self.admission.admitted)
+        self.metrics.busy_workers.labels(*labels).set(self.admission.busy_workers)
 
-    def release(self) -> None:
-        self.admitted = max(0, self.admitted - 1)
-        self.metrics.inflight.labels(self.name, self.role).set(self.admitted)
-        self._wake()
-
-    def _take(self) -> None:
-        self.admitted += 1
-        self.metrics.inflight.labels(self.name, self.role).set(self.admitted)
-
-    def _wake(self) -> None:
-        while self._waiters and self.admitted < self.capacity:
-            waiter = self._waiters.popleft()
-            if waiter.done():
-                continue
-            self._take()
-            waiter.set_result(None)
-        self._export_queue()
-
-    def _export_queue(self) -> None:
-        pending = sum(1 for w in self._waiters if not w.done())
-        self.metrics.queue_depth.labels(self.name, self.role).set(pending)
+    def _export_rejection(self) -> None:
+        self.metrics.rejected.labels(self.name, self.role).inc()

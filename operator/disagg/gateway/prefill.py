@@ -55,7 +55,7 @@ class PrefillLeg:
         ``Reply`` from a prefill worker is returned for the client as is."""
         leg = encode(prefill_body(ctx.request.body))
         assert ctx.decode_target is not None
-        await self.pool.admit()
+        await self.pool.admit(ctx.ticket)
         try:
             tried: set[str] = set()
             for _ in range(self.settings.attempts):
@@ -91,7 +91,7 @@ class PrefillLeg:
             ctx.route.fall_back("prefill_failed")
             return None
         finally:
-            self.pool.release()
+            self.pool.release(ctx.ticket)
 
     def _accept(self, ctx: RequestContext, url: str, body: bytes) -> bool:
         """Validate an answer's params into ``ctx``; False to try another worker."""
