@@ -176,6 +176,18 @@ INVALID: list[Case] = [
     ),
     # -- cross-field rules that predate this list ----------------------------------------
     Case(
+        "slo-without-an-objective",
+        disagg(slo={"promptTokens": 2000}),
+        "spec.slo",
+        "slo needs ttftP99Ms or itlP99Ms",
+    ),
+    schema(
+        "slo-unknown-gpu",
+        disagg(slo={"ttftP99Ms": 500, "gpu": "tpu"}),
+        "spec.slo.gpu",
+        "Unsupported value",
+    ),
+    Case(
         "autoscaling-min-above-max",
         pool(autoscaling={"enabled": True, "minReplicas": 5, "maxReplicas": 2}),
         "spec.autoscaling.minReplicas",

@@ -177,8 +177,11 @@ def test_engine_keda_renders_one_valid_scaledobject_per_pool(behavior: Any) -> N
             assert trigger["type"] == "prometheus"
             float(trigger["metadata"]["threshold"])  # KEDA parses it as a number
             assert 'namespace="serving"' in trigger["metadata"]["query"], trigger
-        if behavior:
-            assert spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == behavior
+        rendered = spec["advanced"]["horizontalPodAutoscalerConfig"]["behavior"]
+        if behavior:  # the direction it sets is the spec's; the other keeps the role default
+            assert rendered["scaleDown"] == behavior["scaleDown"]
+        assert rendered["scaleUp"]["stabilizationWindowSeconds"] == 0
+        assert behavior or rendered["scaleDown"]["stabilizationWindowSeconds"] >= 300
 
 
 def test_role_defaults_become_triggers() -> None:

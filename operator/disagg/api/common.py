@@ -46,7 +46,7 @@ Connector = Literal["NixlConnector", "MooncakeConnector", "LMCacheConnectorV1", 
 Transport = Literal["ib", "roce", "efa", "tcp"]
 AutoscalingEngine = Literal["hpa", "keda"]
 ScalingMetricName = Literal[
-    "gatewayQueueDepth", "waitingRequests", "runningRequests", "kvCacheUsage"
+    "gatewayQueueDepth", "busyWorkers", "waitingRequests", "runningRequests", "kvCacheUsage"
 ]
 
 
@@ -185,8 +185,9 @@ class ScalingMetric(ApiModel):
     )
 
     name: ScalingMetricName
-    """``gatewayQueueDepth`` (External, from the gateway), ``waitingRequests`` /
-    ``runningRequests`` (Pods, vLLM's ``num_requests_*``), ``kvCacheUsage`` (Pods, 0..1)."""
+    """``gatewayQueueDepth`` and ``busyWorkers`` (External, from the gateway: requests waiting
+    for the pool, and admitted work in workers), ``waitingRequests`` / ``runningRequests``
+    (Pods, vLLM's ``num_requests_*``), ``kvCacheUsage`` (Pods, 0..1)."""
     target: float = Field(gt=0, le=1000000)
     """Target average per replica: at least 0.001 (the HPA's precision); a fraction in (0, 1]
     for ``kvCacheUsage``."""
@@ -223,10 +224,14 @@ class AutoscalingSpec(ApiModel):
             )
         ),
     )
-    """Metrics and targets; role defaults when empty (prefill: gatewayQueueDepth and
-    waitingRequests, the larger wins; decode: waitingRequests and kvCacheUsage)."""
+    """Metrics and targets; when empty, derived from the DisaggDeployment's ``slo`` if it has
+    one, else the role defaults (prefill: gatewayQueueDepth 4, busyWorkers 1, waitingRequests
+    2; decode: waitingRequests 2, kvCacheUsage 0.8).  The largest answer wins."""
     behavior: FreeForm | None = None
-    """An autoscaling/v2 HorizontalPodAutoscalerBehavior (stabilization windows, policies)."""
+    """An autoscaling/v2 HorizontalPodAutoscalerBehavior (stabilization windows, policies).  A
+    direction left out (``scaleUp``, ``scaleDown``) keeps the role's default: scale up at once
+    by at most 2 prefill / 1 decode worker a minute; scale down after 5 min (prefill) / 10 min
+    (decode) of lower desire, one worker a minute (decode: every 2 min)."""
 
 
 class PlacementSpec(ApiModel):

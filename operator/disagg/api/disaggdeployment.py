@@ -42,6 +42,7 @@ from disagg.api.scorers import (
     ScorerType,
     type_description,
 )
+from disagg.api.slo import SLOSpec
 from disagg.api.versions import DEFAULT_GATEWAY_IMAGE
 
 
@@ -278,6 +279,10 @@ class DisaggDeploymentSpec(ApiModel):
     """The routing gateway."""
     scaling: ScalingSpec = Field(default_factory=ScalingSpec)
     """Cross-pool scaling guards."""
+    slo: SLOSpec | None = None
+    """Latency objectives: pools whose ``autoscaling.metrics`` are empty get targets derived
+    from them (TTFT -> the prefill gateway-queue target, ITL -> decode's running requests per
+    worker; docs/autoscaling.md has the arithmetic)."""
 
 
 class PoolSummary(ApiModel):

@@ -106,6 +106,7 @@ class Admission:
         max_wait_seconds: float,
         cost: Callable[[Ticket], int],
         on_change: Callable[[], None] = lambda: None,
+        gateways: int = 1,
     ) -> None:
         self.pool = pool
         self.role = role
@@ -113,6 +114,8 @@ class Admission:
         self.max_wait_seconds = max_wait_seconds
         self.cost = cost
         self.on_change = on_change
+        self.gateways = gateways
+        """Gateway replicas sharing the workers: each admits its share of their batch."""
         self.on_refused: Callable[[], None] = lambda: None
         self.workers = 0
         self.admitted = 0
@@ -136,12 +139,13 @@ class Admission:
 
     @property
     def busy_workers(self) -> float:
-        """Workers' worth of admitted work: the fuller of the two budgets, in workers."""
+        """Workers' worth of admitted work: the fuller of the two budgets, in workers, as this
+        gateway's share (summed over the gateway replicas it is the pool's)."""
         busy = self.admitted / self.limits.max_inflight_per_worker
         per_worker = self.limits.max_inflight_tokens_per_worker
         if per_worker is not None:
             busy = max(busy, self.admitted_tokens / per_worker)
-        return busy
+        return busy / self.gateways
 
     def _fits(self, ticket: Ticket) -> bool:
         if self.admitted == 0:

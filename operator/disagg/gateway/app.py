@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HTTPRoute
 
 from disagg.gateway.admission import ticket_for
-from disagg.gateway.config import GatewayConfig
+from disagg.gateway.config import GatewayConfig, PoolQueueConfig
 from disagg.gateway.context import RequestContext, Route
 from disagg.gateway.decode import DecodeLeg, DecodeSettings
 from disagg.gateway.discovery import Discovery, Role, WorkerInfo
@@ -98,13 +98,13 @@ class Gateway:
         )
         self.metrics = GatewayMetrics()
         q = config.queue
+        sides: tuple[tuple[Role, str, PoolQueueConfig], ...] = (
+            ("prefill", config.pools.prefill, q.prefill),
+            ("decode", config.pools.decode, q.decode),
+        )
         self.pools: dict[Role, Pool] = {
-            "prefill": Pool(
-                config.pools.prefill, "prefill", q.prefill, q.max_wait_seconds, self.metrics
-            ),
-            "decode": Pool(
-                config.pools.decode, "decode", q.decode, q.max_wait_seconds, self.metrics
-            ),
+            role: Pool(name, role, limits, q.max_wait_seconds, self.metrics, q.gateway_replicas)
+            for role, name, limits in sides
         }
         self.router = build_router(config)
         rules = HandoffRules(config.routing.block_size, kv.side_channel_port, kv.data_parallel_size)

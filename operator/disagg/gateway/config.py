@@ -203,6 +203,10 @@ class QueueConfig(_Model):
     )
     max_wait_seconds: float = Field(default=30.0, gt=0)
     """A queued request waiting longer gets 429."""
+    gateway_replicas: int = Field(default=1, ge=1)
+    """Gateway replicas sharing the workers (each admits its share of the limits above, as the
+    operator renders them); ``disagg_gateway_busy_workers`` is divided by it so that its sum
+    over the replicas is in workers."""
     retry_after_seconds: int = Field(default=1, ge=1)
     """Smallest ``Retry-After`` on 429; the gateway answers more when the queue ahead will take
     longer to drain (waiters times the measured hold time of a slot, up to 60 s)."""

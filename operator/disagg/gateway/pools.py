@@ -67,6 +67,7 @@ class Pool:
         queue: PoolQueueConfig,
         max_wait_seconds: float,
         metrics: GatewayMetrics,
+        gateways: int = 1,
     ) -> None:
         self.name = name
         self.role: Role = role
@@ -75,7 +76,7 @@ class Pool:
         self.metrics = metrics
         self.workers: dict[str, Worker] = {}
         self.admission = Admission(
-            name, role, queue, max_wait_seconds, _COSTS[role], self._export_admission
+            name, role, queue, max_wait_seconds, _COSTS[role], self._export_admission, gateways
         )
         self.admission.on_refused = self._export_rejection
         metrics.init_pool(name, role)

@@ -5,18 +5,21 @@ the autoscaler's desire lands in the pool's ``spec.replicas``, and the operator
 applies the DisaggDeployment's cross-pool guards before the Deployment changes.
 
 Metric names are what prometheus-adapter exposes with the rules we ship
-(``:`` in vLLM's names becomes ``_``): prefill follows the gateway's per-pool
-queue (External metric, selected by the ``pool`` label) *and* the prefill
-workers' own waiting queues (Pods metric), decode follows vLLM's own waiting
-queue and KV-cache usage (Pods metrics).  The HPA takes the largest answer.
+(``:`` in vLLM's names becomes ``_``).  Prefill follows the gateway: its queue
+(External metric, selected by the ``pool`` label) says when the pool is short --
+the gateway admits only what the workers batch (``gateway/admission.py``), so
+beyond saturation the backlog waits there -- and its busy workers (admitted work
+in workers, target 1) hold the size a steady load keeps busy, so that a queue
+which drains does not scale the pool straight back down (the flapping the first
+design showed).  vLLM's own waiting count on the prefill pods stays as a third
+signal.  Decode follows vLLM's waiting queue and KV-cache usage.  The HPA takes
+the largest answer.
 
-Why prefill needs vLLM's queue too: the gateway admits up to
-``maxInflightPerWorker`` (16) prefills per worker before it queues anything, and
-a worker batches far fewer (its token budget, ``--max-num-batched-tokens``), so
-under a real overload the backlog sits in the workers' queues and the gateway's
-stays at 0 -- measured on the local cluster (docs/autoscaling.md).  The gateway
-queue remains the signal for overflow beyond that (and for a pool with no ready
-worker, whose pods report nothing).
+``behavior`` defaults per role (``DEFAULT_BEHAVIOR``) when the spec has none, or
+for the direction it leaves out: scale up at once but by few workers per minute,
+scale down only after the desire stayed lower for five minutes (decode ten: its
+streams take long to drain), one worker at a time.  A worker needs minutes to
+load weights; a shorter window would give back a worker the next burst needs.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from disagg.render.metadata import object_meta
 #: Our metric name -> (HPA metric type, adapter-exposed metric name).
 METRICS: dict[str, tuple[str, str]] = {
     "gatewayQueueDepth": ("External", "disagg_gateway_queue_depth"),
+    "busyWorkers": ("External", "disagg_gateway_busy_workers"),
     "waitingRequests": ("Pods", "vllm_num_requests_waiting"),
     "runningRequests": ("Pods", "vllm_num_requests_running"),
     "kvCacheUsage": ("Pods", "vllm_kv_cache_usage_perc"),
@@ -39,6 +43,7 @@ METRICS: dict[str, tuple[str, str]] = {
 DEFAULT_METRICS: dict[str, list[ScalingMetric]] = {
     "prefill": [
         ScalingMetric(name="gatewayQueueDepth", target=4),
+        ScalingMetric(name="busyWorkers", target=1),
         ScalingMetric(name="waitingRequests", target=2),
     ],
     "decode": [
@@ -47,6 +52,27 @@ DEFAULT_METRICS: dict[str, list[ScalingMetric]] = {
     ],
     "aggregated": [ScalingMetric(name="waitingRequests", target=4)],
 }
+
+
+def _direction(window: int, pods: int, period: int) -> dict[str, Any]:
+    return {
+        "stabilizationWindowSeconds": window,
+        "selectPolicy": "Max",
+        "policies": [{"type": "Pods", "value": pods, "periodSeconds": period}],
+    }
+
+
+#: Role defaults of the HPA's ``behavior``, per direction (see the module docstring).
+DEFAULT_BEHAVIOR: dict[str, dict[str, dict[str, Any]]] = {
+    "prefill": {"scaleUp": _direction(0, 2, 60), "scaleDown": _direction(300, 1, 60)},
+    "decode": {"scaleUp": _direction(0, 1, 60), "scaleDown": _direction(600, 1, 120)},
+    "aggregated": {"scaleUp": _direction(0, 1, 60), "scaleDown": _direction(600, 1, 120)},
+}
+
+
+def effective_behavior(spec: AutoscalingSpec, role: str) -> dict[str, Any]:
+    """The spec's ``behavior``, each direction it leaves out from the role's defaults."""
+    return {**DEFAULT_BEHAVIOR[role], **(spec.behavior or {})}
 
 
 def _quantity(value: float) -> str:
@@ -90,8 +116,7 @@ def render_hpa(
         "maxReplicas": spec.max_replicas,
         "metrics": [_hpa_metric(m, pool) for m in effective_metrics(spec, role)],
     }
-    if spec.behavior:
-        hpa_spec["behavior"] = spec.behavior
+    hpa_spec["behavior"] = effective_behavior(spec, role)
     return {
         "apiVersion": "autoscaling/v2",
         "kind": "HorizontalPodAutoscaler",
@@ -103,6 +128,7 @@ def render_hpa(
 #: PromQL per metric for KEDA's Prometheus scaler (it queries Prometheus directly).
 _KEDA_QUERIES = {
     "gatewayQueueDepth": 'sum(disagg_gateway_queue_depth{{namespace="{ns}",pool="{pool}"}})',
+    "busyWorkers": 'sum(disagg_gateway_busy_workers{{namespace="{ns}",pool="{pool}"}})',
     "waitingRequests": 'sum(vllm:num_requests_waiting{{namespace="{ns}",pod=~"{pool}-.*"}})',
     "runningRequests": 'sum(vllm:num_requests_running{{namespace="{ns}",pod=~"{pool}-.*"}})',
     "kvCacheUsage": 'avg(vllm:kv_cache_usage_perc{{namespace="{ns}",pod=~"{pool}-.*"}})',
@@ -143,8 +169,9 @@ def render_scaled_object(
         "maxReplicaCount": spec.max_replicas,
         "triggers": triggers,
     }
-    if spec.behavior:
-        so_spec["advanced"] = {"horizontalPodAutoscalerConfig": {"behavior": spec.behavior}}
+    so_spec["advanced"] = {
+        "horizontalPodAutoscalerConfig": {"behavior": effective_behavior(spec, role)}
+    }
     return {
         "apiVersion": "keda.sh/v1alpha1",
         "kind": "ScaledObject",

@@ -19,6 +19,7 @@ from disagg.render import names
 from disagg.render.gateway import render_gateway_children
 from disagg.render.metadata import object_meta
 from disagg.render.pool import requested_replicas
+from disagg.render.slo import slo_metrics
 from disagg.render.vllm import kv_hash_seed
 
 ROLES = ("prefill", "decode")
@@ -34,7 +35,8 @@ def child_pool_spec(
     current_replicas: int | None = None,
     hash_seed: str | None = None,
 ) -> InferencePoolSpec:
-    """The spec of the ``role`` pool: shared settings plus that side's section."""
+    """The spec of the ``role`` pool: shared settings plus that side's section (its autoscaling
+    metrics derived from ``spec.slo`` when it names none)."""
     side = section(spec, role)
     replicas = requested_replicas(side)
     if side.autoscaling.enabled:
@@ -44,9 +46,13 @@ def child_pool_spec(
     routing = spec.gateway.routing
     scorers = routing.prefill_scorers if role == "prefill" else routing.decode_scorers
     events = needs_kv_events([s.type for s in scorers if s.weight])
+    autoscaling = side.autoscaling.model_dump()
+    if not side.autoscaling.metrics and (derived := slo_metrics(spec, role)) is not None:
+        autoscaling["metrics"] = [m.model_dump() for m in derived]
     return InferencePoolSpec.model_validate(
         {
             **side.model_dump(),
+            "autoscaling": autoscaling,
             # the gateway follows this pool's KV events when it routes it precisely
             "kv_events": {"enabled": events, "hash_seed": hash_seed if events else None},
             "replicas": replicas,

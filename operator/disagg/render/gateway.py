@@ -27,6 +27,7 @@ from disagg.api.disaggdeployment import DisaggDeploymentSpec, Scorer
 from disagg.api.scorers import needs_kv_events, plugin_name
 from disagg.planner.models import MODELS, preset_for_model_name
 from disagg.render import names
+from disagg.render.capacity import prefill_admission
 from disagg.render.metadata import object_meta
 from disagg.render.vllm import engine_hash_seed, kv_hash_seed
 
@@ -131,8 +132,10 @@ def render_gateway_config(
             "timeoutSeconds": spec.gateway.drain.timeout_seconds,
         },
         "queue": {
-            "prefill": {"maxQueued": routing.max_queued_per_pool},
+            # prefill admits what its workers batch, so the backlog waits here (capacity.py)
+            "prefill": {**prefill_admission(spec), "maxQueued": routing.max_queued_per_pool},
             "decode": {"maxQueued": routing.max_queued_per_pool},
+            "gatewayReplicas": max(1, spec.gateway.replicas),
         },
     }
     vocab = _vocab_size(spec)
