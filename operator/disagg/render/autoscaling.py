@@ -128,7 +128,9 @@ def render_hpa(
 #: PromQL per metric for KEDA's Prometheus scaler (it queries Prometheus directly).
 _KEDA_QUERIES = {
     "gatewayQueueDepth": 'sum(disagg_gateway_queue_depth{{namespace="{ns}",pool="{pool}"}})',
-    "busyWorkers": 'sum(disagg_gateway_busy_workers{{namespace="{ns}",pool="{pool}"}})',
+    "busyWorkers": (  # a minute's mean, as the adapter rule serves it to the HPA
+        'sum(avg_over_time(disagg_gateway_busy_workers{{namespace="{ns}",pool="{pool}"}}[1m]))'
+    ),
     "waitingRequests": 'sum(vllm:num_requests_waiting{{namespace="{ns}",pod=~"{pool}-.*"}})',
     "runningRequests": 'sum(vllm:num_requests_running{{namespace="{ns}",pod=~"{pool}-.*"}})',
     "kvCacheUsage": 'avg(vllm:kv_cache_usage_perc{{namespace="{ns}",pod=~"{pool}-.*"}})',
