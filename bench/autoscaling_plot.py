@@ -51,6 +51,7 @@ def summary(trace: dict[str, Any]) -> str:
             f"{role}: scale-up decided {decided.get(role, float('nan')):.1f} s, "
             f"second worker Ready {ready.get(role, float('nan')):.1f} s after load start"
             for role in ("prefill", "decode")
+            if role in decided or role in ready
         ),
         f"load stopped {marks.get('load_stop', float('nan')):.1f} s, "
         f"back at 1 replica {marks.get('scaled_down', float('nan')):.1f} s "
