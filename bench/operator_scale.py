@@ -333,10 +333,13 @@ def run_one(
         if len(done) < n:
             raise SystemExit(f"N={n}: only {len(done)} converged")
         latencies = [done[k] - created[k] for k in names]
-        op.wait(
+        settled = op.wait(
             lambda h: h and h.get("queued") == 0 and not h.get("processing"), 120, "queue empty"
         )
         requests_after = operator_requests()
+        result["operator_requests_by_verb_per_deployment"] = {
+            verb: round(count / n, 2) for verb, count in sorted(settled["requests"].items())
+        }
         result.update(
             converge_seconds=round(max(done.values()) - started, 2),
             per_object_p50_s=round(percentile(latencies, 0.5), 2),
@@ -416,6 +419,7 @@ def run_one(
         op.wait(lambda h: h and h.get("queued") == 0, 60, "queue empty after delete")
         result["rss_after_delete_mib"] = round(op.memory_mib()[0], 1)
         op.stop()  # the floor is measured without any operator
+        log(json.dumps(result))
         result["floor_create_seconds"] = floor(ns, n)
     finally:
         op.stop()
@@ -432,7 +436,6 @@ def floor(ns: str, n: int) -> float:
     from disagg.render.disaggdeployment import render_disaggdeployment_children
     from disagg.render.pool import render_pool_children
 
-    dyn = client.ApiClient()
     objects: list[dict[str, Any]] = []
     for i in range(n):
         name = f"floor-{i:04d}"
@@ -448,28 +451,13 @@ def floor(ns: str, n: int) -> float:
                     replicas=0,
                     deployment=name,
                 )
-    plurals = {
-        "InferencePool": "inferencepools",
-        "ConfigMap": "configmaps",
-        "ServiceAccount": "serviceaccounts",
-        "Role": "roles",
-        "RoleBinding": "rolebindings",
-        "Deployment": "deployments",
-        "Service": "services",
-        "PodDisruptionBudget": "poddisruptionbudgets",
-    }
+    from disagg.controller.kube import Kube
+
+    kube = Kube.from_environment(str(KUBECONFIG))
 
     def create(obj: dict[str, Any]) -> None:
-        group_version = obj["apiVersion"]
-        base = "/api/v1" if group_version == "v1" else f"/apis/{group_version}"
-        dyn.call_api(
-            f"{base}/namespaces/{ns}/{plurals[obj['kind']]}",
-            "POST",
-            body=obj,
-            header_params={"Content-Type": "application/json"},
-            auth_settings=["BearerToken"],
-            _preload_content=False,
-        )
+        obj["metadata"]["namespace"] = ns
+        kube.create(obj)
 
     t0 = time.monotonic()
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
