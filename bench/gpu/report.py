@@ -145,7 +145,13 @@ def fault_lines(suite: dict[str, Any]) -> list[str]:
                 f"* The same through our gateway (a prefill worker answering from "
                 f"before its restart), decode policy `{policy}`: "
                 f"{_pct(run['ok'], run['n'])} succeeded, {run['silent_empty']} silent "
-                f"empty answers, routes {run['routes']}."
+                f"empty answers, routes {run['routes']}"
+                + (
+                    f"; {run['same_as_reference']}/{run['n']} the same text as the decode "
+                    "worker's own answer to the same greedy request (the reference)."
+                    if "same_as_reference" in run
+                    else "."
+                )
             )
     return lines
 

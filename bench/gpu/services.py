@@ -88,6 +88,9 @@ def vllm_router(name: str, port: int, prefill: Sequence[str], decode: Sequence[s
     argv += ["--prefill-policy", "cache_aware", "--decode-policy", decode_policy]
     argv += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
     argv += ["--request-timeout-secs", "120"]
+    # Its metrics exporter binds a fixed default port otherwise: one more router on the
+    # machine (a benchmark's) and this one dies at start.
+    argv += ["--prometheus-host", "127.0.0.1", "--prometheus-port", str(port + 1)]
     for url in prefill:
         argv += ["--prefill", url]
     for url in decode:

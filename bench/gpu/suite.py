@@ -270,7 +270,7 @@ class Suite:
             api = client(gw.url)
             before = scrape(self.url(decode))
             requests = []
-            for index, stream in (
+            cases = [
                 (2, False),
                 (3, True),
                 (4, False),
@@ -279,14 +279,32 @@ class Suite:
                 (9, True),
                 (10, False),
                 (11, True),
-            ):
+            ]
+            for index, stream in cases:
                 item = self.stale[index]
-                requests.append(openai_request(api, item["kind"], stream, item["prompt"]))
+                requests.append(
+                    openai_request(api, item["kind"], stream, item["prompt"], greedy=True)
+                )
                 requests[-1]["long"] = True
             after = scrape(self.url(decode))
+            # The reference: the same greedy requests straight to the decode worker, which
+            # prefills them itself; a correct answer through the gateway is the same text.
+            direct = client(self.url(decode))
+            same = 0
+            for request, (index, stream) in zip(requests, cases, strict=True):
+                item = self.stale[index]
+                reference = openai_request(
+                    direct, item["kind"], stream, item["prompt"], greedy=True
+                )
+                request["reference_text"] = reference.get("text")
+                request["matches_reference"] = bool(
+                    request["ok"] and reference["ok"] and request.get("text") == reference["text"]
+                )
+                same += request["matches_reference"]
             out[decode] = {
                 **summarize(requests),
                 "requests": requests,
+                "same_as_reference": same,
                 "decode_prompt_tokens": prompt_sources(before, after),
                 "decode_nixl": nixl_delta(before, after),
             }

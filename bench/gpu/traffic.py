@@ -41,11 +41,16 @@ def openai_request(
     prompt: str,
     max_tokens: int = 16,
     on_token: Callable[[int], None] | None = None,
+    greedy: bool = False,
 ) -> dict[str, Any]:
-    """One chat or completions request; ``on_token(n)`` is called after the n-th text chunk."""
+    """One chat or completions request; ``on_token(n)`` is called after the n-th text chunk.
+    ``greedy`` (temperature 0) makes the answer a function of the prompt alone, so that two
+    paths through the system can be compared; its text is then kept in the result."""
     start = time.perf_counter()
     out: dict[str, Any] = {"kind": kind, "stream": stream, "ok": False, "status": None}
-    extra = {"ignore_eos": True}
+    extra: dict[str, Any] = {"ignore_eos": True}
+    if greedy:
+        extra["temperature"] = 0.0
     text: list[str] = []
     finish = None
     try:
@@ -91,6 +96,8 @@ def openai_request(
         out["error"] = f"{type(exc).__name__}: {str(exc)[:300]}"
     out["seconds"] = round(time.perf_counter() - start, 4)
     out["text_chars"] = len("".join(text))
+    if greedy:
+        out["text"] = "".join(text)
     out["finish_reason"] = finish
     out["ok"] = bool(out.get("status") == 200 and text and finish and "error" not in out)
     if out.get("status") == 200 and not text and finish is None and "error" not in out:
