@@ -328,3 +328,16 @@ def test_sse_error_frame_is_an_openai_error_then_done() -> None:
     first, second, rest = sse_error_frame("boom").split(b"\n\n")
     assert json.loads(first.removeprefix(b"data: "))["error"]["message"] == "boom"
     assert (second, rest) == (b"data: [DONE]", b"")
+
+
+async def test_decode_pool_charges_prompt_and_output_against_its_kv_budget() -> None:
+    queue = PoolQueueConfig(max_inflight_per_worker=8, max_inflight_tokens_per_worker=1000)
+    pool = Pool("dec", "decode", queue, max_wait_seconds=0.05, metrics=GatewayMetrics())
+    pool.sync([WorkerInfo("http://a")])
+    first = Ticket(prompt_tokens=500, max_tokens=100)
+    await pool.admit(first)
+    assert pool.admission.admitted_tokens == 600
+    with pytest.raises(QueueFull, match="waited"):  # 600 + 300 + 200 > 1000: it waits, bounded
+        await pool.admit(Ticket(prompt_tokens=300, max_tokens=200))
+    await pool.admit(Ticket(prompt_tokens=300, max_tokens=100))  # exactly fills the budget
+    assert pool.admission.admitted_tokens == 1000 and pool.admitted == 2

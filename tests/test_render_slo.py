@@ -14,8 +14,10 @@ from typing import Any, get_args
 from disagg.api.disaggdeployment import DisaggDeploymentSpec
 from disagg.api.slo import GPUPreset
 from disagg.planner.hardware import GPUS, get_gpu
+from disagg.planner.memory import kv_capacity_tokens
 from disagg.planner.models import MODELS
 from disagg.planner.roofline import decode_step_time_s, prefill_time_s
+from disagg.planner.sizing import KV_HEADROOM
 from disagg.render.disaggdeployment import render_disaggdeployment_children
 from disagg.render.slo import QUEUE_WAIT_SHARE
 
@@ -52,9 +54,22 @@ def test_prefill_limits_follow_the_flags_the_workers_run_with_shared_among_gatew
     assert queue["prefill"]["maxInflightPerWorker"] == 2  # ceil(3 / 2 gateways)
     assert queue["prefill"]["maxInflightTokensPerWorker"] == 1024
     assert queue["gatewayReplicas"] == 2
-    assert "maxInflightPerWorker" not in queue["decode"]  # decode waits in vLLM (its HPA's signal)
+    assert queue["decode"] == {"maxQueued": 256}  # no KV size known: decode waits in vLLM
     defaults = gateway_queue(spec(gateway={"replicas": 1}))["prefill"]
     assert (defaults["maxInflightPerWorker"], defaults["maxInflightTokensPerWorker"]) == (256, 8192)
+
+
+def test_decode_is_bounded_by_its_kv_cache_when_the_spec_says_how_large_it_is() -> None:
+    exact = spec(decode={"extraArgs": ["--num-gpu-blocks-override", "1000"]})
+    assert gateway_queue(exact)["decode"]["maxInflightTokensPerWorker"] == 8000  # 16 x 1000 / 2
+    named = spec(slo={"ttftP99Ms": 2000, "gpu": "h100-sxm"}, gateway={"replicas": 1})
+    model, gpu = MODELS["llama-3.1-8b"], get_gpu("h100-sxm")
+    expected = int(kv_capacity_tokens(model, gpu, 1, 0.9) * KV_HEADROOM)
+    assert gateway_queue(named)["decode"]["maxInflightTokensPerWorker"] == expected
+    # the GPU unnamed: the planner's estimate could be far off, so no token bound
+    assert (
+        "maxInflightTokensPerWorker" not in gateway_queue(spec(slo={"ttftP99Ms": 2000}))["decode"]
+    )
 
 
 def test_ttft_objective_sets_the_prefill_queue_target_by_the_documented_arithmetic() -> None:

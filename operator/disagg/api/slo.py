@@ -39,5 +39,7 @@ class SLOSpec(ApiModel):
     running requests per worker (``runningRequests``)."""
     prompt_tokens: int = Field(default=1024, ge=1, le=10_000_000)
     """The typical prompt (tokens): its prefill time is what one queued request costs."""
-    gpu: GPUPreset = "h100-sxm"
-    """The workers' GPU, as the planner names it: its roofline gives prefill and step times."""
+    gpu: GPUPreset | None = None
+    """The workers' GPU, as the planner names it: its roofline gives prefill and step times
+    (``h100-sxm`` when omitted).  Named, it also bounds what the gateway sends a decode worker
+    by the planner's estimate of its KV cache."""

@@ -27,7 +27,7 @@ from disagg.api.disaggdeployment import DisaggDeploymentSpec, Scorer
 from disagg.api.scorers import needs_kv_events, plugin_name
 from disagg.planner.models import MODELS, preset_for_model_name
 from disagg.render import names
-from disagg.render.capacity import prefill_admission
+from disagg.render.capacity import decode_admission, prefill_admission
 from disagg.render.metadata import object_meta
 from disagg.render.vllm import engine_hash_seed, kv_hash_seed
 
@@ -134,7 +134,7 @@ def render_gateway_config(
         "queue": {
             # prefill admits what its workers batch, so the backlog waits here (capacity.py)
             "prefill": {**prefill_admission(spec), "maxQueued": routing.max_queued_per_pool},
-            "decode": {"maxQueued": routing.max_queued_per_pool},
+            "decode": {**decode_admission(spec), "maxQueued": routing.max_queued_per_pool},
             "gatewayReplicas": max(1, spec.gateway.replicas),
         },
     }

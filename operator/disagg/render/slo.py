@@ -32,7 +32,7 @@ import math
 from disagg.api.common import ScalingMetric, ScalingMetricName
 from disagg.api.disaggdeployment import DisaggDeploymentSpec
 from disagg.api.slo import SLOSpec
-from disagg.planner.hardware import get_gpu
+from disagg.planner.hardware import DEFAULT_GPU, get_gpu
 from disagg.planner.models import MODELS, ModelSpec, preset_for_model_name
 from disagg.planner.roofline import decode_step_time_s, prefill_time_s
 from disagg.planner.sizing import Z99
@@ -52,7 +52,7 @@ def prefill_queue_target(slo: SLOSpec, model: ModelSpec, tp: int) -> int | None:
     """Waiting requests per prefill replica at which TTFT nears its objective."""
     if slo.ttft_p99_ms is None:
         return None
-    service = prefill_time_s(model, get_gpu(slo.gpu), slo.prompt_tokens, tp)
+    service = prefill_time_s(model, get_gpu(slo.gpu or DEFAULT_GPU), slo.prompt_tokens, tp)
     return max(1, math.floor(QUEUE_WAIT_SHARE * slo.ttft_p99_ms / 1000 / service) - 1)
 
 
@@ -60,7 +60,7 @@ def decode_running_target(slo: SLOSpec, model: ModelSpec, tp: int, max_num_seqs:
     """Mean running sequences per decode replica whose p99 step meets the ITL objective."""
     if slo.itl_p99_ms is None:
         return None
-    gpu, limit = get_gpu(slo.gpu), slo.itl_p99_ms / 1000
+    gpu, limit = get_gpu(slo.gpu or DEFAULT_GPU), slo.itl_p99_ms / 1000
 
     def meets(mean: int) -> bool:
         batch = math.ceil(mean + Z99 * math.sqrt(mean))
