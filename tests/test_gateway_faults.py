@@ -228,7 +228,9 @@ def test_queue_full_answers_429_with_retry_after() -> None:
     }
     gateway = start_gateway([], [decode.url], config=config)
     try:
-        set_faults(decode, extra_latency_s=0.8)
+        # Long enough that the running request still holds its slot while the test sees
+        # the queued one and sends a third, on a loaded machine too.
+        set_faults(decode, extra_latency_s=3.0)
         replies: list[httpx.Response] = []
         body = {"model": "m", "prompt": "short", "max_tokens": 1}
 
@@ -238,7 +240,7 @@ def test_queue_full_answers_429_with_retry_after() -> None:
         threads = [threading.Thread(target=call) for _ in range(2)]
         for t in threads:
             t.start()
-        for _ in range(200):  # one runs, one waits in the queue
+        for _ in range(500):  # one runs, one waits in the queue
             if metric(gateway, "disagg_gateway_queue_depth", pool="decode", role="decode") == 1:
                 break
             threading.Event().wait(0.02)
