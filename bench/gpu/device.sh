@@ -5,6 +5,7 @@
 #   bash bench/gpu/device.sh 2     append chunk 2, unpack, protocol/fault/router suite -> $OUT/suite.json
 #   bash bench/gpu/device.sh 3     H200 layer calibration, fidelity real vs sim      -> $OUT/fidelity.json
 #   bash bench/gpu/device.sh x2    (nvidia-h200-x2) chunk 2, unpack, two-GPU run      -> $OUT/two_gpu.json
+#   bash bench/gpu/device.sh kvprobe  KV events of a real engine vs the gateway's index -> $OUT/kvprobe.json
 #
 # Run from the repository root.  What travels (bench/gpu/prepare.py stages it): .gpu/c1 and .gpu/c2
 # (bundle chunks, the checksum, the model folders).  Everything unpacked lives under
@@ -79,6 +80,12 @@ case "$CALL" in
     fi
     "$PY" -m bench.fidelity --program "$ENGINE" --out "$OUTD/fidelity.json" \
       --budget "$(( ${BUDGET:-540} - ($(date +%s) - T0) ))"
+    collect_logs
+    ;;
+  kvprobe)  # after a call that unpacked the bundle (the machine still warm), or with part 2
+    append_chunks
+    unpack || { collect_logs; exit 3; }
+    "$PY" -m bench.gpu.kvprobe --engine "$ENGINE" --out "$OUTD/kvprobe.json" --budget "${BUDGET:-200}"
     collect_logs
     ;;
   x2)

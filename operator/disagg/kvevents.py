@@ -30,14 +30,37 @@ from typing import Any
 
 try:
     import msgpack
-except ImportError:  # a runtime without it (vLLM's own environment) never turns KV events on
+except ImportError:  # vLLM's own environment has msgspec instead (it encodes with it)
     msgpack = None
+try:
+    import msgspec
+except ImportError:
+    msgspec = None
 
 
-def _msgpack() -> Any:
-    if msgpack is None:
-        raise RuntimeError("KV events need the msgpack package (pip install msgpack)")
-    return msgpack
+def _packb(value: Any) -> bytes:
+    if msgpack is not None:
+        packed: bytes = msgpack.packb(value, use_bin_type=True)
+        return packed
+    if msgspec is not None:
+        encoded: bytes = msgspec.msgpack.encode(value)  # the same bytes for these values
+        return encoded
+    raise RuntimeError("KV events need the msgpack package (pip install msgpack)")
+
+
+def _unpackb(payload: bytes) -> Any:
+    """Decoded msgpack; ValueError for anything that is not exactly one msgpack value."""
+    if msgpack is not None:
+        try:
+            return msgpack.unpackb(payload, raw=False, strict_map_key=False)
+        except (msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            raise ValueError(str(exc)) from None
+    if msgspec is not None:
+        try:
+            return msgspec.msgpack.decode(payload)
+        except msgspec.DecodeError as exc:
+            raise ValueError(str(exc)) from None
+    raise RuntimeError("KV events need the msgpack package (pip install msgpack)")
 
 
 END_SEQ = (-1).to_bytes(8, "big", signed=True)
@@ -129,8 +152,7 @@ def _struct_map(fields: dict[str, Any]) -> bytes:
 
 
 def _pack(value: Any) -> bytes:
-    packed: bytes = _msgpack().packb(value, use_bin_type=True)
-    return packed
+    return _packb(value)
 
 
 def encode_batch(batch: EventBatch) -> bytes:
@@ -215,8 +237,8 @@ def _event(raw: Any) -> KVEvent:
 def decode_batch(payload: bytes) -> EventBatch:
     """A batch from a publisher's payload frame; raises :class:`EventDecodeError`."""
     try:
-        raw = _msgpack().unpackb(payload, raw=False, strict_map_key=False)
-    except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+        raw = _unpackb(payload)
+    except ValueError as exc:
         raise EventDecodeError(f"not msgpack: {exc}") from None
     if isinstance(raw, dict):  # a map-shaped batch (not what vLLM sends, but unambiguous)
         raw = [raw.get("ts"), raw.get("events"), raw.get("data_parallel_rank")]
