@@ -2,6 +2,7 @@
 
     python -m bench.fidelity --out $OUT/fidelity.json       # GPU machine: real vLLM, then sims
     python -m bench.fidelity --program sim --out f.json     # anywhere: sims on both sides
+    python -m bench.fidelity --sides sim --label sim_calibrated --out f.json   # the sims only
     python -m bench.gpu.report ...                          # tables, plot, calibration fit
 
 Everything is timed at the client (httpx, one SSE event per token), prompts are token ids (exact
@@ -342,6 +343,12 @@ def run_side(
         {
             "ready": ready,
             "program": program,
+            # How the simulators time their steps (what the sim side's numbers depend on).
+            "sim_timing": {
+                "gpu": os.environ.get("DISAGG_SIM_GPU", "h200"),  # engines.start's default
+                "calibration": os.environ.get("DISAGG_SIM_CALIBRATION"),
+                "link": os.environ.get("DISAGG_SIM_LINK"),
+            },
             "rendered": {
                 n: {"argv": r.argv, "env": r.env, "vllmVersion": r.extra.get("vllmVersion")}
                 for n, r in started.items()
@@ -383,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         },
     )
     results.put("real_program", args.program)
+    # The simulators stand in for engines on the lent VM, whose UCX moves KV by TCP emulation:
+    # time their transfers with that measured profile, not a fabric's (disagg.planner.links).
+    os.environ.setdefault("DISAGG_SIM_LINK", "ucx-tcp-emulation")
     if args.sim_calibration:  # every simulator started from here times its steps with it
         os.environ["DISAGG_SIM_CALIBRATION"] = str(args.sim_calibration.resolve())
     sides = args.sides.split(",")

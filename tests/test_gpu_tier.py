@@ -16,8 +16,8 @@ import yaml
 from bench.gpu import bundle, calls, engines, fidelity_report, plans, report, suite, traffic
 from bench.gpu.sections import REAL_VLLM_BEGIN, REAL_VLLM_END
 
-from disagg.planner.calibration import Measurement, predict
 from disagg.planner.catalog import get_model
+from disagg.planner.client import ClientPoint
 from disagg.planner.hardware import get_gpu
 from disagg.planner.roofline import Efficiency
 from disagg.render.objects import render_workers
@@ -180,19 +180,33 @@ def test_summary_counts_what_a_reader_checks() -> None:
 def synthetic_fidelity() -> dict[str, Any]:
     """Real-side figures made by a known efficiency; the sim side off by a known factor."""
     model, gpu = get_model("llama-3.1-8b"), get_gpu("h200")
-    true = Efficiency(compute=0.5, attention=0.4, memory=0.85, step_overhead_s=3e-3)
-    real: dict[str, Any] = {"ttft": {"graphs": {}}, "itl": {"graphs": {}},
-                            "itl_long": {"graphs": {}}}  # fmt: skip
-    for n in (512, 1024, 2048, 4096, 8192):
-        seconds = predict(model, gpu, Measurement("prefill", n, 0, 1), true)
-        real["ttft"]["graphs"][str(n)] = {"p50_ms": seconds * 1e3}
-    for figure, context, batches in (("itl", 256, (1, 8, 16, 32, 64)), ("itl_long", 4224,
-                                                                       (1, 8, 16))):  # fmt: skip
-        for b in batches:
-            seconds = predict(model, gpu, Measurement("decode", b, context, 1), true)
-            real[figure]["graphs"][str(b)] = {"p50_ms": seconds * 1e3,
-                                              "p90_ms": seconds * 1.2e3,
-                                              "context_tokens": context}  # fmt: skip
+    true = Efficiency(compute=0.8, attention=0.4, memory=0.85, step_overhead_s=1e-3,
+                      sequence_overhead_s=1e-5, eager_layer_launch_s=7e-4,
+                      request_overhead_s=8e-3, request_token_overhead_s=3e-6)  # fmt: skip
+
+    def ms(point: ClientPoint) -> float:
+        return point.predict(model, gpu, true) * 1e3
+
+    real: dict[str, Any] = {"ttft": {}, "itl": {}, "itl_long": {"graphs": {}}, "interference": {}}
+    for mode in ("graphs", "eager"):
+        eager = mode == "eager"
+        real["ttft"][mode] = {
+            str(n): {"p50_ms": ms(ClientPoint("ttft", n, 1, eager=eager))}
+            for n in (512, 1024, 2048, 4096, 8192)
+        }
+        real["itl"][mode] = {}
+        for b in (1, 8, 16, 32, 64):
+            value = ms(ClientPoint("itl", b, 1, eager=eager, context=256))
+            real["itl"][mode][str(b)] = {"p50_ms": value, "p90_ms": value * 1.2,
+                                         "context_tokens": 256}  # fmt: skip
+    for b in (1, 8, 16):
+        value = ms(ClientPoint("itl", b, 1, context=4224))
+        real["itl_long"]["graphs"][str(b)] = {"p50_ms": value, "p90_ms": value * 1.2,
+                                              "context_tokens": 4224}  # fmt: skip
+    for engine, budget in (("graphs", 8192), ("chunk2048", 2048)):
+        stall = ms(ClientPoint("stall", 8192, 1, budget=budget, running=8, context=128 + 160))
+        real["interference"][engine] = {"stall_p50_ms": stall,
+                                        "rounds": [{"baseline_itl_p50_ms": 5.0}]}  # fmt: skip
     sim = json.loads(json.dumps(real))
     for cell in sim["ttft"]["graphs"].values():
         cell["p50_ms"] *= 1.2
@@ -201,13 +215,16 @@ def synthetic_fidelity() -> dict[str, Any]:
 
 def test_calibration_fits_some_points_and_is_checked_on_the_others() -> None:
     results = synthetic_fidelity()
-    cal, table = fidelity_report.calibrate(results, None, "NVIDIA H200")
+    cal, table = fidelity_report.calibrate(results, "NVIDIA H200")
     assert cal.gpu == "h200"
     assert {r["role"] for r in table} == {"fit", "check"}
-    fitted = {(r["kind"], r["tokens"]) for r in table if r["role"] == "fit"}
-    checked = {(r["kind"], r["tokens"], r["context"]) for r in table if r["role"] == "check"}
-    assert ("prefill", 1024) not in fitted and ("prefill", 1024, 0) in checked
-    assert max(abs(r["error_calibrated"]) for r in table) < 0.05
+    fitted = {(r["figure"], r["engine"], r["point"]) for r in table if r["role"] == "fit"}
+    checked = {(r["figure"], r["engine"], r["point"]) for r in table if r["role"] == "check"}
+    assert ("TTFT p50", "graphs", "1024 tokens") in checked - fitted
+    assert ("interference stall", "chunk2048", "budget 2048") in checked - fitted
+    p50 = [r for r in table if "p90" not in r["figure"]]
+    assert max(abs(r["error_calibrated"]) for r in p50) < 0.01
+    assert max(abs(r["error_default"]) for r in p50) > 0.5  # eager: the defaults know no launches
     doc = fidelity_report.calibration_json(cal, table)
     assert doc["schema"] == "disagg.dev/calibration/v1" and doc["gpu"] == "h200"
 

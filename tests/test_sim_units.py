@@ -11,6 +11,8 @@ import httpx
 import pytest
 import yaml
 
+from disagg.planner.calibration import load_calibration
+from disagg.planner.roofline import DEFAULT_EFFICIENCY
 from disagg.sim import tokenizer
 from disagg.sim.cli import parse_config
 from disagg.sim.config import ConfigError
@@ -34,7 +36,8 @@ def test_vllm_serve_argv_with_unmodelled_flags() -> None:
     assert config.served_model_names == ("a", "b")
     assert config.port == 9000 and config.tensor_parallel_size == 2
     assert config.max_model_len == 32768 and config.speedup == 10
-    assert config.ignored_args == ("--revision", "abc123", "--enforce-eager")
+    assert config.ignored_args == ("--revision", "abc123")
+    assert config.enforce_eager  # modelled: eager steps pay their kernel launches
 
 
 def test_api_server_argv_and_an_unknown_flag_value_is_not_the_model() -> None:
@@ -111,7 +114,8 @@ def test_a_calibration_file_times_the_simulated_steps(tmp_path: Path) -> None:
     fitted = Simulator(
         parse_config(["m", "--sim-gpu", "h100-sxm", "--sim-calibration", str(calibration)])
     ).timer
-    assert fitted.efficiency is not None and default.efficiency is None
+    assert fitted.efficiency == load_calibration(calibration).efficiency
+    assert default.efficiency == DEFAULT_EFFICIENCY  # no measured preset for the H100
     assert fitted.step_seconds([], 16, 16 * 2048) != default.step_seconds([], 16, 16 * 2048)
     with pytest.raises(ValueError, match="calibrates h100-sxm, not h200"):
         Simulator(parse_config(["m", "--sim-gpu", "h200", "--sim-calibration", str(calibration)]))

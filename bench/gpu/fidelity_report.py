@@ -6,32 +6,46 @@ the issue's: TTFT p50 per prompt length, ITL p50/p90 per batch size and context,
 stall, in CUDA-graph and eager mode, and the P/D handoff.  Error = simulated / real - 1.
 
 The calibration is fitted on part of the real points and checked on the others (``FIT``,
-``CHECK``): ``disagg.planner.calibration.fit_engine_efficiency`` on the ``graphs`` engine's TTFT
-and ITL p50, with the per-layer overhead taken from the layer calibration of the same GPU when the
-run has one.  It is written in the format of ``docs/calibration-h100.json``.
+``CHECK``): ``disagg.planner.calibration.fit_client_efficiency`` on TTFT, ITL p50 and the
+interference stall, in CUDA-graph and eager mode, each predicted the way a client sees it
+(``disagg.planner.client``).  It is written in the format of ``docs/calibration-h100.json``
+(extended: the client-side fields, every point with its figure, and the link profile).
 """
 
 from __future__ import annotations
 
 import statistics
-from dataclasses import replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from disagg.planner.calibration import (
-    Calibration,
-    Measurement,
-    calibration_document,
-    fit_engine_efficiency,
-    predict,
-)
+from bench.gpu import link_fit
+
+from disagg.planner.calibration import Calibration, calibration_document, fit_client_efficiency
 from disagg.planner.catalog import get_model
+from disagg.planner.client import ClientPoint
 from disagg.planner.hardware import get_gpu
 from disagg.planner.roofline import DEFAULT_EFFICIENCY, Efficiency
 
-#: Points the calibration is fitted on, and the ones it is checked on (never fitted).
-FIT = {"ttft": ("512", "2048", "8192"), "itl": ("1", "16", "64"), "itl_long": ("8", "16")}
-CHECK = {"ttft": ("1024", "4096"), "itl": ("8", "32"), "itl_long": ("1",)}
+#: Points the calibration is fitted on, and the ones it is checked on (never fitted): TTFT and
+#: ITL p50 in both modes (``graphs``: CUDA graphs, vLLM's default; ``eager``), the ITL of
+#: 4096-token streams, the interference stall.  The p90 rows are all checks.
+FIT = {
+    "ttft": ("512", "2048", "8192"),
+    "itl": ("1", "16", "64"),
+    "itl_long": ("16",),
+    "stall": ("graphs",),
+}
+CHECK = {
+    "ttft": ("1024", "4096"),
+    "itl": ("8", "32"),
+    "itl_long": ("1", "8"),
+    "stall": ("chunk2048",),
+}
+MODES = ("graphs", "eager")
+#: The step budget of each interference engine: vLLM's default on a >= 70 GiB GPU, and 2048.
+BUDGETS = {"graphs": 8192, "chunk2048": 2048}
+RUNNING_STREAMS = 8
 #: The issue's targets, as |error| bounds.
 TARGETS = {"ttft": 0.10, "itl p50": 0.10, "itl p90": 0.15, "stall": 0.15}
 
@@ -130,64 +144,100 @@ def rows(
     return out
 
 
-def measurements(results: dict[str, Any], which: dict[str, tuple[str, ...]]) -> list[Measurement]:
-    """The real ``graphs`` engine's TTFT and ITL p50 points as the fit's measurements."""
+def client_points(
+    results: dict[str, Any], which: dict[str, tuple[str, ...]], quantile: str = "p50"
+) -> list[ClientPoint]:
+    """The real side's figures named by ``which`` as the fit's points (ITL at ``quantile``)."""
     real = results.get("real") or {}
     points = []
-    for length in which.get("ttft", ()):
-        value = _get(real, "ttft", "graphs", length, "p50_ms")
-        if value:
-            points.append(Measurement("prefill", int(length), 0, value / 1e3))
-    for figure in ("itl", "itl_long"):
-        for batch in which.get(figure, ()):
-            cell = _get(real, figure, "graphs", batch) or {}
-            if cell.get("p50_ms"):
-                context = int(cell.get("context_tokens") or 256)
-                points.append(Measurement("decode", int(batch), context, cell["p50_ms"] / 1e3))
+    for mode in MODES:
+        for length in which.get("ttft", ()) if quantile == "p50" else ():
+            value = _get(real, "ttft", mode, length, "p50_ms")
+            if value:
+                label = f"TTFT p50 | {mode} | {length} tokens"
+                points.append(
+                    ClientPoint(
+                        "ttft", int(length), value / 1e3, eager=mode == "eager", label=label
+                    )
+                )
+        for batch in which.get("itl", ()):
+            cell = _get(real, "itl", mode, batch) or {}
+            if cell.get(f"{quantile}_ms"):
+                points.append(ClientPoint(
+                    "itl", int(batch), cell[f"{quantile}_ms"] / 1e3, eager=mode == "eager",
+                    context=float(cell.get("context_tokens") or 256),
+                    label=f"ITL {quantile} | {mode} | batch {batch}",
+                ))  # fmt: skip
+    for batch in which.get("itl_long", ()):
+        cell = _get(real, "itl_long", "graphs", batch) or {}
+        if cell.get(f"{quantile}_ms"):
+            points.append(ClientPoint(
+                "itl", int(batch), cell[f"{quantile}_ms"] / 1e3,
+                context=float(cell.get("context_tokens") or 4224),
+                label=f"ITL {quantile}, 4096-token prompts | graphs | batch {batch}",
+            ))  # fmt: skip
+    for engine in which.get("stall", ()) if quantile == "p50" else ():
+        cell = _get(real, "interference", engine) or {}
+        if not cell.get("stall_p50_ms"):
+            continue
+        # The running streams' context when the long prompt arrives: 128 prompt tokens and
+        # ~0.8 s of decoding at the baseline ITL (bench/fidelity.py's interference()).
+        itl = _median([r.get("baseline_itl_p50_ms") for r in cell.get("rounds", [])]) or 5.0
+        points.append(ClientPoint(
+            "stall", 8192, cell["stall_p50_ms"] / 1e3, budget=BUDGETS[engine],
+            running=RUNNING_STREAMS, context=128 + 800 / itl,
+            label=f"interference stall | {engine} | budget {BUDGETS[engine]}",
+        ))  # fmt: skip
     return points
 
 
+def _rounded(eff: Efficiency) -> Efficiency:
+    """Four significant digits: what docs/calibration-h200.json and the preset both hold."""
+    return Efficiency(**{k: float(f"{v:.4g}") for k, v in asdict(eff).items()})
+
+
 def calibrate(
-    results: dict[str, Any], layer_calibration: dict[str, Any] | None, device: str = ""
+    results: dict[str, Any], device: str = ""
 ) -> tuple[Calibration, list[dict[str, Any]]]:
-    """Fit on ``FIT``, report every point of ``FIT`` and ``CHECK`` with its errors."""
+    """Fit on ``FIT``; every point of ``FIT`` and ``CHECK`` (and the p90s) with the roofline's
+    defaults and with the fit, each against the real engine at its client."""
     model, gpu = get_model("llama-3.1-8b"), get_gpu("h200")
-    base = DEFAULT_EFFICIENCY
-    if layer_calibration and isinstance(layer_calibration.get("efficiency"), dict):
-        base = replace(
-            base,
-            layer_overhead_s=float(layer_calibration["efficiency"].get("layer_overhead_s", 0.0)),
-        )
-    fitted = fit_engine_efficiency(model, gpu, measurements(results, FIT), base=base)
+    fitted = _rounded(fit_client_efficiency(model, gpu, client_points(results, FIT)))
     table = []
-    for role, which in (("fit", FIT), ("check", CHECK)):
-        for point in measurements(results, which):
-            before, after = predict(model, gpu, point, base), predict(model, gpu, point, fitted)
-            table.append(
-                {
-                    "role": role,
-                    "kind": point.kind,
-                    "tokens": point.tokens,
-                    "context": point.context,
-                    "measured_ms": point.seconds * 1e3,
-                    "predicted_default_ms": before * 1e3,
-                    "predicted_calibrated_ms": after * 1e3,
-                    "error_default": before / point.seconds - 1,
-                    "error_calibrated": after / point.seconds - 1,
-                }
-            )
+    for role, which, quantile in (
+        ("fit", FIT, "p50"), ("check", CHECK, "p50"), ("check", FIT, "p90"), ("check", CHECK, "p90")
+    ):  # fmt: skip
+        for point in client_points(results, which, quantile):
+            before = point.predict(model, gpu, DEFAULT_EFFICIENCY)
+            after = point.predict(model, gpu, fitted)
+            figure, engine, where = point.label.split(" | ")
+            table.append({
+                "role": role, "figure": figure, "engine": engine, "point": where,
+                "kind": point.figure, "tokens": point.tokens, "context": point.context,
+                "measured_ms": point.seconds * 1e3,
+                "predicted_default_ms": before * 1e3,
+                "predicted_calibrated_ms": after * 1e3,
+                "error_default": before / point.seconds - 1,
+                "error_calibrated": after / point.seconds - 1,
+                "target": TARGETS["itl p90" if "p90" in figure else
+                                  "itl p50" if point.figure == "itl" else point.figure],
+            })  # fmt: skip
     return Calibration("h200", fitted, device), table
 
 
-def calibration_json(cal: Calibration, table: list[dict[str, Any]]) -> dict[str, Any]:
+def calibration_json(
+    cal: Calibration, table: list[dict[str, Any]], link: dict[str, Any] | None = None
+) -> dict[str, Any]:
     return calibration_document(
         cal,
         benchmark={
-            "what": "whole vLLM 0.26.0 engine at its client (bench/fidelity.py)",
+            "what": "whole vLLM 0.26.0 engine at its client (bench/fidelity.py), "
+            "fitted by disagg.planner.calibration.fit_client_efficiency",
             "model_shape": "llama-3.1-8b",
             "fit": FIT,
             "check": CHECK,
         },
+        link_ucx_tcp_emulation=link or {},
         points=table,
     )
 
@@ -199,16 +249,99 @@ def _cell(value: Any, error: Any = None) -> str:
     return text if error is None else f"{text} ({error * 100:+.0f}%)"
 
 
+def _fields(eff: Efficiency) -> str:
+    return (
+        f"compute {eff.compute:.3f}, attention {eff.attention:.3f}, memory {eff.memory:.3f}; "
+        f"step overhead {eff.step_overhead_s * 1e3:.3f} ms, per sequence in a step "
+        f"{eff.sequence_overhead_s * 1e6:.1f} µs, eager kernel launches "
+        f"{eff.eager_layer_launch_s * 1e6:.0f} µs per layer (`--enforce-eager` only), request "
+        f"overhead {eff.request_overhead_s * 1e3:.2f} ms + {eff.request_token_overhead_s * 1e6:.2f}"
+        " µs per prompt token (API server, outside steps)"
+    )
+
+
+def _mark(error: float, bound: float) -> str:
+    return "yes" if abs(error) <= bound else "**no**"
+
+
 def markdown(
-    results: dict[str, Any], table: list[dict[str, Any]], efficiency: Efficiency, header: list[str]
+    results: dict[str, Any],
+    table: list[dict[str, Any]],
+    efficiency: Efficiency,
+    header: list[str],
+    link: dict[str, Any] | None = None,
 ) -> str:
     sides = [s for s in ("sim", "sim_calibrated") if s in results]
-    lines = [*header, "", "## Real vs simulated, at the client", ""]
-    names = {"sim": "sim (defaults)", "sim_calibrated": "sim (calibrated)"}
-    lines.append(
-        "| figure | engine | point | real | " + " | ".join(names[s] for s in sides) + " | target |"
-    )
-    lines.append("|---|---|---|---:|" + "---:|" * len(sides) + "---|")
+    lines = [
+        *header,
+        "",
+        "## Calibration: the model against the real engine, point by point",
+        "",
+        "What the timing model (`disagg.planner.client` over `disagg.planner.roofline`) predicts "
+        "for each figure, with the roofline's rule-of-thumb defaults (what the simulator and "
+        "planner used before) and with the constants fitted here "
+        "(`disagg.planner.calibration.fit_client_efficiency`), which `disagg plan --gpu h200` "
+        "and `disagg sim --sim-gpu h200` now use by default (`disagg.planner.measured`). Fitted "
+        "on the `fit` rows only; the `check` rows were never seen by the fit. A deterministic "
+        "step has one length, so a p90 is predicted by the same step as the p50.",
+        "",
+        f"Fitted: {_fields(efficiency)}.",
+        "",
+        "| role | figure | engine | point | real ms | defaults ms | error | calibrated ms | error "
+        "| target | met |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|---|---|",
+    ]
+    for r in table:
+        lines.append(
+            f"| {r['role']} | {r['figure']} | {r['engine']} | {r['point']} | "
+            f"{_cell(r['measured_ms'])} | {_cell(r['predicted_default_ms'])} | "
+            f"{r['error_default'] * 100:+.0f}% | {_cell(r['predicted_calibrated_ms'])} | "
+            f"{r['error_calibrated'] * 100:+.0f}% | ±{r['target'] * 100:.0f}% | "
+            f"{_mark(r['error_calibrated'], r['target'])} |"
+        )
+    met = sum(abs(r["error_calibrated"]) <= r["target"] for r in table)
+    before = sum(abs(r["error_default"]) <= r["target"] for r in table)
+    lines += [
+        "",
+        f"Within target: {met} of {len(table)} points calibrated ({before} with the defaults).",
+    ]
+    if link:
+        lines += [
+            "",
+            "## The KV link: fabric model and the measured TCP-emulation profile",
+            "",
+            "Two link models, kept apart (`disagg.planner.links`): `fabric`, for real fabrics "
+            "(RDMA), times a transfer as its bytes at the link's line rate (`--sim-link-gbps`, "
+            "`disagg plan --link-gbps`); `ucx-tcp-emulation` is what this VM's UCX does with no "
+            "RDMA device (TCP emulation over loopback), fitted from NIXL's own transfer times: "
+            f"{link['latency_s'] * 1e3:.1f} ms + bytes at "
+            f"{link['bandwidth_bytes_s'] / 2**20:.1f} MiB/s (fitted on the "
+            f"{' and '.join(link_fit.FIT)}-token transfers). The fidelity driver's simulators use "
+            "it (`DISAGG_SIM_LINK`), since they stand in for engines on that VM; nothing else "
+            "does.",
+            "",
+            "| prompt tokens | measured ms | profile ms | error |",
+            "|---:|---:|---:|---:|",
+            *(
+                f"| {c['tokens']} (check) | {_cell(c['measured_ms'])} | "
+                f"{_cell(c['predicted_ms'])} | {c['error'] * 100:+.0f}% |"
+                for c in link.get("checks", [])
+            ),
+        ]
+    names = {"sim": "sim (as run)", "sim_calibrated": "sim (calibrated)"}
+    lines += [
+        "",
+        "## Real vs simulated, at the client",
+        "",
+        "The simulator itself, started from the same rendering and measured by the same "
+        "driver. `sim (as run)`: the simulator of the run's call 3 (for 2026-12-01: the "
+        "roofline's defaults, before this calibration). `sim (calibrated)`: the simulator with "
+        "the calibrated preset (`bench/gpu/device.sh simfit`, docs/gpu.md), when that run is "
+        "in the folder.",
+        "",
+        "| figure | engine | point | real | " + " | ".join(names[s] for s in sides) + " | target |",
+        "|---|---|---|---:|" + "---:|" * len(sides) + "---|",
+    ]
     for row in rows(results, tuple(sides)):
         bound = TARGETS.get(row["target"] or "")
         cells = [_cell(row.get(s), row.get(f"{s}_error")) for s in sides]
@@ -216,26 +349,6 @@ def markdown(
             f"| {row['figure']} | {row['engine']} | {row['point']} | "
             f"{_cell(row['real'])} | {' | '.join(cells)} | "
             f"{'±' + format(bound * 100, '.0f') + '%' if bound else '-'} |"
-        )
-    lines += [
-        "",
-        "## Calibration (fitted on the `fit` points, checked on the `check` points)",
-        "",
-        f"Fitted efficiency: compute {efficiency.compute:.3f}, attention "
-        f"{efficiency.attention:.3f}, memory {efficiency.memory:.3f}, step overhead "
-        f"{efficiency.step_overhead_s * 1e3:.2f} ms, layer overhead "
-        f"{efficiency.layer_overhead_s * 1e6:.1f} µs.",
-        "",
-        "| role | phase | tokens / batch | context | measured ms | roofline defaults ms "
-        "| error | calibrated ms | error |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
-    ]
-    for r in table:
-        lines.append(
-            f"| {r['role']} | {r['kind']} | {r['tokens']} | {r['context']} | "
-            f"{r['measured_ms']:.2f} | {r['predicted_default_ms']:.2f} | "
-            f"{r['error_default'] * 100:+.0f}% | {r['predicted_calibrated_ms']:.2f} | "
-            f"{r['error_calibrated'] * 100:+.0f}% |"
         )
     return "\n".join(lines) + "\n"
 

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.gpu import fidelity_report
+from bench.gpu import fidelity_report, link_fit
 from bench.gpu.sections import REAL_VLLM_BEGIN, REAL_VLLM_END
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -29,6 +29,7 @@ FILES = (
     "fidelity.json",
     "calibration-h200-layers.json",
     "two_gpu.json",
+    "fidelity-simfit.json",
 )
 DROP = ("log_tails", "real_log_tails", "sim_log_tails", "sim_calibrated_log_tails")
 UCX_CAVEAT = (
@@ -237,12 +238,15 @@ def write_fidelity(run: Path, docs: Path) -> None:
     results = load(run, "fidelity.json")
     if not (results.get("real") or {}).get("ttft"):
         return
+    # The simulator-only run with the calibrated preset (device.sh simfit), when there is one.
+    simfit = load(run, "fidelity-simfit.json")
+    if simfit.get("sim_calibrated"):
+        results["sim_calibrated"] = simfit["sim_calibrated"]
     probe = load(run, "call1.json")
-    cal, table = fidelity_report.calibrate(
-        results, load(run, "calibration-h200-layers.json"), str(probe.get("gpus", ""))
-    )
+    cal, table = fidelity_report.calibrate(results, str(probe.get("gpus", "")))
+    link = link_fit.link_fit(results)
     (docs / "calibration-h200.json").write_text(
-        json.dumps(fidelity_report.calibration_json(cal, table), indent=2) + "\n"
+        json.dumps(fidelity_report.calibration_json(cal, table, link), indent=2) + "\n"
     )
     header = [
         "# Simulator fidelity: `disagg sim` against real vLLM on an H200",
@@ -255,7 +259,7 @@ def write_fidelity(run: Path, docs: Path) -> None:
         "![real vs simulated](fidelity.png)",
     ]
     (docs / "fidelity.md").write_text(
-        fidelity_report.markdown(results, table, cal.efficiency, header)
+        fidelity_report.markdown(results, table, cal.efficiency, header, link)
     )
     fidelity_report.plot(results, docs / "fidelity.png")
 

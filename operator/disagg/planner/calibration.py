@@ -4,7 +4,11 @@ The roofline's spec-sheet peaks are upper bounds; what a real layer reaches on a
 measurement.  ``bench/calibrate_gpu.py`` times one Llama-3.1-8B-shaped decoder layer on a GPU
 (prefill at several prompt lengths, decode at several batch sizes), and :func:`fit_efficiency`
 chooses the :class:`Efficiency` that makes :mod:`disagg.planner.roofline` reproduce those timings
-for a one-layer model.  The fit lives here, not in the benchmark, so it is pure, unit-tested, and
+for a one-layer model.  A whole engine timed at its client (``bench/fidelity.py``: TTFT, inter-token
+gaps, the interference stall, with and without CUDA graphs) is fitted by
+:func:`fit_client_efficiency` against :mod:`disagg.planner.client`'s predictions instead; that
+fit also sets the costs only a whole engine has (per step, per sequence, per request, eager kernel
+launches).  The fit lives here, not in the benchmark, so it is pure, unit-tested, and
 the error table the benchmark prints is computed by the very code the planner runs.
 
 A calibration file is JSON (schema ``disagg.dev/calibration/v1``)::
@@ -21,11 +25,12 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Literal
 
+from disagg.planner.client import ClientPoint
 from disagg.planner.errors import CalibrationError
 from disagg.planner.hardware import GPUSpec, get_gpu
 from disagg.planner.models import ModelSpec, estimate_params
@@ -139,33 +144,113 @@ def fit_efficiency(
     return replace(eff, step_overhead_s=base.step_overhead_s)
 
 
-#: The engine-level pairs: the fixed cost fitted is the engine's step, not the layer's.
-_ENGINE_PAIRS: tuple[tuple[tuple[str, float, float], tuple[str, float, float]], ...] = (
-    (("compute", 0.05, 1.0), ("attention", 0.02, 1.0)),
-    (("memory", 0.10, 1.0), ("step_overhead_s", 0.0, 20e-3)),
+#: What the client-side fit may move, and in what range.  ``layer_overhead_s`` is not among
+#: them: at the client a per-layer cost and a per-step one are the same constant.
+CLIENT_PARAMS: tuple[tuple[str, float, float], ...] = (
+    ("compute", 0.05, 1.0),
+    ("attention", 0.05, 1.0),
+    ("memory", 0.10, 1.0),
+    ("step_overhead_s", 0.0, 20e-3),
+    ("sequence_overhead_s", 0.0, 100e-6),
+    ("eager_layer_launch_s", 0.0, 2e-3),
+    ("request_overhead_s", 0.0, 50e-3),
+    ("request_token_overhead_s", 0.0, 20e-6),
 )
 
 
-def fit_engine_efficiency(
+def _client_loss(
+    model: ModelSpec, gpu: GPUSpec, points: Sequence[ClientPoint], eff: Efficiency
+) -> float:
+    return sum(math.log(p.predict(model, gpu, eff) / p.seconds) ** 2 for p in points) / len(points)
+
+
+def fit_client_efficiency(
     model: ModelSpec,
     gpu: GPUSpec,
-    points: Sequence[Measurement],
+    points: Sequence[ClientPoint],
     base: Efficiency = DEFAULT_EFFICIENCY,
-    rounds: int = 6,
+    params: Sequence[tuple[str, float, float]] = CLIENT_PARAMS,
+    rounds: int = 12,
 ) -> Efficiency:
-    """The fit for timings of a whole engine at its client (``bench/fidelity.py``): TTFT of
-    single requests (``prefill`` points) and inter-token gaps at a batch size (``decode``
-    points) of the full ``model``.  There the fixed cost of an engine step -- scheduling,
-    sampling, detokenising, the HTTP hop -- is in every measurement, so ``step_overhead_s`` is
-    fitted (0-20 ms) in place of the per-layer overhead, which ``base`` supplies (from a layer
-    calibration of the same GPU, ``bench/calibrate_gpu.py``): both are a constant per step for one
-    model, so the data cannot tell them apart, and the layer benchmark already measured one."""
-    _check(points)
-    eff = base
+    """The fit for figures of a whole engine at its client (:mod:`disagg.planner.client`),
+    minimising the mean squared log error: coordinate descent first (one parameter at a time
+    over a grid across its range, narrowing each round around the best value so far), then a
+    Nelder-Mead simplex from there, since some parameters trade off against each other (the
+    GEMMs' efficiency and the API server's cost per prompt token both scale with the prompt).
+    ``base`` supplies everything not in ``params`` (``layer_overhead_s`` is zeroed: at the
+    client it is indistinguishable from the step overhead, which is fitted)."""
+    if not points:
+        raise CalibrationError("no measurements to fit")
+    if any(p.seconds <= 0 for p in points):
+        raise CalibrationError("measured times must be > 0")
+    eff = replace(base, layer_overhead_s=0.0)
+    spans = {name: hi - lo for name, lo, hi in params}
     for _ in range(rounds):
-        for first, second in _ENGINE_PAIRS:
-            eff = _best_pair(model, gpu, points, eff, first, second)
-    return eff
+        for name, lo, hi in params:
+            here = getattr(eff, name)
+            low, high = max(lo, here - spans[name] / 2), min(hi, here + spans[name] / 2)
+            grid = [v for v in _grid(low, high, 40) if v > 0 or lo == 0.0]
+            eff = min(
+                (replace(eff, **{name: v}) for v in grid),
+                key=lambda e: _client_loss(model, gpu, points, e),
+            )
+            spans[name] /= 1.6
+
+    def at(x: Sequence[float]) -> Efficiency:
+        values = {}
+        for (name, lo, hi), v in zip(params, x, strict=True):
+            values[name] = min(hi, max(lo, lo + v * (hi - lo)))
+            if values[name] <= 0 and lo > 0:
+                values[name] = lo
+        return replace(eff, **values)
+
+    start = [(getattr(eff, n) - lo) / (hi - lo) for n, lo, hi in params]
+    best = _nelder_mead(lambda x: _client_loss(model, gpu, points, at(x)), start)
+    return at(best)
+
+
+def _nelder_mead(
+    f: Callable[[Sequence[float]], float], start: Sequence[float], step: float = 0.05,
+    iterations: int = 3000,
+) -> list[float]:  # fmt: skip
+    """The textbook simplex (reflect, expand, contract, shrink) on ``f``, from ``start``."""
+    simplex = [list(start)] + [
+        [v + (step if i == j else 0.0) for j, v in enumerate(start)] for i in range(len(start))
+    ]
+    values = [f(x) for x in simplex]
+    for _ in range(iterations):
+        order = sorted(range(len(simplex)), key=values.__getitem__)
+        simplex, values = [simplex[i] for i in order], [values[i] for i in order]
+        if values[-1] - values[0] < 1e-14:
+            break
+        centre = [sum(col) / (len(simplex) - 1) for col in zip(*simplex[:-1], strict=True)]
+        worst = simplex[-1]
+
+        def toward(
+            t: float, worst: list[float] = worst, centre: list[float] = centre
+        ) -> list[float]:
+            return [c + t * (w - c) for c, w in zip(centre, worst, strict=True)]
+
+        reflected = toward(-1.0)
+        fr = f(reflected)
+        if fr < values[0]:
+            expanded = toward(-2.0)
+            fe = f(expanded)
+            simplex[-1], values[-1] = (expanded, fe) if fe < fr else (reflected, fr)
+        elif fr < values[-2]:
+            simplex[-1], values[-1] = reflected, fr
+        else:
+            contracted = toward(0.5)
+            fc = f(contracted)
+            if fc < values[-1]:
+                simplex[-1], values[-1] = contracted, fc
+            else:
+                simplex = [simplex[0]] + [
+                    [b + 0.5 * (x - b) for b, x in zip(simplex[0], point, strict=True)]
+                    for point in simplex[1:]
+                ]
+                values = [values[0]] + [f(x) for x in simplex[1:]]
+    return simplex[min(range(len(simplex)), key=values.__getitem__)]
 
 
 def _check(points: Sequence[Measurement]) -> None:

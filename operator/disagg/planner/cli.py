@@ -18,10 +18,10 @@ from disagg.planner.catalog import get_model
 from disagg.planner.emit import deployment_manifest, manifest_comment
 from disagg.planner.errors import PlannerError
 from disagg.planner.hardware import DEFAULT_GPU, GPUS, get_gpu
+from disagg.planner.measured import SOURCES, default_efficiency
 from disagg.planner.models import DEFAULT_MODEL, MODELS, ModelSpec, kv_bytes_per_token
 from disagg.planner.plan import make_plan
 from disagg.planner.report import render_text
-from disagg.planner.roofline import DEFAULT_EFFICIENCY
 from disagg.planner.workload import SLO, Deployment, Workload
 
 DTYPE_BYTES = {"bf16": 2, "fp16": 2, "fp8": 1, "fp32": 4}
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> str:
     if args.list:
         return _list()
     gpu = get_gpu(args.gpu)
-    efficiency, source = DEFAULT_EFFICIENCY, ""
+    efficiency, source = default_efficiency(gpu), SOURCES.get(gpu.name, "")
     if args.calibration:
         cal = load_calibration(args.calibration)
         if cal.gpu != gpu.name:

@@ -15,6 +15,7 @@ grows (a batch of 1 reads ``k`` experts per layer, a batch of 256 reads nearly a
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from disagg.planner.hardware import GPUSpec
@@ -37,13 +38,32 @@ class Efficiency:
     """Fixed seconds per forward outside the layers (engine scheduling, sampling, logits)."""
     allreduce_latency_s: float = 8e-6
     """Fixed seconds per tensor-parallel all-reduce, on top of its bytes at interconnect speed."""
+    sequence_overhead_s: float = 0.0
+    """Fixed seconds per sequence in a step (sampling, detokenising and streaming its token)."""
+    eager_layer_launch_s: float = 0.0
+    """``--enforce-eager`` only: CPU seconds to launch one layer's kernels.  Kernels run while
+    the CPU launches the next ones, so an eager step takes the slower of the GPU's work and
+    ``layers x`` this; with CUDA graphs (vLLM's default) a decode step is one replay."""
+    request_overhead_s: float = 0.0
+    """Fixed seconds a request spends in the API server (parsing, input processing, the hop to
+    the engine and back) outside engine steps: in TTFT, not in any step."""
+    request_token_overhead_s: float = 0.0
+    """The same per prompt token (validating and shipping the prompt's token ids)."""
 
     def __post_init__(self) -> None:
         for name in ("compute", "attention", "memory"):
             value = getattr(self, name)
             if not 0.0 < value <= 1.0:
                 raise ValueError(f"efficiency {name} must be in (0, 1], got {value}")
-        for name in ("layer_overhead_s", "step_overhead_s", "allreduce_latency_s"):
+        for name in (
+            "layer_overhead_s",
+            "step_overhead_s",
+            "allreduce_latency_s",
+            "sequence_overhead_s",
+            "eager_layer_launch_s",
+            "request_overhead_s",
+            "request_token_overhead_s",
+        ):
             if getattr(self, name) < 0:
                 raise ValueError(f"efficiency {name} must be >= 0")
 
@@ -106,6 +126,60 @@ def _fixed_s(model: ModelSpec, eff: Efficiency) -> float:
     return eff.step_overhead_s + model.num_layers * eff.layer_overhead_s
 
 
+def step_time_s(
+    model: ModelSpec,
+    gpu: GPUSpec,
+    prefill_chunks: Sequence[tuple[int, int]] = (),
+    decode_batch: int = 0,
+    decode_context_tokens: float = 0.0,
+    tp: int = 1,
+    efficiency: Efficiency | None = None,
+    eager: bool = False,
+) -> float:
+    """Seconds for one engine step: ``prefill_chunks`` (``(new_tokens, cached_tokens)`` per
+    prefilling request) and one decode pass over ``decode_batch`` sequences of
+    ``decode_context_tokens`` each, the way vLLM's unified scheduler runs them in one forward.
+
+    Compute: linear FLOPs per token (plus the output head once per sequence that samples)
+    and attention per piece; memory: the weights once (the pieces share them) plus every
+    piece's KV reads and writes.  The slower of the two, plus all-reduces, is the GPU's work;
+    an eager step takes at least its kernel launches (``eager_layer_launch_s``); then the
+    step's fixed costs and each sequence's.
+    """
+    _check_tp(tp)
+    eff = efficiency or DEFAULT_EFFICIENCY
+    head = 2.0 * model.vocab_size * model.hidden_size
+    flops = attention = kv_bytes = 0.0
+    tokens = sequences = 0
+    per_token_kv = kv_bytes_per_token(model)
+    for new, cached in prefill_chunks:
+        if new < 0 or cached < 0:
+            raise ValueError("token counts must be >= 0")
+        if new == 0:
+            continue
+        flops += new * linear_flops_per_token(model) + head
+        attention += attention_flops(model, new, cached + (new + 1) / 2)
+        kv_bytes += per_token_kv * (new + cached)
+        tokens += new
+        sequences += 1
+    if decode_batch:
+        if decode_batch < 1 or decode_context_tokens < 0:
+            raise ValueError("decode needs batch_size >= 1 and context_tokens >= 0")
+        flops += decode_batch * (linear_flops_per_token(model) + head)
+        attention += attention_flops(model, decode_batch, decode_context_tokens)
+        kv_bytes += per_token_kv * decode_batch * (decode_context_tokens + 1)
+        tokens += decode_batch
+        sequences += decode_batch
+    if not tokens:
+        return 0.0
+    compute_s = (flops / eff.compute + attention / eff.attention) / (gpu.peak_bf16_flops * tp)
+    memory_s = (weight_bytes_read(model, tokens) + kv_bytes) / (gpu.hbm_bandwidth * tp * eff.memory)
+    gpu_s = max(compute_s, memory_s) + _tp_comm_s(model, gpu, tokens, tp, eff)
+    if eager:
+        gpu_s = max(gpu_s, model.num_layers * eff.eager_layer_launch_s)
+    return gpu_s + _fixed_s(model, eff) + sequences * eff.sequence_overhead_s
+
+
 def prefill_time_s(
     model: ModelSpec,
     gpu: GPUSpec,
@@ -113,9 +187,11 @@ def prefill_time_s(
     tp: int = 1,
     cached_tokens: int = 0,
     efficiency: Efficiency | None = None,
+    eager: bool = False,
 ) -> float:
     """Seconds to prefill ``tokens`` new prompt tokens whose first ``cached_tokens`` prefix is
-    already in the KV cache (prefix-cache hit), on one replica of ``tp`` GPUs.
+    already in the KV cache (prefix-cache hit), on one replica of ``tp`` GPUs: one step that
+    prefills alone (:func:`step_time_s`).
 
     Compute: linear FLOPs ``2 x active non-embedding params x tokens`` plus causal attention over
     ``cached + new`` keys; memory: all weights once, the cached prefix's KV read and the new KV
@@ -124,17 +200,7 @@ def prefill_time_s(
     _check_tp(tp)
     if tokens < 0 or cached_tokens < 0:
         raise ValueError("token counts must be >= 0")
-    if tokens == 0:
-        return 0.0
-    eff = efficiency or DEFAULT_EFFICIENCY
-    linear = tokens * linear_flops_per_token(model) + 2.0 * model.vocab_size * model.hidden_size
-    keys_each = cached_tokens + (tokens + 1) / 2
-    attention = attention_flops(model, tokens, keys_each)
-    compute_s = (linear / eff.compute + attention / eff.attention) / (gpu.peak_bf16_flops * tp)
-    kv = kv_bytes_per_token(model) * (tokens + cached_tokens)
-    memory_s = (weight_bytes_read(model, tokens) + kv) / (gpu.hbm_bandwidth * tp * eff.memory)
-    comm_s = _tp_comm_s(model, gpu, tokens, tp, eff)
-    return max(compute_s, memory_s) + comm_s + _fixed_s(model, eff)
+    return step_time_s(model, gpu, [(tokens, cached_tokens)], 0, 0.0, tp, efficiency, eager)
 
 
 def decode_step_time_s(
@@ -144,6 +210,7 @@ def decode_step_time_s(
     context_tokens: float,
     tp: int = 1,
     efficiency: Efficiency | None = None,
+    eager: bool = False,
 ) -> float:
     """Seconds for one decode step of ``batch_size`` sequences of ``context_tokens`` each.
 
@@ -154,16 +221,13 @@ def decode_step_time_s(
     _check_tp(tp)
     if batch_size < 1 or context_tokens < 0:
         raise ValueError("decode needs batch_size >= 1 and context_tokens >= 0")
+    return step_time_s(model, gpu, (), batch_size, context_tokens, tp, efficiency, eager)
+
+
+def request_overhead_s(prompt_tokens: int, efficiency: Efficiency | None = None) -> float:
+    """Seconds a request's TTFT holds outside engine steps (the API server's share)."""
     eff = efficiency or DEFAULT_EFFICIENCY
-    flops = batch_size * (
-        linear_flops_per_token(model) + 2.0 * model.vocab_size * model.hidden_size
-    )
-    attention = attention_flops(model, batch_size, context_tokens)
-    compute_s = (flops / eff.compute + attention / eff.attention) / (gpu.peak_bf16_flops * tp)
-    kv = kv_bytes_per_token(model) * batch_size * (context_tokens + 1)
-    memory_s = (weight_bytes_read(model, batch_size) + kv) / (gpu.hbm_bandwidth * tp * eff.memory)
-    comm_s = _tp_comm_s(model, gpu, batch_size, tp, eff)
-    return max(compute_s, memory_s) + comm_s + _fixed_s(model, eff)
+    return eff.request_overhead_s + prompt_tokens * eff.request_token_overhead_s
 
 
 def transfer_time_s(num_bytes: float, link_gbps: float, efficiency: float = 1.0) -> float:

@@ -26,7 +26,12 @@ from disagg.planner.hardware import GiB, GPUSpec
 from disagg.planner.memory import kv_capacity_tokens
 from disagg.planner.models import ModelSpec
 from disagg.planner.queueing import wait_percentile_s
-from disagg.planner.roofline import Efficiency, decode_step_time_s, prefill_time_s
+from disagg.planner.roofline import (
+    Efficiency,
+    decode_step_time_s,
+    prefill_time_s,
+    request_overhead_s,
+)
 from disagg.planner.workload import SLO, Deployment, Workload
 
 #: Highest utilisation a pool is planned at: above it queues grow without bound on bursts.
@@ -202,6 +207,7 @@ def size_prefill(inp: Inputs, tp: int, first_step_s: float) -> PoolPlan:
         )
     service = inp.prefill_s(w.prompt_tokens, tp)
     fixed = inp.prefill_s(w.prompt_p99, tp) + inp.kv_transfer_p99_s + first_step_s
+    fixed += request_overhead_s(w.prompt_p99, inp.efficiency)
     slo_s = inp.slo.ttft_p99_ms / 1e3
     least = max(1, math.ceil(w.arrival_rate * service / MAX_UTILIZATION))
 
@@ -278,6 +284,7 @@ def size_aggregated(inp: Inputs, tp: int) -> PoolPlan:
         service = prefill + chunks * step
         p99_chunks = math.ceil((w.prompt_p99 - w.cached_tokens(w.prompt_p99)) / chunk)
         ttft = wait_percentile_s(n, w.arrival_rate, service) + prefill_p99 + p99_chunks * step
+        ttft += request_overhead_s(w.prompt_p99, inp.efficiency)
         return b, ttft, itl, stalled
 
     def meets(n: int) -> bool:

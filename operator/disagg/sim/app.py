@@ -51,6 +51,8 @@ class Simulator:
             config.tensor_parallel_size,
             config.link_gbps,
             config.calibration,
+            eager=config.enforce_eager,
+            link=config.link,
         )
         self.metrics = SimMetrics(config.served_model_names[0])
         self.engines: list[Engine] = []

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from typing import Any
 
 from disagg.blockhash import HASH_ALGOS
+from disagg.planner.links import LINKS
 from disagg.sim.config import ConfigError, FaultConfig, KVEventsConfig, KVTransferConfig, SimConfig
 
 log = logging.getLogger("disagg.sim")
@@ -98,11 +99,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpu-memory-utilization", type=float, default=0.92)
     p.add_argument("--num-gpu-blocks-override", type=int, default=None)
     p.add_argument("--kv-cache-memory-bytes", type=_size, default=None)
+    p.add_argument("--enforce-eager", action=argparse.BooleanOptionalAction, default=False)
     _sim_flag(p, "gpu", str, "h100-sxm", "GPU preset of disagg.planner to time steps with")
     _sim_flag(p, "calibration", str, None, "calibration JSON of that GPU (docs/calibration-*.json)")
     _sim_flag(p, "model-spec", str, None, "model preset of disagg.planner (default: from MODEL)")
     _sim_flag(p, "speedup", float, 1.0, "simulated seconds per wall second")
     _sim_flag(p, "link-gbps", float, 100.0, "P->D KV link bandwidth, Gbit/s")
+    _sim_flag(
+        p,
+        "link",
+        str,
+        "fabric",
+        "KV link profile: fabric (line rate of --sim-link-gbps) or ucx-tcp-emulation (measured)",
+    )
     _sim_flag(
         p,
         "kv-lease",
@@ -162,6 +171,8 @@ def parse_config(argv: list[str]) -> SimConfig:
             raise ConfigError(f"--{name.replace('_', '-')} must be at least 1")
     if ns.sim_speedup <= 0:
         raise ConfigError("--sim-speedup must be positive")
+    if ns.sim_link not in LINKS:
+        raise ConfigError(f"--sim-link: unknown link profile {ns.sim_link!r} ({', '.join(LINKS)})")
     if ns.sim_handshake_timeout < 0:
         raise ConfigError("--sim-handshake-timeout must be >= 0")
     if not 0 < ns.gpu_memory_utilization <= 1:
@@ -213,6 +224,8 @@ def parse_config(argv: list[str]) -> SimConfig:
         model_spec=ns.sim_model_spec,
         speedup=ns.sim_speedup,
         link_gbps=ns.sim_link_gbps,
+        link=ns.sim_link,
+        enforce_eager=ns.enforce_eager,
         kv_lease_s=_lease_s(kv, ns.sim_kv_lease),
         handshake_timeout_s=ns.sim_handshake_timeout,
         exit_on_engine_death=os.environ.get("VLLM_KEEP_ALIVE_ON_ENGINE_DEATH", "0")

@@ -216,6 +216,11 @@ class SimConfig:
     """``--sim-speedup``: simulated seconds per wall second (tests use 50-1000)."""
     link_gbps: float = 100.0
     """``--sim-link-gbps``: the P->D KV link, Gbit/s (100 ~ one 100G RDMA NIC)."""
+    link: str = "fabric"
+    """``--sim-link``: the link profile KV transfers are timed with (``disagg.planner.links``):
+    ``fabric`` (line rate of ``link_gbps``) or a measured one such as ``ucx-tcp-emulation``."""
+    enforce_eager: bool = False
+    """``--enforce-eager``: steps run without CUDA graphs (and pay their kernel launches)."""
     kv_lease_s: float = 30.0
     """``--sim-kv-lease``: wall seconds a prefill holds blocks nobody pulled."""
     handshake_timeout_s: float = 5.0

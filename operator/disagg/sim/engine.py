@@ -85,6 +85,9 @@ class Engine:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._clock = 0.0
+        """Wall time the step in progress (or the last one) ends."""
+        self._busy = False
+        """Steps have run back to back since the engine was last idle."""
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -165,6 +168,7 @@ class Engine:
             self._publish_load()
             if not work:
                 self.flush_events()
+                self._busy = False
                 self._wake.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=0.5)
@@ -197,14 +201,25 @@ class Engine:
             else:
                 chunks.append((take, request.computed))
         seconds = self.timer.step_seconds(chunks, batch, context) * self.faults.slowdown
-        await self.sleep_simulated(seconds)
+        await self.sleep_simulated(seconds, self.timer.cpu_seconds(len(chunks) + batch))
         self.sim_time_s += seconds
 
-    async def sleep_simulated(self, seconds: float) -> None:
-        """Sleep ``seconds`` of simulated time against a running deadline, so asyncio's
-        oversleeping does not accumulate over thousands of short steps."""
+    async def sleep_simulated(self, seconds: float, cpu_seconds: float = 0.0) -> None:
+        """Sleep ``seconds`` of simulated time against a running deadline.
+
+        While steps run back to back, a step starts where the previous one ended, less at most
+        ``cpu_seconds`` (the step's modelled CPU work: its fixed and per-sequence costs) of
+        the simulator's own work since then -- sampling, streaming, scheduling stand in for the
+        engine's CPU work, which the calibrated step already contains, so they must not come on
+        top of it.  Anything longer (a saturated machine, a huge prompt parsed in between)
+        delays the step as it comes, and lost time is never made up by later steps, which
+        would bunch their tokens.  Neither asyncio's oversleeping nor the simulator's per-step
+        work accumulates."""
         now = time.monotonic()
-        self._clock = max(self._clock, now) + seconds / self.config.speedup
+        speedup = self.config.speedup
+        start = max(self._clock, now - cpu_seconds / speedup) if self._busy else now
+        self._clock = max(start + seconds / speedup, now)
+        self._busy = True
         if self._clock > now:
             await asyncio.sleep(self._clock - now)
         else:

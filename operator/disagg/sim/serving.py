@@ -115,6 +115,7 @@ class CompletionService:
         return min(self.engines, key=lambda e: (len(e.waiting) + len(e.loading), len(e.running)))
 
     async def handle(self, http: HTTPRequest, chat: bool) -> Response:
+        arrived = time.monotonic()
         raw = await http.body()
         entry = self.recorder.start(http.method, http.url.path, dict(http.headers), raw)
         outcome: dict[str, Any] = entry["outcome"]
@@ -137,6 +138,11 @@ class CompletionService:
             return error_response(str(exc), exc.status, exc.param)
         if faults.extra_latency_s:
             await asyncio.sleep(faults.extra_latency_s)
+        # The API server's share of TTFT, counted from arrival: the simulator's own parsing
+        # so far is part of it, not extra.
+        api_s = engine.timer.request_seconds(len(parsed.prompt_ids)) / self.config.speedup
+        if arrived + api_s > time.monotonic():
+            await asyncio.sleep(arrived + api_s - time.monotonic())
         base = http.headers.get("x-request-id") or uuid.uuid4().hex
         response_id = ("chatcmpl-" if chat else "cmpl-") + base
         req = Request(

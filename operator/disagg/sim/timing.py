@@ -17,6 +17,8 @@ from disagg.planner import roofline
 from disagg.planner.calibration import load_calibration
 from disagg.planner.catalog import get_model
 from disagg.planner.hardware import GPUSpec, get_gpu
+from disagg.planner.links import FABRIC, LinkProfile, get_link
+from disagg.planner.measured import default_efficiency
 from disagg.planner.models import DEFAULT_MODEL, MODELS, ModelSpec, kv_bytes_per_token
 
 
@@ -40,7 +42,12 @@ class StepTimer:
     tp: int = 1
     link_gbps: float = 100.0
     efficiency: roofline.Efficiency | None = None
-    """Measured efficiencies (``--sim-calibration``); the roofline's defaults when None."""
+    """Measured efficiencies (``--sim-calibration``, else the GPU's measured preset); the
+    roofline's defaults when None."""
+    eager: bool = False
+    """``--enforce-eager``: no CUDA graphs, every step pays its kernel launches."""
+    link: LinkProfile = FABRIC
+    """``--sim-link``: how P->D KV transfers are timed (``disagg.planner.links``)."""
 
     @classmethod
     def build(
@@ -51,16 +58,20 @@ class StepTimer:
         tp: int,
         link_gbps: float,
         calibration: str | None = None,
+        eager: bool = False,
+        link: str = "fabric",
     ) -> StepTimer:
-        """``calibration``: a calibration file (``disagg.planner.calibration``) of ``gpu``."""
+        """``calibration``: a calibration file (``disagg.planner.calibration``) of ``gpu``;
+        without one, the GPU's measured preset (``disagg.planner.measured``) if it has one."""
         spec = get_gpu(gpu)
-        efficiency = None
+        efficiency = default_efficiency(spec)
         if calibration:
             fitted = load_calibration(calibration)
             if fitted.gpu != spec.name:
                 raise ValueError(f"{calibration} calibrates {fitted.gpu}, not {spec.name}")
             efficiency = fitted.efficiency
-        return cls(resolve_model(model_arg, preset), spec, tp, link_gbps, efficiency)
+        model = resolve_model(model_arg, preset)
+        return cls(model, spec, tp, link_gbps, efficiency, eager, get_link(link))
 
     def step_seconds(
         self,
@@ -71,25 +82,27 @@ class StepTimer:
         """``prefill_chunks``: ``(new_tokens, tokens_already_in_cache)`` per prefilling request;
         ``decode_batch`` streams that each add one token over ``decode_context_tokens`` of KV in
         total."""
-        seconds = 0.0
-        for new, cached in prefill_chunks:
-            seconds += roofline.prefill_time_s(
-                self.model, self.gpu, new, tp=self.tp, cached_tokens=cached,
-                efficiency=self.efficiency,
-            )  # fmt: skip
-        if decode_batch:
-            per_sequence = decode_context_tokens / decode_batch
-            seconds += roofline.decode_step_time_s(
-                self.model, self.gpu, decode_batch, per_sequence, tp=self.tp,
-                efficiency=self.efficiency,
-            )  # fmt: skip
-        return seconds
+        per_sequence = decode_context_tokens / decode_batch if decode_batch else 0.0
+        return roofline.step_time_s(
+            self.model, self.gpu, prefill_chunks, decode_batch, per_sequence, tp=self.tp,
+            efficiency=self.efficiency, eager=self.eager,
+        )  # fmt: skip
+
+    def cpu_seconds(self, sequences: int) -> float:
+        """The fixed part of a step of ``sequences`` (the engine's CPU work, not the GPU's)."""
+        eff = self.efficiency or roofline.DEFAULT_EFFICIENCY
+        fixed = eff.step_overhead_s + self.model.num_layers * eff.layer_overhead_s
+        return fixed + sequences * eff.sequence_overhead_s
+
+    def request_seconds(self, prompt_tokens: int) -> float:
+        """The API server's share of a request's TTFT (outside engine steps)."""
+        return roofline.request_overhead_s(prompt_tokens, self.efficiency)
 
     def kv_bytes(self, num_tokens: int) -> int:
         return kv_bytes_per_token(self.model) * num_tokens
 
     def transfer_seconds(self, num_bytes: int) -> float:
-        return roofline.transfer_time_s(num_bytes, self.link_gbps)
+        return self.link.transfer_s(num_bytes, self.link_gbps)
 
     def num_gpu_blocks(
         self, block_size: int, gpu_memory_utilization: float, kv_cache_bytes: int | None = None
