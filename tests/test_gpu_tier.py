@@ -55,6 +55,18 @@ def test_the_plan_refuses_what_the_device_would_refuse() -> None:
     assert len(calls.check_plan(long, 0, {})) == 2
 
 
+def test_the_simulator_only_run_is_two_short_calls_with_both_parts() -> None:
+    """Issue 20's validation: a fresh machine gets part 1, then part 2 with the sims only."""
+    plan = calls.sim_fit_calls()
+    assert [c.carry for c in plan] == [(".gpu/c1",), (".gpu/c2",)]
+    assert "device.sh 1 " in plan[0].command and "device.sh simfit " in plan[1].command
+    assert "fidelity-simfit.json" in plan[1].writes and plan[1].timeout_s <= 600
+    assert calls.check_plan(plan, 2 * MiB, {".gpu/c1": 57 * MiB, ".gpu/c2": 58 * MiB}) == []
+    script = (ROOT / "bench" / "gpu" / "device.sh").read_text()
+    simfit = script[script.index("  simfit)") :]
+    assert "--sides sim --label sim_calibrated" in simfit.split(";;")[0]
+
+
 def test_two_gpu_run_needs_its_own_machine_and_both_parts() -> None:
     plan = calls.two_gpu_calls()
     assert {c.kind for c in plan} == {"nvidia-h200-x2"}

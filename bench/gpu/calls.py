@@ -17,7 +17,7 @@ the unpacked bundle and the running engines) is gone.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 MiB = 1 << 20
 #: What one call may carry in all (the device tool's limit).
@@ -102,6 +102,26 @@ def two_gpu_calls(stage: str = STAGE) -> list[DeviceCall]:
             9.0,
             600,
             ("two_gpu.json", "logs-callx2.txt", "console.txt"),
+        ),
+    ]
+
+
+def sim_fit_calls(stage: str = STAGE) -> list[DeviceCall]:
+    """Issue 20: only the simulator side of the fidelity driver, on the GPU machine's CPU (the
+    same machine the real engines were timed on), with the calibrated H200 preset: a fresh
+    machine, so part 1 (``device.sh 1``), then part 2, unpack and the sims (``simfit``)."""
+    run = "set -o pipefail; {env}bash bench/gpu/device.sh {call} 2>&1 | tee $OUT/console.txt"
+    first = one_gpu_calls(stage)[0]
+    return [
+        replace(first, name="simfit call 1"),
+        DeviceCall(
+            "simfit call 2",
+            "nvidia-h200",
+            run.format(env="BUDGET=400 ", call="simfit"),
+            (f"{stage}/c2",),
+            3.0,
+            480,
+            ("fidelity-simfit.json", "logs-callsimfit.txt", "console.txt"),
         ),
     ]
 

@@ -6,6 +6,8 @@
 #   bash bench/gpu/device.sh 3     H200 layer calibration, fidelity real vs sim      -> $OUT/fidelity.json
 #   bash bench/gpu/device.sh x2    (nvidia-h200-x2) chunk 2, unpack, two-GPU run      -> $OUT/two_gpu.json
 #   bash bench/gpu/device.sh kvprobe  KV events of a real engine vs the gateway's index -> $OUT/kvprobe.json
+#   bash bench/gpu/device.sh simfit  chunk 2, unpack, the fidelity driver's simulator side
+#                                  only (the calibrated H200 preset)      -> $OUT/fidelity-simfit.json
 #
 # Run from the repository root.  What travels (bench/gpu/prepare.py stages it): .gpu/c1 and .gpu/c2
 # (bundle chunks, the checksum, the model folders).  Everything unpacked lives under
@@ -14,7 +16,7 @@
 # For the CPU proof: DISAGG_GPU_ENGINE=sim (disagg sim instead of vLLM), PYTHON=<a Python 3.12>,
 # DISAGG_GPU_STAGE=<staged folder>, DISAGG_GPU_ROOT and OUT somewhere writable.
 set -u
-CALL="${1:?call: 1, 2, 3 or x2}"
+CALL="${1:?call: 1, 2, 3, x2, kvprobe or simfit}"
 ROOT="${DISAGG_GPU_ROOT:-/tmp/disagg-gpu}"
 STAGE="${DISAGG_GPU_STAGE:-.gpu}"
 ENGINE="${DISAGG_GPU_ENGINE:-vllm}"
@@ -92,6 +94,13 @@ case "$CALL" in
     append_chunks
     unpack || { collect_logs; exit 3; }
     "$PY" -m bench.gpu.two_gpu --engine "$ENGINE" --out "$OUTD/two_gpu.json" --budget "${BUDGET:-520}"
+    collect_logs
+    ;;
+  simfit)
+    append_chunks
+    unpack || { collect_logs; exit 3; }
+    "$PY" -m bench.fidelity --sides sim --label sim_calibrated --out "$OUTD/fidelity-simfit.json" \
+      --budget "$(( ${BUDGET:-400} - ($(date +%s) - T0) ))"
     collect_logs
     ;;
   *) echo "unknown call $CALL"; exit 2 ;;

@@ -11,7 +11,8 @@
    a call names them in ``carry``;
 3. checks what each call sends (``git ls-files`` + untracked files + its carry) against the
    64 MiB limit, and prints the device calls (``calls.py``): command, carry, expected minutes, and
-   what each leaves under ``$OUT``.  ``--x2`` prints the two-GPU calls (issue 19) as well.
+   what each leaves under ``$OUT``.  ``--x2`` prints the two-GPU calls (issue 19) as well,
+   ``--simfit`` the simulator-only fidelity calls (issue 20).
 
 On a machine of your own with an NVIDIA GPU, Python 3.12 and torch 2.11 (no network needed):
 copy the checkout with ``.gpu/`` to it and run the three commands printed, in order.
@@ -125,6 +126,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--repo", type=Path, default=HERE.parents[1], help="checkout that travels")
     parser.add_argument("--x2", action="store_true", help="also print the two-GPU calls")
+    parser.add_argument(
+        "--simfit", action="store_true", help="also print the simulator-only calls (issue 20)"
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the bundle")
     args = parser.parse_args(argv)
     built = bundle.build(force=args.rebuild)
@@ -139,6 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"checkout (tracked + untracked, not ignored): {checkout / calls.MiB:.2f} MiB")
     plan = calls.one_gpu_calls() + (calls.two_gpu_calls() if args.x2 else [])
+    plan += calls.sim_fit_calls() if args.simfit else []
     problems = calls.check_plan(plan, checkout, carried)
     print_calls(plan, checkout, carried)
     (args.repo / calls.STAGE / "calls.json").write_text(
