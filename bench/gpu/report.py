@@ -30,6 +30,7 @@ FILES = (
     "calibration-h200-layers.json",
     "two_gpu.json",
     "fidelity-simfit.json",
+    "kvprobe.json",
 )
 DROP = ("log_tails", "real_log_tails", "sim_log_tails", "sim_calibrated_log_tails")
 UCX_CAVEAT = (
@@ -157,6 +158,30 @@ def fault_lines(suite: dict[str, Any]) -> list[str]:
     return lines
 
 
+def kvprobe_lines(probe: dict[str, Any]) -> list[str]:
+    """Issue 14: the gateway's KV-event index against a real engine's prefix cache."""
+    k = probe.get("kvprobe")
+    if not k:
+        return []
+    return [
+        "",
+        "### KV events: the gateway's index against the engine's own cache (issue 14)",
+        "",
+        f"One {probe.get('engine')} engine (tiny model, prefix caching, `kvEvents` on, the "
+        "rendered `PYTHONHASHSEED`), its ZMQ events decoded and indexed by the gateway's own "
+        "code (`bench/gpu/kvprobe.py`); sequential token-id prompts sharing 10-block prefixes. "
+        f"Predicted hit = the index's longest run of the prompt's blocks; the engine's = the "
+        f"change of `vllm:prefix_cache_hits_total`. **{k['exact_predictions']}/{k['requests']} "
+        f"predictions exact** ({k['requests_with_hits']} requests hit; "
+        f"{k['predicted_hit_tokens']} tokens predicted, {k['engine_hit_tokens']:.0f} found); "
+        f"block hashes recomputed from the events' token ids: algorithm "
+        f"`{k['hash_algorithm_matching']}` matches "
+        f"{(k.get('first_blocks_matching') or {}).get(k['hash_algorithm_matching'], 0)} of "
+        f"{k['first_blocks_checked']} first blocks checked; {k['event_batches']} event batches, "
+        f"{k['blocks_stored']} blocks stored, {len(k.get('decode_errors') or [])} decode errors.",
+    ]
+
+
 def benchmarks_section(run: Path) -> str:
     probe, suite, fidelity = (
         load(run, "call1.json"),
@@ -214,6 +239,7 @@ def benchmarks_section(run: Path) -> str:
             if name in two
         ]
         lines.append(f"* UCX transport lines: {two.get('ucx_transport')}")
+    lines += kvprobe_lines(load(run, "kvprobe.json"))
     lines += [
         "",
         "Simulator fidelity against the same engines: [fidelity.md](fidelity.md).",
