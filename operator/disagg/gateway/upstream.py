@@ -3,11 +3,14 @@
 Two clients, both created once per process: ``UpstreamClient`` talks to the vLLM workers,
 ``KubeApiClient`` to the Kubernetes API server (EndpointSlice discovery) with the pod's
 service-account token and CA.  Everything else in the gateway sees plain bytes, status codes and
-``UpstreamError`` -- switching HTTP client is a change to this file only, and it was made once:
-the worker path runs on aiohttp because, measured (bench/gateway_bench.py, py-spy), httpx spent
-77% of the gateway's CPU per request, 29% in its connection pool's per-request scan of every
-pooled socket; aiohttp's pool does not scan.  The API-server client stays on httpx (a handful of
-requests a minute, and its transport injection makes discovery testable without a server).
+``UpstreamError`` -- switching HTTP client is a change to this file only, and it was made twice,
+each time measured on the benchmark's closed loop (bench/gateway_bench.py, py-spy): httpx spent
+77% of the gateway's CPU per request (29% in its pool's per-request scan of every pooled socket),
+so the worker path moved to aiohttp; aiohttp in turn was 34% of the CPU (plus timer and callback
+work in the event loop), so the worker path now runs on ``connection`` -- bare asyncio with
+httptools, the subset of HTTP/1.1 the gateway needs.  The API-server client stays on httpx (a
+handful of requests a minute, and its transport injection makes discovery testable without a
+server).
 
 Why the settings: a 5 s default timeout would kill long generations, so the worker client has a
 connect timeout, a per-call deadline for the non-streaming legs, and for streams only an
@@ -19,6 +22,7 @@ relayed byte for byte and workers are asked not to compress.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator, Mapping
@@ -26,8 +30,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-import aiohttp
 import httpx
+
+from disagg.gateway.connection import (
+    BrokenAnswer,
+    ConnectFailed,
+    Connection,
+    ConnectionPool,
+    Origin,
+    ReadTimeout,
+    split_url,
+)
 
 ErrorKind = Literal["connect", "timeout", "status", "protocol"]
 
@@ -49,12 +62,12 @@ class UpstreamError(Exception):
         self.body = body
 
 
-def _translate_aiohttp(exc: BaseException, url: str) -> UpstreamError:
-    # A connect that timed out never delivered the request: the worker did not see it.
-    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-        return UpstreamError("connect", f"{url}: cannot connect ({type(exc).__name__}: {exc})")
-    if isinstance(exc, TimeoutError):
-        return UpstreamError("timeout", f"{url}: timed out ({type(exc).__name__})")
+def _translate_wire(exc: Exception, url: str) -> UpstreamError:
+    # A connect that failed or timed out never delivered the request: the worker did not see it.
+    if isinstance(exc, ConnectFailed):
+        return UpstreamError("connect", f"{url}: cannot connect ({exc})")
+    if isinstance(exc, ReadTimeout):
+        return UpstreamError("timeout", f"{url}: timed out ({exc})")
     return UpstreamError("protocol", f"{url}: {type(exc).__name__}: {exc}")
 
 
@@ -66,50 +79,49 @@ def _translate(exc: httpx.HTTPError, url: str) -> UpstreamError:
     return UpstreamError("protocol", f"{url}: {type(exc).__name__}: {exc}")
 
 
-_CLIENT_ERRORS = (aiohttp.ClientError, TimeoutError)
+_WIRE_ERRORS = (ConnectFailed, ReadTimeout, BrokenAnswer, OSError)
 
 
 @dataclass(frozen=True)
 class Response:
     status: int
     headers: Mapping[str, str]
-    """Case-insensitive."""
+    """Names in lower case."""
     body: bytes
 
 
 class Stream:
     """An open streaming response: status and headers now, the raw body bytes as they come."""
 
-    def __init__(self, response: aiohttp.ClientResponse, url: str) -> None:
-        self._response = response
+    def __init__(self, conn: Connection, pool: ConnectionPool, url: str) -> None:
+        self._conn = conn
+        self._pool = pool
         self._url = url
-        self.status = response.status
-        self.headers: Mapping[str, str] = response.headers
+        self.status = conn.status
+        self.headers: Mapping[str, str] = conn.headers
 
     async def chunks(self) -> AsyncIterator[bytes]:
-        """The body bytes as the worker sent them (no decoding, no re-framing)."""
+        """The body bytes as the worker sent them (de-chunked, never decoded or re-framed)."""
+        conn = self._conn
         try:
-            async for chunk in self._response.content.iter_any():
+            while (chunk := await conn.next_chunk()) is not None:
                 yield chunk
-        except _CLIENT_ERRORS as exc:
-            raise _translate_aiohttp(exc, self._url) from exc
+        except _WIRE_ERRORS as exc:
+            raise _translate_wire(exc, self._url) from exc
 
     async def read(self) -> bytes:
         try:
-            return await self._response.read()
-        except _CLIENT_ERRORS as exc:
-            raise _translate_aiohttp(exc, self._url) from exc
+            return await self._conn.read_all()
+        except _WIRE_ERRORS as exc:
+            raise _translate_wire(exc, self._url) from exc
 
     async def aclose(self) -> None:
         """Return the connection to the pool if the body was read, else close it."""
-        if self._response.content.at_eof():
-            self._response.release()
-        else:
-            self._response.close()
+        self._pool.release(self._conn)
 
 
 class UpstreamClient:
-    """One pooled HTTP client for every worker of both pools (created in the running loop)."""
+    """One connection pool for every worker of both pools (created in the running loop)."""
 
     def __init__(
         self,
@@ -119,40 +131,44 @@ class UpstreamClient:
     ) -> None:
         self._connect = connect_seconds
         self._idle = stream_idle_seconds
-        self._keep_alive = keep_alive_expiry_seconds
-        self._session: aiohttp.ClientSession | None = None
+        self._pool = ConnectionPool(connect_seconds, keep_alive_expiry_seconds)
+        self._origins: dict[str, tuple[Origin, str]] = {}
 
-    def _client(self) -> aiohttp.ClientSession:
-        if self._session is None or self._session.closed:
-            connector = aiohttp.TCPConnector(
-                limit=0, keepalive_timeout=self._keep_alive, ttl_dns_cache=30
-            )
-            self._session = aiohttp.ClientSession(
-                connector=connector,
-                auto_decompress=False,
-                headers={"Accept-Encoding": "identity"},
-                trust_env=False,
-                timeout=aiohttp.ClientTimeout(
-                    total=None, sock_connect=self._connect, sock_read=self._idle
-                ),
-            )
-        return self._session
+    def _split(self, url: str) -> tuple[Origin, str]:
+        split = self._origins.get(url)
+        if split is None:
+            if len(self._origins) > 4096:  # worker URLs are few; never grow without bound
+                self._origins.clear()
+            split = self._origins[url] = split_url(url)
+        return split
 
-    def _deadline(self, total: float) -> aiohttp.ClientTimeout:
-        return aiohttp.ClientTimeout(total=total, sock_connect=min(self._connect, total))
+    async def _exchange(
+        self, method: bytes, url: str, body: bytes, headers: Mapping[str, str], deadline: float
+    ) -> Response:
+        origin, target = self._split(url)
+        loop = asyncio.get_running_loop()
+        conn: Connection | None = None
+        try:
+            conn = await self._pool.acquire(origin, min(self._connect, deadline))
+            timer = loop.call_later(deadline, conn.fail_timeout, f"no answer in {deadline:g}s")
+            try:
+                conn.send(method, target, headers, body)
+                await conn.head()
+                content = await conn.read_all()
+            finally:
+                timer.cancel()
+            return Response(conn.status, conn.headers, content)
+        except _WIRE_ERRORS as exc:
+            raise _translate_wire(exc, url) from exc
+        finally:
+            if conn is not None:
+                self._pool.release(conn)
 
     async def post(
         self, url: str, body: bytes, headers: Mapping[str, str], deadline_seconds: float
     ) -> Response:
         """POST and read the whole answer; HTTP error statuses are returned, not raised."""
-        try:
-            async with self._client().post(
-                url, data=body, headers=dict(headers), timeout=self._deadline(deadline_seconds)
-            ) as response:
-                content = await response.read()
-                return Response(response.status, response.headers, content)
-        except _CLIENT_ERRORS as exc:
-            raise _translate_aiohttp(exc, url) from exc
+        return await self._exchange(b"POST", url, body, headers, deadline_seconds)
 
     async def open_stream(
         self, url: str, body: bytes, headers: Mapping[str, str], first_byte_seconds: float
@@ -162,29 +178,28 @@ class UpstreamClient:
         ``first_byte_seconds`` bounds each wait for data; there is no total deadline: a
         generation may run for many minutes.
         """
-        timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=self._connect, sock_read=max(first_byte_seconds, self._idle)
-        )
+        origin, target = self._split(url)
+        conn: Connection | None = None
         try:
-            response = await self._client().post(
-                url, data=body, headers=dict(headers), timeout=timeout
-            )
-        except _CLIENT_ERRORS as exc:
-            raise _translate_aiohttp(exc, url) from exc
-        return Stream(response, url)
+            conn = await self._pool.acquire(origin)
+            conn.send(b"POST", target, headers, body)
+            conn.watch_idle(max(first_byte_seconds, self._idle))
+            await conn.head()
+        except _WIRE_ERRORS as exc:
+            if conn is not None:
+                conn.close()
+            raise _translate_wire(exc, url) from exc
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        return Stream(conn, self._pool, url)
 
     async def get(self, url: str, deadline_seconds: float) -> Response:
-        try:
-            async with self._client().get(
-                url, timeout=self._deadline(deadline_seconds)
-            ) as response:
-                return Response(response.status, response.headers, await response.read())
-        except _CLIENT_ERRORS as exc:
-            raise _translate_aiohttp(exc, url) from exc
+        return await self._exchange(b"GET", url, b"", {}, deadline_seconds)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
+        self._pool.close()
 
 
 SERVICE_ACCOUNT = Path("/var/run/secrets/kubernetes.io/serviceaccount")
