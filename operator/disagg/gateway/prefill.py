@@ -11,7 +11,6 @@ decode worker fed them could die or answer wrong.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ from disagg.gateway.handoff import HandoffRules, InvalidParams, PrefillSource, c
 from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.pools import Pool
 from disagg.gateway.replies import Reply, retryable
-from disagg.gateway.requests import encode, prefill_body
+from disagg.gateway.requests import encode, loads, prefill_body
 from disagg.gateway.routing.disagg import DisaggRouter
 from disagg.gateway.upstream import UpstreamClient, UpstreamError
 
@@ -96,7 +95,7 @@ class PrefillLeg:
     def _accept(self, ctx: RequestContext, url: str, body: bytes) -> bool:
         """Validate an answer's params into ``ctx``; False to try another worker."""
         try:
-            answer = json.loads(body)
+            answer = loads(body)
         except ValueError:
             answer = None
         if not isinstance(answer, dict) or not isinstance(answer.get("kv_transfer_params"), dict):

@@ -15,15 +15,27 @@ the prefill leg is a copy with ``stream: false``, ``max_tokens: 1`` (and
 ``max_completion_tokens: 1`` if present), ``stream_options`` and ``min_tokens`` removed and
 ``kv_transfer_params.do_remote_decode``; the decode leg is the original body plus the prefill
 answer's ``kv_transfer_params`` verbatim.
+
+JSON goes through msgspec (measured on the benchmark's bodies: parsing 5-6x and encoding 25x
+faster than the standard library, whose encoder is pure Python with ``ensure_ascii=False``;
+msgspec over orjson because it keeps integers past 64 bits exact, as the standard library
+does, where orjson turns them into floats).  msgspec refuses everything the strict reading
+refuses; any body it refuses is read again by the standard library, so a client sees exactly
+the error message it always did.  A body is parsed once; the prefill leg is a shallow copy of
+the parsed dict (only top-level keys change), never a deep copy or a second parse.  One
+difference remains, in a field the gateway does not check: a number too large for a float
+(``1e999``) reaches the worker as ``null``, where the standard library wrote ``Infinity`` --
+which is not JSON.
 """
 
 from __future__ import annotations
 
-import copy
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
+
+import msgspec
 
 Kind = Literal["completions", "chat"]
 
@@ -113,8 +125,30 @@ def _refuse_constant(name: str) -> Any:
     raise ValueError(f"{name} is not a JSON number")
 
 
+_DECODER = msgspec.json.Decoder()
+_ENCODER = msgspec.json.Encoder()
+
+
 def load_json(raw: bytes) -> Any:
     """Strict JSON: UTF-8, no lone surrogates, no NaN/Infinity; ``BadRequest`` otherwise."""
+    try:
+        body = _DECODER.decode(raw)
+    except (msgspec.MsgspecError, RecursionError):
+        return _load_json_slowly(raw)  # refused: the standard library says why
+    if not isinstance(body, dict):
+        return _load_json_slowly(raw)
+    return body
+
+
+def loads(raw: bytes) -> Any:
+    """Lenient JSON (a worker's answer): what the standard library accepts, fast when strict."""
+    try:
+        return _DECODER.decode(raw)
+    except (msgspec.MsgspecError, RecursionError):
+        return json.loads(raw)
+
+
+def _load_json_slowly(raw: bytes) -> Any:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -201,7 +235,7 @@ PREFILL_KV_TRANSFER_PARAMS: Mapping[str, Any] = {
 
 def prefill_body(body: Mapping[str, Any]) -> dict[str, Any]:
     """The prefill leg: compute the prompt's KV, generate one token, keep the blocks for decode."""
-    leg = copy.deepcopy(dict(body))
+    leg = dict(body)  # top-level keys change, nested values are shared and never mutated
     leg["stream"] = False
     leg["max_tokens"] = 1
     if "max_completion_tokens" in leg:
@@ -220,7 +254,11 @@ def decode_body(body: Mapping[str, Any], kv_transfer_params: Mapping[str, Any]) 
 
 
 def encode(body: Mapping[str, Any]) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    """Compact UTF-8 JSON (raises ``UnicodeEncodeError`` on a lone surrogate, as before)."""
+    try:
+        return _ENCODER.encode(body)
+    except msgspec.MsgspecError:
+        return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def error_body(message: str, type_: str, code: int | str, param: str | None = None) -> bytes:
