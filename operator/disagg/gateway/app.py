@@ -19,18 +19,19 @@ import asyncio
 import contextlib
 import hmac
 import logging
+import os
 import time
 import uuid
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-import anyio
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route as HTTPRoute
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from disagg.gateway.admission import ticket_for
 from disagg.gateway.config import GatewayConfig, PoolQueueConfig
@@ -77,6 +78,40 @@ def error_response(
     return Response(
         error_body(message, type_, code, param), status, headers, media_type="application/json"
     )
+
+
+class RelayResponse(StreamingResponse):
+    """A stream relayed to the client, with one plain asyncio task watching for its departure.
+
+    Starlette's ``StreamingResponse`` runs the stream and a disconnect listener in an anyio task
+    group -- a cancel scope, tasks and a weak set per response, which the profile showed.  Here
+    the listener cancels the sending task when the client goes away; the relay's generator is
+    then closed, so the decode worker's connection is dropped and the slot released, as before.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        gone = asyncio.Event()
+
+        async def listen() -> None:
+            while (await receive())["type"] != "http.disconnect":
+                pass
+            gone.set()
+            task.cancel()
+
+        listener = asyncio.ensure_future(listen())
+        try:
+            await self.stream_response(send)
+        except asyncio.CancelledError:
+            if not gone.is_set():
+                raise
+            task.uncancel()
+        finally:
+            listener.cancel()
+            close = getattr(self.body_iterator, "aclose", None)
+            if close is not None:
+                await close()
 
 
 class Gateway:
@@ -190,7 +225,7 @@ class Gateway:
         chunks: list[bytes] = []
         size = 0
         try:
-            with anyio.fail_after(self.config.timeouts.body_read_seconds):
+            async with asyncio.timeout(self.config.timeouts.body_read_seconds):
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > limit:
@@ -211,11 +246,15 @@ class Gateway:
         return await self._serve(request, "chat")
 
     async def _serve(self, request: Request, kind: Kind) -> Response:
-        route = Route(f"disagg-{uuid.uuid4().hex}")
+        route = Route(f"disagg-{os.urandom(16).hex()}")
         response = await self._respond(request, kind, route)
+        raw = response.raw_headers  # appended to directly: MutableHeaders rescans per call
+        present = {name for name, _ in raw}
         for name, value in route.headers().items():
-            response.headers.setdefault(name, value)
-        self.metrics.requests.labels(request.url.path, str(response.status_code)).inc()
+            key = name.lower().encode("latin-1")
+            if key not in present:
+                raw.append((key, value.encode("latin-1")))
+        self.metrics.requests.labels(request.scope["path"], str(response.status_code)).inc()
         return response
 
     async def _respond(self, request: Request, kind: Kind, route: Route) -> Response:
@@ -271,34 +310,44 @@ class Gateway:
                 500, f"internal gateway error (request {route.request_id})", "internal_error", 500
             )
         if isinstance(outcome, StreamReply):
-            return StreamingResponse(outcome.chunks, 200, media_type=outcome.content_type)
+            return RelayResponse(outcome.chunks, 200, media_type=outcome.content_type)
         return self._plain(outcome)
 
     async def _until_disconnect(
         self, request: Request, work: Coroutine[Any, Any, Reply | StreamReply]
     ) -> Reply | StreamReply:
-        """Run the flow, cancelled (``ClientGone``) if the client disconnects meanwhile: the
-        body is read, so the next ASGI message can only be ``http.disconnect``."""
-        flow = asyncio.ensure_future(work)
-        watcher = asyncio.ensure_future(request.receive())
+        """Run the flow in this task; if the client disconnects meanwhile, a listener cancels it
+        (``ClientGone``).  The body is read, so the next ASGI message can only be
+        ``http.disconnect``.  The listener runs only while this task waits, so its cancel always
+        lands inside ``work`` (one task per request, not two plus a wait)."""
+        task = asyncio.current_task()
+        assert task is not None
+        gone = False
+
+        async def listen() -> None:
+            nonlocal gone
+            await request.receive()
+            gone = True
+            task.cancel()
+
+        listener = asyncio.ensure_future(listen())
         try:
-            done, _ = await asyncio.wait({flow, watcher}, return_when=asyncio.FIRST_COMPLETED)
+            outcome = await work
         except asyncio.CancelledError:
-            flow.cancel()
-            raise
+            if not gone:
+                raise
+            task.uncancel()
+            raise ClientGone from None
         finally:
-            watcher.cancel()
-        if flow in done:
-            result: Reply | StreamReply = flow.result()
-            return result
-        flow.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            outcome = await flow
-            if isinstance(outcome, StreamReply):  # committed just as the client left
-                close = getattr(outcome.chunks, "aclose", None)
-                if close is not None:
+            listener.cancel()
+        if gone:  # answered just as the client left (a cancel that came too late to land)
+            chunks = outcome.chunks if isinstance(outcome, StreamReply) else None
+            close = getattr(chunks, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
                     await close()
-        raise ClientGone
+            raise ClientGone
+        return outcome
 
     @staticmethod
     def _plain(reply: Reply) -> Response:
@@ -349,7 +398,24 @@ class Gateway:
         return error_response(status, f"{detail}: {request.method} {request.url.path}",
                               "invalid_request_error", status, headers=route.headers())  # fmt: skip
 
-    def app(self) -> Starlette:
+    def app(self) -> ASGIApp:
+        """The two completion routes straight to their handler, everything else via Starlette:
+        its router and exception middlewares wrap every ``send`` -- once per streamed token --
+        and the handler already maps every outcome, errors included, to a response."""
+        starlette = self._starlette()
+        hot: dict[str, Kind] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
+
+        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
+            kind = hot.get(scope["path"]) if scope["type"] == "http" else None
+            if kind is None or scope["method"] != "POST":
+                await starlette(scope, receive, send)
+                return
+            response = await self._serve(Request(scope, receive), kind)
+            await response(scope, receive, send)
+
+        return asgi
+
+    def _starlette(self) -> Starlette:
         return Starlette(
             routes=[
                 HTTPRoute("/v1/completions", self.completions, methods=["POST"]),

@@ -11,11 +11,47 @@ pod does not linger as a flat line.
 from __future__ import annotations
 
 import contextlib
+from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+import prometheus_client
+from prometheus_client import CollectorRegistry, disable_created_metrics
 
 #: Why a KV hand-off was abandoned (the ``reason`` label of ``kv_handoff_failures``).
 HANDOFF_FAILURES = ("invalid_params", "lease_budget", "load_failed")
+
+
+class _CachedLabels:
+    """``labels()`` from a dict: prometheus-client validates and locks on every call, which the
+    profile showed on the request path (several calls per request); a child, once made, is
+    reused until ``remove``/``clear``."""
+
+    def labels(self, *values: Any) -> Any:
+        cache: dict[tuple[Any, ...], Any] = self.__dict__.setdefault("_children_cache", {})
+        child = cache.get(values)
+        if child is None:
+            child = cache[values] = super().labels(*values)  # type: ignore[misc]
+        return child
+
+    def remove(self, *values: Any) -> None:
+        self.__dict__.get("_children_cache", {}).clear()
+        super().remove(*values)  # type: ignore[misc]
+
+    def clear(self) -> None:
+        self.__dict__.get("_children_cache", {}).clear()
+        super().clear()  # type: ignore[misc]
+
+
+class Counter(_CachedLabels, prometheus_client.Counter):  # type: ignore[misc]
+    pass
+
+
+class Gauge(_CachedLabels, prometheus_client.Gauge):  # type: ignore[misc]
+    pass
+
+
+class Histogram(_CachedLabels, prometheus_client.Histogram):  # type: ignore[misc]
+    pass
+
 
 # ``*_created`` series double the exposition for no use to an HPA or a dashboard.
 disable_created_metrics()  # type: ignore[no-untyped-call]

@@ -52,10 +52,11 @@ def block_hashes(tokens: Sequence[Token], block_size: int) -> tuple[int, ...]:
     hashes: list[int] = []
     parent = b"\x00" * 8
     for start in range(0, len(tokens) - block_size + 1, block_size):
+        # One update per block: the same bytes as one update per token and separator (a
+        # streaming hash), at a fraction of the calls.
+        text = "\x1f".join(map(repr, tokens[start : start + block_size])) + "\x1f"
         h = hashlib.blake2b(parent, digest_size=8)
-        for token in tokens[start : start + block_size]:
-            h.update(repr(token).encode("utf-8"))
-            h.update(b"\x1f")
+        h.update(text.encode("utf-8"))
         parent = h.digest()
         hashes.append(int.from_bytes(parent, "big"))
     return tuple(hashes)
