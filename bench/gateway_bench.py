@@ -2,12 +2,13 @@
 
 Two parts, one run (``python bench/gateway_bench.py``; about 4 minutes on 2 cores):
 
-1. Overhead.  One prefill and two decode sims at ``--sim-speedup 100`` (engine time ~0), unique
-   ~400-token prompts, 8 output tokens, not streamed.  "direct" is this script doing the two P/D
-   legs itself (a zero-cost proxy); the routers do the same two legs.  Requests are interleaved
-   (direct, ours, vllm-router, direct, ...) so noise hits all alike.  Added latency = router
-   latency - direct latency of the same round.  Then a closed loop (32 in flight) per router,
-   with the router process's CPU time from /proc: requests per CPU-second = per core.
+1. Overhead (``bench/overhead.py``).  One prefill and two decode sims at ``--sim-speedup 100``
+   (engine time ~0), unique ~400-token prompts, 32 streamed output tokens, closed loops of 1, 32
+   and 256 concurrent streams through each path: "direct" (this script doing the two P/D legs
+   itself, a zero-cost proxy), our gateway, vllm-router.  Added latency = router latency -
+   direct latency at the same concurrency in the same repeat; requests per CPU-second of the
+   router process (/proc) = per core; CPU per 1,000 streamed tokens.  The sweep runs
+   ``--overhead-repeats`` times (3) and every figure is shown with its spread.
 2. Routing quality.  Four sims at real speed (Llama-3.1-8B on H100, the sim's defaults), one
    seeded workload -- chat requests sharing a few long system prompts (Poisson arrivals) plus
    bursts of long unique prompts -- replayed against (a) all four sims aggregated behind our
@@ -26,7 +27,6 @@ import argparse
 import asyncio
 import os
 import platform
-import random
 import shutil
 import subprocess
 import sys
@@ -42,8 +42,8 @@ sys.path[:0] = [str(ROOT), str(ROOT / "operator"), str(ROOT / "bench")]
 import httpx  # noqa: E402
 from tests.gateway_procs import Proc, clear, free_port, start_gateway, start_sims  # noqa: E402
 
-from disagg.gateway.requests import decode_body, prefill_body  # noqa: E402
-from loadgen import Result, Workload, percentile, run_workload, whole_request, words  # noqa: E402
+from loadgen import Result, Workload, percentile, run_workload  # noqa: E402
+from overhead import CONCURRENCY, Row, cpu_seconds, measure  # noqa: E402
 
 MODEL = "m"
 
@@ -101,99 +101,6 @@ def start_vllm_router(binary: str, prefill: Sequence[str], decode: Sequence[str]
     for url in decode:
         argv += ["--decode", url]
     return Proc(f"vllm-router-{port}", argv, port, "/health", timeout=60)
-
-
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks
-
-
-# -- part 1: overhead -------------------------------------------------------------------------
-
-
-def overhead_body(rng: random.Random) -> dict[str, Any]:
-    return {"model": MODEL, "prompt": words(rng, 200, "o"), "max_tokens": 8}
-
-
-async def direct_pd(
-    client: httpx.AsyncClient, prefill: str, decode: str, body: dict[str, Any]
-) -> Result:
-    """The two legs with no proxy in between: the latency floor of P/D."""
-    start = time.perf_counter()
-    first = await client.post(prefill + "/v1/completions", json=prefill_body(body))
-    params = first.json()["kv_transfer_params"]
-    second = await client.post(decode + "/v1/completions", json=decode_body(body, params))
-    return Result(second.status_code == 200, time.perf_counter() - start)
-
-
-async def closed_loop(
-    client: httpx.AsyncClient,
-    url: str,
-    bodies: list[dict[str, Any]],
-    seconds: float,
-    concurrency: int,
-) -> tuple[int, int]:
-    """``concurrency`` requests always in flight for ``seconds``: (completed, failed)."""
-    deadline = time.perf_counter() + seconds
-    counts = [0, 0]
-
-    async def worker() -> None:
-        while time.perf_counter() < deadline and bodies:
-            result = await whole_request(client, url, bodies.pop())
-            counts[0 if result.ok else 1] += 1
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return counts[0], counts[1]
-
-
-@dataclass
-class Overhead:
-    name: str
-    latencies: list[float]
-    added_p50: float = float("nan")
-    """p50 latency minus the direct path's p50 (same rounds)."""
-    added_p99: float = float("nan")
-    rps: float = float("nan")
-    rps_per_core: float = float("nan")
-    errors: int = 0
-
-
-async def measure_overhead(
-    routers: dict[str, Proc], prefill: str, decode: str, rounds: int, loop_seconds: float
-) -> list[Overhead]:
-    rng = random.Random(11)
-    limits = httpx.Limits(max_connections=None, keepalive_expiry=4.0)
-    async with httpx.AsyncClient(limits=limits, timeout=60.0, trust_env=False) as client:
-        stats = {n: Overhead(n, []) for n in ["direct", *routers]}
-        for i in range(rounds + 10):
-            body = overhead_body(rng)
-            direct = await direct_pd(client, prefill, decode, body)
-            results = {"direct": direct}
-            for name, proc in routers.items():  # a fresh prompt each: no cache hits between paths
-                url = proc.url + "/v1/completions"
-                results[name] = await whole_request(client, url, overhead_body(rng))
-            if i < 10:
-                continue  # warm-up: connections, caches, JIT-less Python warm paths
-            for name, result in results.items():
-                stats[name].errors += 0 if result.ok else 1
-                stats[name].latencies.append(result.latency)
-        base = stats["direct"].latencies
-        for row in stats.values():
-            row.added_p50 = percentile(row.latencies, 50) - percentile(base, 50)
-            row.added_p99 = percentile(row.latencies, 99) - percentile(base, 99)
-        for name, proc in routers.items():
-            bodies = [overhead_body(rng) for _ in range(4000)]
-            cpu0, t0 = cpu_seconds(proc.popen.pid), time.perf_counter()
-            done, errors = await closed_loop(
-                client, proc.url + "/v1/completions", bodies, loop_seconds, concurrency=32
-            )
-            cpu, wall = cpu_seconds(proc.popen.pid) - cpu0, time.perf_counter() - t0
-            stats[name].errors += errors
-            stats[name].rps = done / wall
-            stats[name].rps_per_core = done / cpu if cpu > 0 else float("nan")
-        return list(stats.values())
 
 
 # -- part 2: routing quality ------------------------------------------------------------------
@@ -344,8 +251,16 @@ def ratio(ours: float, theirs: float) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vllm-router", help="path to the vllm-router executable")
-    parser.add_argument("--rounds", type=int, default=300)
-    parser.add_argument("--loop-seconds", type=float, default=6.0)
+    parser.add_argument(
+        "--phase-seconds", type=float, default=4.0, help="closed loop per path and concurrency"
+    )
+    parser.add_argument(
+        "--overhead-repeats", type=int, default=3, help="sweeps of the overhead part"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, nargs="+", default=list(CONCURRENCY), help="streams"
+    )
+    parser.add_argument("--skip-quality", action="store_true", help="only the overhead part")
     parser.add_argument("--quality-seconds", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=2, help="runs per routing setup")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
@@ -358,6 +273,7 @@ def main(argv: list[str] | None = None) -> int:
         "load": os.getloadavg(),
         "python": platform.python_version(),
         "vllm_router": vllm_router_version(binary) if binary else "absent",
+        "overhead_repeats": args.overhead_repeats,
     }
     print(f"environment: {env}", flush=True)
 
@@ -385,12 +301,21 @@ def main(argv: list[str] | None = None) -> int:
         if binary:
             routers["vllm-router"] = start_vllm_router(binary, [pre], dec)
         overhead = asyncio.run(
-            measure_overhead(routers, pre, dec[0], args.rounds, args.loop_seconds)
+            measure(
+                routers,
+                pre,
+                dec[0],
+                args.overhead_repeats,
+                args.phase_seconds,
+                tuple(args.concurrency),
+            )
         )
     finally:
         for proc in [*routers.values(), *fast]:
             proc.stop()
     print_overhead(overhead)
+    if args.skip_quality:
+        return 0
 
     # part 2
     sims = start_sims(4)
@@ -425,6 +350,7 @@ def main(argv: list[str] | None = None) -> int:
     quality = list(pooled.values())
     print_quality(quality)
     elapsed = time.monotonic() - began
+    env["load_end"] = os.getloadavg()
     print(f"benchmark took {elapsed:.0f} s", flush=True)
     from report import write_report
 
@@ -434,11 +360,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def print_overhead(rows: list[Overhead]) -> None:
-    from report import overhead_rows, text_table
+def print_overhead(rows: list[Row]) -> None:
+    from report import goals, overhead_rows, text_table
 
-    print("\nOverhead (P/D, non-streaming, ~400-token prompt, 8 tokens)")
+    print("\nOverhead (P/D, streamed, ~400-token prompt, 32 tokens; median (min-max) of repeats)")
     print(text_table(overhead_rows(rows)), flush=True)
+    print(goals(rows), flush=True)
 
 
 def print_quality(rows: list[Quality]) -> None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import statistics
 from pathlib import Path
 from typing import Any
 
 from gpu.sections import REAL_VLLM_BEGIN, REAL_VLLM_END
-from loadgen import Workload, percentile
+from loadgen import Workload
+from overhead import TOKENS
 from sections import PRECISE_BEGIN, PRECISE_END
 
 PLOT = "benchmarks-gateway.png"
@@ -25,12 +27,14 @@ def _ratio(ours: float, theirs: float, higher_is_better: bool = False) -> str:
 
 OVERHEAD_HEADER = [
     "path",
+    "streams",
     "p50 ms",
     "p99 ms",
     "added p50 ms",
     "added p99 ms",
     "req/s",
     "req/s per core",
+    "CPU ms per 1k tokens",
     "errors",
 ]
 QUALITY_HEADER = [
@@ -48,15 +52,30 @@ QUALITY_HEADER = [
 ]
 
 
+def _median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
 def _figures_overhead(o: Any) -> list[float]:
+    """Medians over the repeats: p50, p99, added p50, added p99, req/s, per core, CPU/1k tok."""
     return [
-        percentile(o.latencies, 50),
-        percentile(o.latencies, 99),
-        o.added_p50,
-        o.added_p99,
-        o.rps,
-        o.rps_per_core,
+        _median(o.p(50)),
+        _median(o.p(99)),
+        _median(o.added_p50),
+        _median(o.added_p99),
+        _median(o.rps()),
+        _median(o.per_core()),
+        _median(o.cpu_per_1k_tokens()),
     ]
+
+
+def _spread(values: list[float], fmt: Any) -> str:
+    """``median (min-max)`` of the repeats."""
+    if not values:
+        return "-"
+    if len(values) == 1:
+        return fmt(values[0])
+    return f"{fmt(_median(values))} ({fmt(min(values))}-{fmt(max(values))})"
 
 
 def _figures_quality(q: Any) -> list[float]:
@@ -77,34 +96,55 @@ def _ratio_row(label: str, ours: list[float], theirs: list[float], width: int) -
 
 
 def overhead_rows(overhead: list[Any]) -> list[list[str]]:
-    """Header, one row per path, then ours / vllm-router for every figure."""
+    """Header; per concurrency one row per path, then ours / vllm-router (medians)."""
     rows = [OVERHEAD_HEADER]
-    for o in overhead:
-        p50, p99, a50, a99, rps, per_core = _figures_overhead(o)
-        router = o.name != "direct"
-        rows.append(
-            [
-                o.name,
-                _ms(p50),
-                _ms(p99),
-                _ms(a50) if router else "-",
-                _ms(a99) if router else "-",
-                f"{rps:.0f}" if router else "-",
-                f"{per_core:.0f}" if router else "-",
-                str(o.errors),
-            ]
-        )
-    by = {o.name: o for o in overhead}
-    if "ours" in by and "vllm-router" in by:
-        rows.append(
-            _ratio_row(
-                "ours / vllm-router",
-                _figures_overhead(by["ours"]),
-                _figures_overhead(by["vllm-router"]),
-                len(OVERHEAD_HEADER),
+    by = {(o.name, o.concurrency): o for o in overhead}
+    for c in sorted({o.concurrency for o in overhead}):
+        for o in (o for o in overhead if o.concurrency == c):
+            router = o.name != "direct"
+            ms = [x * 1000 for x in o.added_p50], [x * 1000 for x in o.added_p99]
+            rows.append(
+                [
+                    o.name,
+                    str(c),
+                    _ms(_median(o.p(50))),
+                    _ms(_median(o.p(99))),
+                    _spread(ms[0], lambda x: f"{x:.1f}") if router else "-",
+                    _spread(ms[1], lambda x: f"{x:.1f}") if router else "-",
+                    f"{_median(o.rps()):.0f}",
+                    _spread(o.per_core(), lambda x: f"{x:.0f}") if router else "-",
+                    _spread([x * 1000 for x in o.cpu_per_1k_tokens()], lambda x: f"{x:.0f}")
+                    if router
+                    else "-",
+                    str(o.errors),
+                ]
             )
-        )
+        if ("ours", c) in by and ("vllm-router", c) in by:
+            ours, theirs = _figures_overhead(by["ours", c]), _figures_overhead(by["vllm-router", c])
+            cells = [_ratio(a, b) for a, b in zip(ours, theirs, strict=True)]
+            rows.append(["ours / vllm-router", str(c), *cells, ""])
     return rows
+
+
+def goals(overhead: list[Any]) -> str:
+    """Issue 16's targets, met or not, from the medians."""
+    by = {(o.name, o.concurrency): o for o in overhead}
+    out = []
+    for c in sorted({o.concurrency for o in overhead}):
+        if ("ours", c) not in by or ("vllm-router", c) not in by:
+            continue
+        ours, theirs = by["ours", c], by["vllm-router", c]
+        per_core = _median(ours.per_core()) / _median(theirs.per_core())
+        out.append(f"req/s per core at {c} streams {per_core:.2f}x")
+        a99, b99 = _median(ours.added_p99), _median(theirs.added_p99)
+        if c == 1:
+            out.append(f"added p99 at 1 stream {a99 * 1000:.1f} ms (goal < 2 ms)")
+        if c == max(o.concurrency for o in overhead):
+            verdict = "met" if a99 <= b99 else "not met"
+            out.append(
+                f"added p99 at {c} streams {a99 * 1000:.1f} vs {b99 * 1000:.1f} ms ({verdict})"
+            )
+    return "Goals (issue 16: per core >= 1.0x vllm-router's): " + "; ".join(out)
 
 
 def quality_rows(quality: list[Any]) -> list[list[str]]:
@@ -160,16 +200,19 @@ def _plot(path: Path, overhead: list[Any], quality: list[Any]) -> None:
     fig, (left, middle, right) = plt.subplots(
         1, 3, figsize=(16, 4.5), gridspec_kw={"width_ratios": [1, 1, 1.6]}
     )
-    routers = [o for o in overhead if o.name != "direct"]
-    xs = range(len(routers))
-    left.bar([x - 0.2 for x in xs], [o.added_p50 * 1000 for o in routers], 0.4, label="p50")
-    left.bar([x + 0.2 for x in xs], [o.added_p99 * 1000 for o in routers], 0.4, label="p99")
-    left.set_xticks(list(xs), [o.name for o in routers])
-    left.set_ylabel("ms added vs the direct P/D legs")
-    left.set_title("Added latency per request")
-    left.legend()
-    middle.bar(list(xs), [o.rps_per_core for o in routers], 0.5, color="tab:green")
-    middle.set_xticks(list(xs), [o.name for o in routers])
+    routers = sorted({o.name for o in overhead if o.name != "direct"})
+    levels = sorted({o.concurrency for o in overhead})
+    by = {(o.name, o.concurrency): o for o in overhead}
+    width = 0.8 / max(1, len(routers))
+    for i, name in enumerate(routers):
+        xs = [x + (i - (len(routers) - 1) / 2) * width for x in range(len(levels))]
+        left.bar(xs, [_median(by[name, c].added_p99) * 1000 for c in levels], width, label=name)
+        middle.bar(xs, [_median(by[name, c].per_core()) for c in levels], width, label=name)
+    for ax in (left, middle):
+        ax.set_xticks(range(len(levels)), [f"{c} streams" for c in levels])
+        ax.legend()
+    left.set_ylabel("ms added to p99 vs the direct P/D legs")
+    left.set_title("Added p99 latency (streamed)")
     middle.set_ylabel("requests per CPU-second of the router")
     middle.set_title("Throughput per core (P/D, 2 legs)")
     names = [q.name for q in quality]
@@ -218,7 +261,8 @@ def write_report(
         f"Generated by `python bench/gateway_bench.py` on "
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC in {elapsed:.0f} s. "
         f"Machine: {env['cpus']} CPUs shared by the simulators, the routers and the load "
-        f"generator (load average at start {env['load'][0]:.1f}); Python {env['python']}; "
+        f"generator and, at times, other work (load average {env['load'][0]:.1f} at the start, "
+        f"{env.get('load_end', env['load'])[0]:.1f} at the end); Python {env['python']}; "
         f"vllm-router {env['vllm_router']}.",
         "",
     ]
@@ -236,19 +280,26 @@ def write_report(
         "### Overhead",
         "",
         "One prefill and two decode sims at `--sim-speedup 100` (engine time near zero), unique",
-        "~400-token prompts, 8 output tokens, not streamed, one request at a time, the paths",
-        "interleaved. *direct* = the benchmark itself doing the two P/D legs (prefill with",
-        "`max_tokens: 1` + `kv_transfer_params`, then decode), i.e. a proxy that costs nothing.",
-        "*Added* pXX = a router's pXX latency minus the direct path's pXX over the same rounds",
-        "(noisy on a shared 2-core machine: the p99s move by tens of ms between runs). Our gateway",
-        "ran with `--min-uncached-prompt-tokens 0` so that it, too, disaggregates every request,",
-        "and with its admission limits raised to vllm-router's `--max-concurrent-requests 1024`.",
-        "Throughput: 32 requests in flight for a few seconds per router; *req/s per core* =",
-        "completed requests / CPU seconds the router process used (all its threads).",
+        f"~400-token prompts, {TOKENS} output tokens streamed (one SSE event each). For 1, 32 and",
+        "256 concurrent streams, each path in turn serves a closed loop (every stream sends its",
+        "next request when the last one ended) for a few seconds; the sweep ran",
+        f"{env.get('overhead_repeats', 3)} times and every figure below is the median of the",
+        "repeats, with (min-max) where it is a goal of issue 16. *direct* = the benchmark itself",
+        "doing the two P/D legs (prefill with `max_tokens: 1` + `kv_transfer_params`, then the",
+        "decode stream), i.e. a proxy that costs nothing. *Added* pXX = a router's pXX latency",
+        "(request sent to last byte) minus the direct path's pXX at the same concurrency in the",
+        "same repeat. *req/s per core* = completed requests / CPU seconds the router process",
+        "used (all its threads); *CPU ms per 1k tokens* = the router's CPU per 1,000 streamed",
+        "tokens. Our gateway ran with `--min-uncached-prompt-tokens 0` so that it, too,",
+        "disaggregates every request, with its admission limits raised to vllm-router's",
+        "`--max-concurrent-requests 1024`, one worker process. The load generator is one Python",
+        "process on the same 2 cores: at 256 streams it, not the routers, sets the pace, and the",
+        "direct path's client does both legs -- compare the routers with each other there.",
         "",
     ]
     lines += markdown_table(overhead_rows(overhead))
-    errors = {o.name: o.errors for o in overhead if o.errors}
+    lines += ["", goals(overhead) + "."]
+    errors = {f"{o.name} at {o.concurrency}": o.errors for o in overhead if o.errors}
     if errors:
         lines += ["", f"Failed requests during the overhead runs: {errors}."]
     lines += [
@@ -300,7 +351,7 @@ def write_report(
         "router's relay) shows up as a slow engine step -- compare the run-to-run spread above",
         "before reading much into a p99 ratio.",
     ]
-    if any(o.added_p99 < 0 for o in overhead if o.name != "direct"):
+    if any(_median(o.added_p99) < 0 for o in overhead if o.name != "direct"):
         lines += [
             "The overhead table's negative *added p99* is that noise too: in this run the direct",
             "path had the worse outliers.",
