@@ -141,3 +141,15 @@ def test_the_lease_field_wins_over_one_in_extra_config() -> None:
     ][0]["args"]
     kv = json.loads(args[args.index("--kv-transfer-config") + 1])
     assert kv["kv_connector_extra_config"] == {"kv_lease_duration": 12, "x": 1}
+
+
+def test_gateway_workers_become_processes_in_one_pod() -> None:
+    def gateway_args(d: DisaggDeployment) -> list[str]:
+        objects = render_disaggdeployment_children("llm", "ns", d.spec)
+        deployment = next(o for o in objects if o["kind"] == "Deployment")
+        args: list[str] = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+        return args
+
+    assert "--workers" not in gateway_args(dd())  # one process: the default
+    args = gateway_args(dd(gateway={"workers": 3, "cpu": "3"}))
+    assert args[args.index("--workers") + 1] == "3"

@@ -158,6 +158,11 @@ class GatewaySpec(ApiModel):
     """Routing policy."""
     api_key_secret_ref: SecretKeyRef | None = None
     """Secret key holding the API key clients must send as ``Authorization: Bearer``."""
+    workers: int = Field(default=1, ge=1, le=64)
+    """Gateway processes per pod, sharing its port (``disagg gateway --workers``): about one per
+    core of ``cpu``.  One by default: measured (docs/benchmarks.md), a process uses a core's
+    worth of requests per CPU-second either way, and one per pod keeps a pod's routing state in
+    one place; raise it with ``cpu`` for more requests per pod."""
     cpu: CPURequest = "1"
     """CPU request of a gateway pod; above 0."""
     memory: ContainerMemory = "512Mi"

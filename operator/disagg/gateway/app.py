@@ -25,7 +25,7 @@ import uuid
 from collections.abc import AsyncIterator, Coroutine
 from typing import Any
 
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
@@ -388,7 +388,7 @@ class Gateway:
         return JSONResponse(self.precise.describe())
 
     async def metrics_endpoint(self, request: Request) -> Response:
-        return Response(generate_latest(self.metrics.registry), 200, media_type=CONTENT_TYPE_LATEST)
+        return Response(self.metrics.exposition(), 200, media_type=CONTENT_TYPE_LATEST)
 
     async def http_error(self, request: Request, exc: Exception) -> Response:
         """Unknown paths and methods: OpenAI-shaped too."""

@@ -24,6 +24,7 @@ from disagg.gateway.config import GatewayConfig, StaticDiscovery, load_config
 from disagg.gateway.discovery import Discovery, PodDiscovery
 from disagg.gateway.discovery import StaticDiscovery as StaticSource
 from disagg.gateway.upstream import KubeApiClient, UpstreamError
+from disagg.gateway.workers import WORKER_SHARE_ENV
 
 API_KEY_ENV = "DISAGG_API_KEY"
 
@@ -69,6 +70,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--log-level", default="info", choices=["debug", "info", "warning", "error"]
     )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        metavar="N",
+        help="gateway processes sharing the port (SO_REUSEPORT), about one per core",
+    )
     return parser
 
 
@@ -88,6 +96,11 @@ def resolve(args: argparse.Namespace) -> tuple[GatewayConfig, Discovery]:
     if args.prefill or args.decode:
         config.discovery.static = StaticDiscovery(prefill=args.prefill, decode=args.decode)
         config.discovery.kubernetes = None
+    share = int(os.environ.get(WORKER_SHARE_ENV, "1") or 1)
+    if share > 1:  # one of several processes of one pod: admit this process's share
+        for pool in (config.queue.prefill, config.queue.decode):
+            pool.max_inflight_per_worker = -(-pool.max_inflight_per_worker // share)
+            pool.max_queued = -(-pool.max_queued // share)
     if args.min_uncached_prompt_tokens is not None:
         if args.min_uncached_prompt_tokens < 0:
             raise ValueError("--min-uncached-prompt-tokens must be >= 0")
@@ -104,6 +117,9 @@ def resolve(args: argparse.Namespace) -> tuple[GatewayConfig, Discovery]:
 
 def main(argv: list[str]) -> int:
     args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        print("disagg gateway: --workers must be >= 1", file=sys.stderr)
+        return 2
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -123,6 +139,10 @@ def main(argv: list[str]) -> int:
         print(f"disagg gateway: {exc}", file=sys.stderr)
         return 2
 
+    if args.workers > 1:  # checked above in this process; now the N that serve
+        from disagg.gateway.workers import supervise
+
+        return supervise(argv, args.workers)
     from disagg.gateway.server import serve
 
     logging.getLogger(__name__).info(

@@ -102,11 +102,15 @@ class KVEventMetrics:
             registry=registry,
         )
         self.index_blocks = Gauge(
-            "disagg_gateway_kv_index_blocks", "Block keys in the KV-event index", registry=registry
+            "disagg_gateway_kv_index_blocks",
+            "Block keys in the KV-event index",
+            multiprocess_mode="livemax",
+            registry=registry,
         )
         self.synced = Gauge(
             "disagg_gateway_kv_streams_synced",
             "Worker event streams currently connected and complete",
+            multiprocess_mode="livemin",
             registry=registry,
         )
 

@@ -11,10 +11,11 @@ pod does not linger as a flat line.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, disable_created_metrics
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 
 #: Why a KV hand-off was abandoned (the ``reason`` label of ``kv_handoff_failures``).
 HANDOFF_FAILURES = ("invalid_params", "lease_budget", "load_failed")
@@ -109,12 +110,14 @@ class GatewayMetrics:
             "disagg_gateway_queue_depth",
             "Requests waiting in the gateway's admission queue for a pool.",
             ["pool", "role"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.inflight = Gauge(
             "disagg_gateway_inflight_requests",
             "Requests the gateway has in flight to a pool (admitted, not finished).",
             ["pool", "role"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.busy_workers = Gauge(
@@ -136,18 +139,21 @@ class GatewayMetrics:
             "disagg_gateway_ready_workers",
             "Workers discovery reports ready (and not terminating) in a pool.",
             ["pool", "role"],
+            multiprocess_mode="livemax",
             registry=r,
         )
         self.worker_inflight = Gauge(
             "disagg_gateway_worker_inflight_requests",
             "Requests in flight to one worker.",
             ["pool", "role", "worker"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.worker_healthy = Gauge(
             "disagg_gateway_worker_healthy",
             "1 if the worker's last scrape succeeded and no connection failed since, else 0.",
             ["pool", "role", "worker"],
+            multiprocess_mode="livemin",
             registry=r,
         )
         self.requests = Counter(
@@ -218,6 +224,17 @@ class GatewayMetrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+
+    def exposition(self) -> bytes:
+        """The text ``/metrics`` serves: this process's registry, or -- one of several
+        processes (``workers``) -- every process's series, aggregated from the shared files."""
+        if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            from prometheus_client import multiprocess
+
+            registry = CollectorRegistry()
+            multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+            return bytes(generate_latest(registry))
+        return bytes(generate_latest(self.registry))
 
     def init_pool(self, pool: str, role: str) -> None:
         """Export zeros for a pool before its first request (HPAs need the series)."""

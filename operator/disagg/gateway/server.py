@@ -21,6 +21,8 @@ import asyncio
 import gc
 import json
 import logging
+import os
+import socket
 import uuid
 from types import FrameType
 from typing import Any
@@ -30,6 +32,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from disagg.gateway.app import Gateway
 from disagg.gateway.config import GatewayConfig
+from disagg.gateway.workers import REUSE_PORT_ENV
 
 log = logging.getLogger(__name__)
 LINGER_SECONDS = 2.0
@@ -246,4 +249,19 @@ def serve(gateway: Gateway, host: str, port: int, log_level: str) -> None:
         http=protocol_for(config),
         timeout_graceful_shutdown=int(config.shutdown.timeout_seconds) or None,
     )
-    GatewayServer(uv_config, gateway, config.shutdown.delay_seconds).run()
+    server = GatewayServer(uv_config, gateway, config.shutdown.delay_seconds)
+    if os.environ.get(REUSE_PORT_ENV):  # one of several processes on this port (``workers``)
+        server.run(sockets=[_reuse_port_socket(host, port)])
+    else:
+        server.run()
+
+
+def _reuse_port_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+    sock.bind((host, port))
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock

@@ -237,6 +237,7 @@ def render_gateway_children(
             "0.0.0.0",
             "--port",
             str(gw.port),
+            *(["--workers", str(gw.workers)] if gw.workers > 1 else []),
         ],
         "ports": [{"name": "http", "containerPort": gw.port, "protocol": "TCP"}],
         "resources": {
