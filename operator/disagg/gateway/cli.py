@@ -101,6 +101,13 @@ def resolve(args: argparse.Namespace) -> tuple[GatewayConfig, Discovery]:
         for pool in (config.queue.prefill, config.queue.decode):
             pool.max_inflight_per_worker = -(-pool.max_inflight_per_worker // share)
             pool.max_queued = -(-pool.max_queued // share)
+            if pool.max_inflight_tokens_per_worker is not None:
+                pool.max_inflight_tokens_per_worker = -(
+                    -pool.max_inflight_tokens_per_worker // share
+                )
+            if pool.max_queued_per_client is not None:
+                pool.max_queued_per_client = -(-pool.max_queued_per_client // share)
+        config.queue.gateway_replicas *= share  # busy workers: each process is a replica
     if args.min_uncached_prompt_tokens is not None:
         if args.min_uncached_prompt_tokens < 0:
             raise ValueError("--min-uncached-prompt-tokens must be >= 0")

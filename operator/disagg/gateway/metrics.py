@@ -126,6 +126,7 @@ class GatewayMetrics:
             "budget) divided by the per-worker limit.  Held at the pool's size while it is "
             "saturated, so an autoscaler following it keeps the workers a steady load needs.",
             ["pool", "role"],
+            multiprocess_mode="livesum",
             registry=r,
         )
         self.queue_wait = Histogram(

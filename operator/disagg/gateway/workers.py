@@ -11,8 +11,9 @@ What the processes do not share, and why that is sound: each follows discovery a
 workers itself, learns its own approximate prefix index (as separate gateway replicas do; the
 rendezvous hint places an unseen prefix on the same worker in every process), subscribes to
 the KV events itself (precise routing: every process's index equals the engines'), and admits
-its share of each pool's limits -- ``queue.*.maxInflightPerWorker`` and ``maxQueued`` are
-divided among the processes (rounded up), so the pod as a whole keeps the configured bounds.
+its share of each pool's limits -- ``queue.*`` in-flight requests and tokens per worker, and the
+queue bounds, are divided among the processes (rounded up), so the pod keeps the configured
+bounds.
 Prometheus sees one pod: with ``PROMETHEUS_MULTIPROC_DIR`` (set here to a fresh directory) every
 process writes its series to shared files and ``/metrics``, from any process, aggregates them --
 counters and histograms summed, in-flight and queue gauges summed, health the worst seen.
