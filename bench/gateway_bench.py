@@ -261,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         "--concurrency", type=int, nargs="+", default=list(CONCURRENCY), help="streams"
     )
     parser.add_argument("--skip-quality", action="store_true", help="only the overhead part")
+    parser.add_argument(
+        "--gateway-workers", type=int, default=1, help="our gateway's --workers (processes)"
+    )
     parser.add_argument("--quality-seconds", type=float, default=30.0)
     parser.add_argument("--repeats", type=int, default=2, help="runs per routing setup")
     parser.add_argument("--out", type=Path, default=ROOT / "docs")
@@ -274,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "vllm_router": vllm_router_version(binary) if binary else "absent",
         "overhead_repeats": args.overhead_repeats,
+        "gateway_workers": args.gateway_workers,
     }
     print(f"environment: {env}", flush=True)
 
@@ -296,6 +300,7 @@ def main(argv: list[str] | None = None) -> int:
             "0",
             "--log-level",
             "warning",
+            *(["--workers", str(args.gateway_workers)] if args.gateway_workers > 1 else []),
             config=uncapped,
         )
         if binary:

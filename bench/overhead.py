@@ -40,13 +40,34 @@ def body(rng: random.Random) -> dict[str, Any]:
     return {"model": MODEL, "prompt": words(rng, 200, "o"), "max_tokens": TOKENS, "stream": True}
 
 
+def _descendants(pid: int) -> list[int]:
+    from pathlib import Path
+
+    found = []
+    for task in Path(f"/proc/{pid}/task").glob("*"):
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
+        for child in map(int, children):
+            found += [child, *_descendants(child)]
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of a process (all its threads), from /proc."""
+    """User + system CPU time of a process and its live descendants (all threads), from /proc:
+    a gateway run with ``--workers N`` is a supervisor and N serving processes."""
     import os
     from pathlib import Path
 
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for proc in (pid, *_descendants(pid)):
+        try:
+            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 async def _stream(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> int:
