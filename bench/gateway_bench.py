@@ -95,6 +95,10 @@ def start_vllm_router(binary: str, prefill: Sequence[str], decode: Sequence[str]
         "4096",
         "--request-timeout-secs",
         "600",
+        "--prometheus-host",
+        "127.0.0.1",
+        "--prometheus-port",  # its own: the default 29000 clashes with any other router here
+        str(free_port()),
     ]
     for url in prefill:
         argv += ["--prefill", url]

@@ -266,6 +266,14 @@ def write_report(
         f"vllm-router {env['vllm_router']}.",
         "",
     ]
+    if env["load"][0] > 2 * env["cpus"]:
+        lines += [
+            f"**A busy machine:** a load average of {env['load'][0]:.1f} on {env['cpus']} CPUs "
+            "means several runnable processes per core, most of them other work; latencies then "
+            "measure mostly that queueing (even the direct path's). The per-core and CPU per "
+            "1k tokens figures count only each router's own CPU time: compare those.",
+            "",
+        ]
     if why_no_router:
         lines += [f"**vllm-router was not measured: {why_no_router}.**", ""]
     lines += [
@@ -361,8 +369,10 @@ def write_report(
     target = out / "benchmarks.md"
     old = target.read_text() if target.exists() else ""
     kept = []
-    # Sections other benchmarks own (bench/gpu/report.py, bench/precise_bench.py): keep them.
-    for begin, end in ((REAL_VLLM_BEGIN, REAL_VLLM_END), (PRECISE_BEGIN, PRECISE_END)):
+    # Sections other benchmarks own (bench/precise_bench.py, bench/gpu/report.py,
+    # bench/operator_scale.py): keep them.
+    scale = ("<!-- operator-scale:begin -->", "<!-- operator-scale:end -->")
+    for begin, end in ((PRECISE_BEGIN, PRECISE_END), (REAL_VLLM_BEGIN, REAL_VLLM_END), scale):
         if begin in old and end in old:
             kept.append(old[old.index(begin) : old.index(end) + len(end)])
     target.write_text("\n".join(lines) + "".join(f"\n{k}\n" for k in kept))
