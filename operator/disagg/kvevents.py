@@ -34,8 +34,8 @@ except ImportError:  # vLLM's own environment has msgspec instead (it encodes wi
     msgpack = None
 try:
     import msgspec
-except ImportError:
-    msgspec = None
+except ImportError:  # a dependency of ours (the gateway parses JSON with it); optional here
+    msgspec = None  # type: ignore[assignment]
 
 
 def _packb(value: Any) -> bytes:
