@@ -160,9 +160,9 @@ class GatewaySpec(ApiModel):
     """Secret key holding the API key clients must send as ``Authorization: Bearer``."""
     workers: int = Field(default=1, ge=1, le=64)
     """Gateway processes per pod, sharing its port (``disagg gateway --workers``): about one per
-    core of ``cpu``.  One by default: measured (docs/benchmarks.md), a process uses a core's
-    worth of requests per CPU-second either way, and one per pod keeps a pod's routing state in
-    one place; raise it with ``cpu`` for more requests per pod."""
+    core of ``cpu``.  One by default (measured with ``bench/gateway_bench.py --gateway-workers``,
+    docs/gateway.md): a second process on shared cores only competes for them; raise it together
+    with ``cpu`` where the pod has cores to itself."""
     cpu: CPURequest = "1"
     """CPU request of a gateway pod; above 0."""
     memory: ContainerMemory = "512Mi"
