@@ -15,6 +15,7 @@ import httpx
 from disagg.planner.hardware import get_gpu
 from disagg.planner.models import MODELS
 from disagg.planner.roofline import prefill_time_s
+from disagg.sim.engine import MAX_LAG_S
 from disagg.sim.process import SimProcess
 
 LONG_PROMPT = "long " * 7000  # 7001 tokens: one chunk of the default 8192-token budget
@@ -63,10 +64,13 @@ async def test_continuous_batching_runs_requests_together_up_to_max_num_seqs() -
 
 
 async def test_requests_beyond_max_num_seqs_wait_in_a_queue() -> None:
+    # 300 tokens: the first pair runs ~1 s of wall time, long enough for a poll to see the
+    # queue on a loaded machine (the engine keeps its step timeline, so a stream takes its
+    # simulated time and no longer).
     with SimProcess("--model", "m", "--sim-speedup", "2", "--max-num-seqs", "2") as sim:
         async with httpx.AsyncClient(timeout=30) as client:
             tasks = [
-                asyncio.create_task(_completion(client, sim.url, prompt=f"q{i}", max_tokens=60))
+                asyncio.create_task(_completion(client, sim.url, prompt=f"q{i}", max_tokens=300))
                 for i in range(4)
             ]
             deadline = time.monotonic() + 10
@@ -150,9 +154,10 @@ async def test_long_prefill_stalls_running_streams_on_an_aggregated_worker() -> 
         async with httpx.AsyncClient(timeout=30) as client:
             gaps = await _stall_during_long_prompt(client, sim, sim, remote=False)
         itls = _stream_itls(sim)
-    # What the clients saw (wall clock; a loaded machine only makes gaps longer) ...
+    # What the clients saw (wall clock; a loaded machine makes gaps longer, or shorter by at
+    # most the lag the engine makes up: a token late by that much, the next one on time) ...
     for _median, worst in gaps:
-        assert worst > 0.8 * expected_stall / 2, (worst, expected_stall)
+        assert worst > 0.8 * expected_stall / 2 - MAX_LAG_S, (worst, expected_stall)
     # ... and the engine's own clock: one inter-token gap of each stream is the long prefill.
     for itl in itls:
         assert itl["max"] > expected_stall, (itl, expected_stall)

@@ -4,9 +4,12 @@ Each step the scheduler (1) gives every running request its next tokens -- one f
 stream, a chunk of up to ``max_num_batched_tokens`` for a prefilling one -- preempting the newest
 request when the KV cache runs out, then (2) admits waiting requests in FIFO order while there is
 a free sequence slot, token budget and KV space.  The step then *takes* the time the roofline
-says (:mod:`disagg.sim.timing`), divided by the speed-up, and every request whose tokens are all
-computed samples one token.  Because prefill chunks and decodes share a step, a long prompt on an
-aggregated worker slows every running stream: the interference disaggregation removes.
+says (:mod:`disagg.sim.timing`), divided by the speed-up, on an absolute timeline
+(:meth:`Engine._step_deadline`, :mod:`disagg.sim.clock`), and every request whose tokens are all
+computed samples one token at its end: the step's bookkeeping runs inside its time, so what the
+client sees is the step, not the step plus the simulator's work.  Because prefill chunks and
+decodes share a step, a long prompt on an aggregated worker slows every running stream: the
+interference disaggregation removes.
 
 P/D lives in :mod:`disagg.sim.handoff`: a prefill leg's blocks are held for a pull under a
 lease, a decode leg's KV is pulled beside the step loop.  An engine can *die* (``die``), as
@@ -27,6 +30,7 @@ from dataclasses import replace
 from disagg.blockhash import BlockHasher, fingerprint
 from disagg.kvevents import KVEvent
 from disagg.sim import tokenizer
+from disagg.sim.clock import DeadlineSleeper
 from disagg.sim.config import FaultConfig, SimConfig
 from disagg.sim.handoff import HeldBlocks, Puller, PullError, RemoteLoads
 from disagg.sim.kvcache import KVCache
@@ -38,6 +42,11 @@ __all__ = ["CapacityError", "Engine", "PullError", "Puller"]
 
 log = logging.getLogger("disagg.sim.engine")
 ENGINE_DEAD = "EngineCore encountered an issue. See stack trace (above) for the root cause."
+MAX_LAG_S = 0.010
+"""How far (wall seconds) the simulator may fall behind its step timeline and still make the
+time up; beyond it the lost time is dropped (``Engine._step_deadline``).  A token late by up to
+this much is followed by a gap shorter by as much: no client gap is shorter than its step by
+more than this."""
 
 
 class CapacityError(ValueError):
@@ -88,6 +97,7 @@ class Engine:
         """Wall time the step in progress (or the last one) ends."""
         self._busy = False
         """Steps have run back to back since the engine was last idle."""
+        self._sleeper = DeadlineSleeper()
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -100,6 +110,7 @@ class Engine:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task
+        self._sleeper.close()
 
     @property
     def alive(self) -> bool:
@@ -163,6 +174,7 @@ class Engine:
     # -- the loop ----------------------------------------------------------------------------
     async def _loop(self) -> None:
         while True:
+            woke = time.monotonic()
             self.held.expire()
             work = self._schedule()
             self._publish_load()
@@ -173,25 +185,37 @@ class Engine:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout=0.5)
                 continue
-            await self._run_step(work)
+            deadline = self._step_deadline(self._step_seconds(work), woke)
+            sampling = self._advance(work)
+            await self._sleeper.until(deadline)
             self.steps += 1
             now = time.monotonic()
-            for request, take in work:
-                if request.state != "running":
-                    continue  # aborted while the step ran
-                request.computed += take
-                if request.computed == request.num_prompt_tokens:
-                    self.kv.commit(request.blocks, request.prompt_ids)
-                elif (
-                    request.computed > request.num_prompt_tokens
-                    and request.computed % self.kv.block_size == 0
-                ):  # a generated block filled up: vLLM caches those too
-                    self.kv.commit(request.blocks, request.all_ids[: request.computed])
-                if request.computed >= request.num_tokens:
+            sampled = 0
+            for request in sampling:
+                if request.state == "running":  # else aborted while the step ran
                     self._sample(request, now)
+                    sampled += 1
+            self.metrics.inc(self.metrics.generation_tokens, sampled)
             self.flush_events()
 
-    async def _run_step(self, work: list[tuple[Request, int]]) -> None:
+    def _advance(self, work: list[tuple[Request, int]]) -> list[Request]:
+        """The step's effect on each request's KV (what its forward pass computes), done while
+        the step's simulated time runs; returns the requests that sample a token at its end."""
+        sampling = []
+        for request, take in work:
+            request.computed += take
+            if request.computed == request.num_prompt_tokens:
+                self.kv.commit(request.blocks, request.prompt_ids)
+            elif (
+                request.computed > request.num_prompt_tokens
+                and request.computed % self.kv.block_size == 0
+            ):  # a generated block filled up: vLLM caches those too
+                self.kv.commit(request.blocks, request.all_ids[: request.computed])
+            if request.computed >= request.num_tokens:
+                sampling.append(request)
+        return sampling
+
+    def _step_seconds(self, work: list[tuple[Request, int]]) -> float:
         chunks: list[tuple[int, int]] = []
         batch = context = 0
         for request, take in work:
@@ -201,29 +225,27 @@ class Engine:
             else:
                 chunks.append((take, request.computed))
         seconds = self.timer.step_seconds(chunks, batch, context) * self.faults.slowdown
-        await self.sleep_simulated(seconds, self.timer.cpu_seconds(len(chunks) + batch))
         self.sim_time_s += seconds
+        return seconds
 
-    async def sleep_simulated(self, seconds: float, cpu_seconds: float = 0.0) -> None:
-        """Sleep ``seconds`` of simulated time against a running deadline.
+    def _step_deadline(self, seconds: float, woke: float) -> float:
+        """When a step of ``seconds`` (simulated) ends, on the wall clock.
 
-        While steps run back to back, a step starts where the previous one ended, less at most
-        ``cpu_seconds`` (the step's modelled CPU work: its fixed and per-sequence costs) of
-        the simulator's own work since then -- sampling, streaming, scheduling stand in for the
-        engine's CPU work, which the calibrated step already contains, so they must not come on
-        top of it.  Anything longer (a saturated machine, a huge prompt parsed in between)
-        delays the step as it comes, and lost time is never made up by later steps, which
-        would bunch their tokens.  Neither asyncio's oversleeping nor the simulator's per-step
-        work accumulates."""
-        now = time.monotonic()
-        speedup = self.config.speedup
-        start = max(self._clock, now - cpu_seconds / speedup) if self._busy else now
-        self._clock = max(start + seconds / speedup, now)
+        Steps run back to back on an absolute timeline, as a GPU runs them: while the engine
+        is busy a step starts where the previous one ended, whatever the simulator's own work
+        in between (scheduling, sampling, streaming the tokens -- the engine's CPU work, which
+        the calibrated step already contains, and which a real engine does beside the GPU).
+        A late wake-up is made up by the next step, as a real engine's API server delivers a
+        late token and the next on time.  Only a simulator that falls more than ``MAX_LAG_S``
+        behind (a saturated machine) drops the lost time, so that it never bunches more than
+        that.  An idle engine starts its step when it woke, so scheduling counts inside it."""
+        wall = seconds / self.config.speedup
+        start = woke
+        if self._busy and woke - self._clock <= MAX_LAG_S:
+            start = self._clock
+        self._clock = start + wall
         self._busy = True
-        if self._clock > now:
-            await asyncio.sleep(self._clock - now)
-        else:
-            await asyncio.sleep(0)
+        return self._clock
 
     async def sleep_transfer(self, seconds: float) -> None:
         """Sleep a KV transfer's simulated ``seconds`` (runs beside the step loop, like NIXL)."""
@@ -325,7 +347,6 @@ class Engine:
             m.observe(m.itl, now - request.last_token_at)
         request.last_token_at = now
         request.token_sim_times.append(self.sim_time_s)
-        m.inc(m.generation_tokens)
         request.events.put_nowait(TokenEvent(text, token))
         if len(request.output_ids) >= request.max_tokens:
             self._finish(request, request.length_finish, now)

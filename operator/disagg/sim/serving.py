@@ -17,7 +17,8 @@ import random
 import statistics
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from json.encoder import encode_basestring_ascii as encode_json_string
 from typing import Any
 
 from starlette.requests import Request as HTTPRequest
@@ -26,6 +27,7 @@ from starlette.types import Receive, Scope, Send
 
 from disagg.modeltokenizer import ModelTokenizer
 from disagg.sim import protocol
+from disagg.sim.clock import sleep_until
 from disagg.sim.config import SimConfig
 from disagg.sim.engine import CapacityError, Engine
 from disagg.sim.recorder import Recorder
@@ -51,6 +53,25 @@ def error_response(message: str, status: int, param: str | None = None) -> JSONR
 
 def _sse(payload: dict[str, Any]) -> str:
     return f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
+
+
+_TEXT_MARK = "\x00text\x00"
+
+
+def token_framer(
+    parsed: protocol.ParsedRequest, response_id: str, created: int
+) -> Callable[[str], str]:
+    """``text -> SSE frame`` of a token chunk without a finish reason, byte for byte what
+    ``_sse(chunk_body(...))`` writes, with the JSON around the text rendered once per stream:
+    at a batch of 64 streams the simulator writes 64 frames per ~5 ms step, and building and
+    encoding each body whole was a large share of its CPU time per token."""
+    frame = _sse(protocol.chunk_body(parsed, response_id, created, _TEXT_MARK, None))
+    head, tail = frame.split(encode_json_string(_TEXT_MARK))
+
+    def framed(text: str) -> str:
+        return head + encode_json_string(text) + tail
+
+    return framed
 
 
 class _DyingResponse(Response):
@@ -142,7 +163,7 @@ class CompletionService:
         # so far is part of it, not extra.
         api_s = engine.timer.request_seconds(len(parsed.prompt_ids)) / self.config.speedup
         if arrived + api_s > time.monotonic():
-            await asyncio.sleep(arrived + api_s - time.monotonic())
+            await sleep_until(arrived + api_s)
         base = http.headers.get("x-request-id") or uuid.uuid4().hex
         response_id = ("chatcmpl-" if chat else "cmpl-") + base
         req = Request(
@@ -236,6 +257,7 @@ class CompletionService:
     ) -> AsyncIterator[str]:
         die_mode = engine.faults.die_mode
         created = int(time.time())
+        frame = token_framer(parsed, response_id, created)
         sent = 0
         pending: Event | None = None
         try:
@@ -273,7 +295,11 @@ class CompletionService:
                     if isinstance(pending, FinishEvent):
                         finish, pending = pending.reason, None
                 sent += 1
-                yield _sse(protocol.chunk_body(parsed, response_id, created, event.text, finish))
+                if finish is None:
+                    yield frame(event.text)
+                else:
+                    body = protocol.chunk_body(parsed, response_id, created, event.text, finish)
+                    yield _sse(body)
                 if finish is not None:
                     break
             self._record_done(req, outcome, sent)

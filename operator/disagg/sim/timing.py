@@ -88,12 +88,6 @@ class StepTimer:
             efficiency=self.efficiency, eager=self.eager,
         )  # fmt: skip
 
-    def cpu_seconds(self, sequences: int) -> float:
-        """The fixed part of a step of ``sequences`` (the engine's CPU work, not the GPU's)."""
-        eff = self.efficiency or roofline.DEFAULT_EFFICIENCY
-        fixed = eff.step_overhead_s + self.model.num_layers * eff.layer_overhead_s
-        return fixed + sequences * eff.sequence_overhead_s
-
     def request_seconds(self, prompt_tokens: int) -> float:
         """The API server's share of a request's TTFT (outside engine steps)."""
         return roofline.request_overhead_s(prompt_tokens, self.efficiency)
