@@ -14,6 +14,7 @@ from typing import Any, get_args
 from disagg.api.disaggdeployment import DisaggDeploymentSpec
 from disagg.api.slo import GPUPreset
 from disagg.planner.hardware import GPUS, get_gpu
+from disagg.planner.measured import MEASURED
 from disagg.planner.memory import kv_capacity_tokens
 from disagg.planner.models import MODELS
 from disagg.planner.roofline import decode_step_time_s, prefill_time_s
@@ -109,6 +110,27 @@ def test_explicit_metrics_win_over_the_slo_and_an_unknown_model_keeps_defaults()
         {"model": {"name": "someone/private-model"}, "slo": {"ttftP99Ms": 2000}}
     )
     assert pool_metrics(unknown, "prefill") == {}  # empty: the HPA renders the role defaults
+
+
+def test_a_gpu_with_a_measured_preset_sets_targets_from_the_measurement() -> None:
+    """slo.gpu h200: the targets follow vLLM as timed on an H200 (disagg.planner.measured),
+    not the spec sheet's rules of thumb the unmeasured GPUs keep."""
+    model, gpu = MODELS["llama-3.1-8b"], get_gpu("h200")
+    measured = MEASURED["h200"]
+    slo = {"ttftP99Ms": 500, "itlP99Ms": 7, "promptTokens": 1024, "gpu": "h200"}
+    s = spec(slo=slo, prefill={"autoscaling": {"enabled": True}})
+    service = prefill_time_s(model, gpu, 1024, 1, efficiency=measured)
+    rule_of_thumb = prefill_time_s(model, gpu, 1024, 1)
+    expected = math.floor(QUEUE_WAIT_SHARE * 0.5 / service) - 1
+    assert pool_metrics(s, "prefill")["gatewayQueueDepth"] == expected
+    assert expected != math.floor(QUEUE_WAIT_SHARE * 0.5 / rule_of_thumb) - 1
+
+    def p99_step(mean: float) -> float:
+        batch = math.ceil(mean + 2.33 * math.sqrt(mean))
+        return decode_step_time_s(model, gpu, batch, 1024, efficiency=measured)
+
+    target = pool_metrics(s, "decode")["runningRequests"]
+    assert p99_step(target) <= 0.007 < p99_step(target + 1)
 
 
 def test_slo_gpu_names_are_the_planners() -> None:

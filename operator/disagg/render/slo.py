@@ -21,8 +21,10 @@ whose 99th-percentile step still meets the objective, at most ``--max-num-seqs``
 
     target m = max m such that step(ceil(m + Z99 * sqrt(m))) <= itlP99
 
-A model the planner does not know (no preset for ``model.name`` or ``model.architecture``) keeps
-the role defaults.
+Both use the GPU's measured efficiencies where the planner has them (``slo.gpu: h200``: vLLM
+0.26.0 timed on an H200, ``disagg.planner.measured``), as ``disagg plan`` and ``disagg sim`` do,
+else the roofline's rules of thumb.  A model the planner does not know (no preset for
+``model.name`` or ``model.architecture``) keeps the role defaults.
 """
 
 from __future__ import annotations
@@ -32,7 +34,8 @@ import math
 from disagg.api.common import ScalingMetric, ScalingMetricName
 from disagg.api.disaggdeployment import DisaggDeploymentSpec
 from disagg.api.slo import SLOSpec
-from disagg.planner.hardware import DEFAULT_GPU, get_gpu
+from disagg.planner.hardware import DEFAULT_GPU, GPUSpec, get_gpu
+from disagg.planner.measured import default_efficiency
 from disagg.planner.models import MODELS, ModelSpec, preset_for_model_name
 from disagg.planner.roofline import decode_step_time_s, prefill_time_s
 from disagg.planner.sizing import Z99
@@ -48,11 +51,16 @@ def _model(spec: DisaggDeploymentSpec) -> ModelSpec | None:
     return MODELS.get(preset) if preset else None
 
 
+def _gpu(slo: SLOSpec) -> GPUSpec:
+    return get_gpu(slo.gpu or DEFAULT_GPU)
+
+
 def prefill_queue_target(slo: SLOSpec, model: ModelSpec, tp: int) -> int | None:
     """Waiting requests per prefill replica at which TTFT nears its objective."""
     if slo.ttft_p99_ms is None:
         return None
-    service = prefill_time_s(model, get_gpu(slo.gpu or DEFAULT_GPU), slo.prompt_tokens, tp)
+    gpu = _gpu(slo)
+    service = prefill_time_s(model, gpu, slo.prompt_tokens, tp, efficiency=default_efficiency(gpu))
     return max(1, math.floor(QUEUE_WAIT_SHARE * slo.ttft_p99_ms / 1000 / service) - 1)
 
 
@@ -60,11 +68,13 @@ def decode_running_target(slo: SLOSpec, model: ModelSpec, tp: int, max_num_seqs:
     """Mean running sequences per decode replica whose p99 step meets the ITL objective."""
     if slo.itl_p99_ms is None:
         return None
-    gpu, limit = get_gpu(slo.gpu or DEFAULT_GPU), slo.itl_p99_ms / 1000
+    gpu, limit = _gpu(slo), slo.itl_p99_ms / 1000
+    efficiency = default_efficiency(gpu)
 
     def meets(mean: int) -> bool:
         batch = math.ceil(mean + Z99 * math.sqrt(mean))
-        return decode_step_time_s(model, gpu, batch, slo.prompt_tokens, tp) <= limit
+        step = decode_step_time_s(model, gpu, batch, slo.prompt_tokens, tp, efficiency=efficiency)
+        return step <= limit
 
     best = 1
     for mean in range(
