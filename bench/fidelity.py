@@ -12,13 +12,16 @@ can help), against engines started from the operator's rendering (``bench/gpu/pl
 * ``ttft``: single requests at 512..8192 prompt tokens, on ``graphs`` (vLLM's default: CUDA
   graphs) and ``eager`` (``--enforce-eager``);
 * ``itl``: p50/p90 of the gaps between tokens of B concurrent streams (B = 1..64, 128-token
-  prompts, 256 output tokens; the first 4 gaps of each stream dropped), on both;
+  prompts, 256 output tokens; the first 4 gaps of each stream dropped), on both, after a
+  warm-up burst; ``eager`` in ``--eager-rounds`` passes on the real side (pooled, each pass's
+  figures kept: its CPU-bound step moves with the machine's load);
 * ``itl_long``: the same with 4096-token prompts, B = 1, 8, 16, on ``graphs``;
 * ``interference``: 8 running streams, then one 8192-token prompt arrives; the longest gap the
   running streams see while it prefills (the stall), with vLLM's default chunk budget
   (``graphs``) and 2048 (``chunk2048``);
-* ``handoff``: prefill on ``p8``, decode with its ``kv_transfer_params`` on ``d8`` (NIXL): P's
-  time, D's TTFT including the pull, D's TTFT prefilling itself, and NIXL's own transfer time.
+* ``handoff`` (last: no target of the issue's covers it): prefill on ``p8``, decode with its
+  ``kv_transfer_params`` on ``d8`` (NIXL): P's time, D's TTFT including the pull, D's TTFT
+  prefilling itself, and NIXL's own transfer time.
 
 The ``sim`` side runs simulators (``DISAGG_SIM_GPU=h200``) started from the same rendering, on the
 same machine, after the real side is done; ``--program sim`` makes the real side simulators too,
@@ -178,22 +181,53 @@ class Driver:
         return rows
 
     async def itl(
-        self, http: httpx.AsyncClient, base: str, batches: tuple[int, ...], prompt: int
+        self,
+        http: httpx.AsyncClient,
+        base: str,
+        batches: tuple[int, ...],
+        prompt: int,
+        rounds: int = 1,
     ) -> dict[str, Any]:
         """Client processes share the streams (up to 8), so that reading 64 streams of SSE
-        events does not itself bunch the tokens a single Python client sees."""
+        events does not itself bunch the tokens a single Python client sees.
+
+        A warm-up burst first (not recorded), then ``rounds`` passes over every batch size,
+        each with fresh prompts: a pass is one ~6 s window per point, so one pass alone cannot
+        tell an engine's step from a transient of the machine (an eager engine is bound by the
+        CPU that launches its kernels).  The gaps are pooled over the passes; each pass's own
+        p50/p90/mean, the machine's load average and the pooled deciles say how far apart they
+        were."""
+        await asyncio.gather(*(stream(http, base, self.ids(prompt), 32) for _ in range(8)))
+        gaps_of: dict[int, list[float]] = {batch: [] for batch in batches}
+        passes: dict[int, list[dict[str, Any]]] = {batch: [] for batch in batches}
+        errors: dict[int, list[str]] = {batch: [] for batch in batches}
+        for _ in range(rounds):
+            for batch in batches:
+                prompts = [self.ids(prompt) for _ in range(batch)]
+                runs = await asyncio.to_thread(streams_in_processes, base, prompts, 256)
+                gaps = [g for r in runs for g in r.gaps(skip=4)]
+                gaps_of[batch] += gaps
+                errors[batch] += [r.error for r in runs if r.error]
+                passes[batch].append(
+                    {
+                        "p50_ms": ms(pct(gaps, 50)),
+                        "p90_ms": ms(pct(gaps, 90)),
+                        "mean_ms": ms(statistics.fmean(gaps)) if gaps else None,
+                        "loadavg_1m": round(os.getloadavg()[0], 2),
+                    }
+                )
         rows = {}
         for batch in batches:
-            prompts = [self.ids(prompt) for _ in range(batch)]
-            runs = await asyncio.to_thread(streams_in_processes, base, prompts, 256)
-            gaps = [g for r in runs for g in r.gaps(skip=4)]
+            gaps = gaps_of[batch]
             rows[str(batch)] = {
                 "p50_ms": ms(pct(gaps, 50)),
                 "p90_ms": ms(pct(gaps, 90)),
                 "mean_ms": ms(statistics.fmean(gaps)) if gaps else None,
+                "deciles_ms": [ms(pct(gaps, q)) for q in range(10, 100, 10)],
                 "gaps": len(gaps),
                 "context_tokens": prompt + 128,
-                "errors": [r.error for r in runs if r.error],
+                "rounds": passes[batch],
+                "errors": errors[batch],
             }
         return rows
 
@@ -282,7 +316,12 @@ def sim_plans() -> list[EnginePlan]:
 
 
 async def measure(
-    side: str, plans: dict[str, EnginePlan], results: Results, phase: Phase, trials: int
+    side: str,
+    plans: dict[str, EnginePlan],
+    results: Results,
+    phase: Phase,
+    trials: int,
+    eager_rounds: int = 1,
 ) -> None:
     """Every figure on ``side``'s engines, each written to the results as soon as it exists,
     the ones the report leans on most first (a figure that would start too late is skipped)."""
@@ -295,12 +334,17 @@ async def measure(
         steps = [
             ("ttft", "graphs", 20, lambda: driver.ttft(http, url["graphs"], trials)),
             ("itl", "graphs", 20, lambda: driver.itl(http, url["graphs"], BATCHES, 128)),
-            ("handoff", "p8/d8", 30, lambda: driver.handoff(http, url["p8"], url["d8"])),
             ("interference", "graphs", 15, lambda: driver.interference(http, url["graphs"])),
             ("interference", "chunk2048", 15, lambda: driver.interference(http, url["chunk2048"])),
             ("ttft", "eager", 20, lambda: driver.ttft(http, url["eager"], trials)),
-            ("itl", "eager", 20, lambda: driver.itl(http, url["eager"], BATCHES, 128)),
+            (
+                "itl",
+                "eager",
+                20 * eager_rounds,
+                lambda: driver.itl(http, url["eager"], BATCHES, 128, eager_rounds),
+            ),
             ("itl_long", "graphs", 20, lambda: driver.itl(http, url["graphs"], LONG_BATCHES, 4096)),
+            ("handoff", "p8/d8", 30, lambda: driver.handoff(http, url["p8"], url["d8"])),
         ]
         for figure, target, need, work in steps:
             name = f"{side}/{figure}/{target}"
@@ -327,6 +371,7 @@ def run_side(
     trials: int,
     wait_s: float,
     label: str,
+    eager_rounds: int = 1,
 ) -> None:
     """``real``: the timing engines call 2 launched (started now if they are not there);
     ``sim``: simulators from the same rendering, on their own ports.  ``program`` is what the
@@ -356,7 +401,7 @@ def run_side(
             },
         },
     )
-    asyncio.run(measure(label, plans, results, phase, trials))
+    asyncio.run(measure(label, plans, results, phase, trials, eager_rounds))
     results.put(f"{label}_log_tails", {n: engines.log_tail(n, 30) for n in plans})
     for name in plans:
         engines.stop(name)
@@ -377,6 +422,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--wait", type=float, default=240.0, help="longest wait for engines")
     parser.add_argument("--sim-calibration", type=Path, help="calibration file for the sims")
     parser.add_argument("--label", help="results key of the sim side (default: sim)")
+    parser.add_argument(
+        "--eager-rounds",
+        type=int,
+        default=3,
+        help="passes over the eager ITL batch sizes on the real side (the sims' steps are "
+        "deterministic: one pass)",
+    )
+    parser.add_argument(
+        "--real-share",
+        type=float,
+        default=0.55,
+        help="share of the budget left the real side may take when a sim side follows "
+        "(larger when the real engines start within the call)",
+    )
     args = parser.parse_args(argv)
     results = Results(args.out)
     budget = Budget(args.budget, results)
@@ -387,6 +446,7 @@ def main(argv: list[str] | None = None) -> int:
             "batches": BATCHES,
             "long_batches": LONG_BATCHES,
             "trials": args.trials,
+            "eager_rounds": args.eager_rounds,
         },
     )
     results.put("real_program", args.program)
@@ -399,13 +459,13 @@ def main(argv: list[str] | None = None) -> int:
     for index, side in enumerate(sides):
         program = args.program if side == "real" else "sim"
         label = args.label if side == "sim" and args.label else side
-        # The real side may take 55 % of what is left when there is a sim side after it.
-        share = 0.55 if index < len(sides) - 1 else 1.0
+        share = args.real_share if index < len(sides) - 1 else 1.0
+        rounds = args.eager_rounds if side == "real" else 1
         budget.run(
             f"fidelity_{label}",
             60,
-            lambda p, s=side, g=program, k=label: run_side(
-                s, g, results, p, args.trials, args.wait, k
+            lambda p, s=side, g=program, k=label, r=rounds: run_side(
+                s, g, results, p, args.trials, args.wait, k, r
             ),
             limit_s=budget.left() * share,
         )

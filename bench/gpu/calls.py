@@ -126,6 +126,26 @@ def sim_fit_calls(stage: str = STAGE) -> list[DeviceCall]:
     ]
 
 
+def fidelity_all_calls(stage: str = STAGE) -> list[DeviceCall]:
+    """Issue 20, both sides in one run: part 1 (``device.sh 1``), then part 2, unpack, the five
+    timing engines started and measured (eager ITL in several passes), then the simulators
+    with the calibrated preset (``fidelity-all``): real and simulated side by side, one call."""
+    run = "set -o pipefail; {env}bash bench/gpu/device.sh {call} 2>&1 | tee $OUT/console.txt"
+    first = one_gpu_calls(stage)[0]
+    return [
+        replace(first, name="fidelity-all call 1"),
+        DeviceCall(
+            "fidelity-all call 2",
+            "nvidia-h200",
+            run.format(env="BUDGET=570 ", call="fidelity-all"),
+            (f"{stage}/c2",),
+            9.0,
+            600,
+            ("fidelity.json", "logs-callfidelity-all.txt", "console.txt"),
+        ),
+    ]
+
+
 def split_sizes(total: int, parts: int) -> list[int]:
     """Byte sizes of ``parts`` consecutive parts of a ``total``-byte file, as equal as can be."""
     base, extra = divmod(total, parts)

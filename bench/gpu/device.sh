@@ -8,6 +8,9 @@
 #   bash bench/gpu/device.sh kvprobe  KV events of a real engine vs the gateway's index -> $OUT/kvprobe.json
 #   bash bench/gpu/device.sh simfit  chunk 2, unpack, the fidelity driver's simulator side
 #                                  only (the calibrated H200 preset)      -> $OUT/fidelity-simfit.json
+#   bash bench/gpu/device.sh fidelity-all  chunk 2, unpack, the timing engines started here, the
+#                                  fidelity driver's real side (eager ITL in 3 passes), then the
+#                                  simulators with the calibrated preset  -> $OUT/fidelity.json
 #
 # Run from the repository root.  What travels (bench/gpu/prepare.py stages it): .gpu/c1 and .gpu/c2
 # (bundle chunks, the checksum, the model folders).  Everything unpacked lives under
@@ -16,7 +19,7 @@
 # For the CPU proof: DISAGG_GPU_ENGINE=sim (disagg sim instead of vLLM), PYTHON=<a Python 3.12>,
 # DISAGG_GPU_STAGE=<staged folder>, DISAGG_GPU_ROOT and OUT somewhere writable.
 set -u
-CALL="${1:?call: 1, 2, 3, x2, kvprobe or simfit}"
+CALL="${1:?call: 1, 2, 3, x2, kvprobe, simfit or fidelity-all}"
 ROOT="${DISAGG_GPU_ROOT:-/tmp/disagg-gpu}"
 STAGE="${DISAGG_GPU_STAGE:-.gpu}"
 ENGINE="${DISAGG_GPU_ENGINE:-vllm}"
@@ -101,6 +104,14 @@ case "$CALL" in
     unpack || { collect_logs; exit 3; }
     "$PY" -m bench.fidelity --sides sim --label sim_calibrated --out "$OUTD/fidelity-simfit.json" \
       --budget "$(( ${BUDGET:-400} - ($(date +%s) - T0) ))"
+    collect_logs
+    ;;
+  fidelity-all)  # one call after call 1: real engines and calibrated simulators, one file
+    append_chunks
+    unpack || { collect_logs; exit 3; }
+    # The real side starts its engines (~2 min for vLLM) inside its share of the budget.
+    "$PY" -m bench.fidelity --program "$ENGINE" --label sim_calibrated --real-share 0.72 \
+      --out "$OUTD/fidelity.json" --budget "$(( ${BUDGET:-570} - ($(date +%s) - T0) ))"
     collect_logs
     ;;
   *) echo "unknown call $CALL"; exit 2 ;;

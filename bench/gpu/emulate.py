@@ -2,6 +2,7 @@
 
     python -m bench.gpu.emulate --stage /path/to/checkout/.gpu [--calls 1,2,3]
     python -m bench.gpu.emulate --stage /path/to/checkout/.gpu --calls 1,simfit   # sims only
+    python -m bench.gpu.emulate --stage /path/to/checkout/.gpu --calls 1,fidelity-all
 
 Runs ``bench/gpu/device.sh`` for each call exactly as the GPU machine would -- the staged bundle
 parts appended, checked and unpacked, the engines started from the operator's rendering, the
@@ -75,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     python = device_python()
     shutil.rmtree(args.root, ignore_errors=True)
-    planned = [*calls.one_gpu_calls(), *calls.sim_fit_calls()]
+    planned = [*calls.one_gpu_calls(), *calls.sim_fit_calls(), *calls.fidelity_all_calls()]
     carried = {c.command.split("device.sh ")[1].split()[0]: c.carry for c in planned}
     stage = args.root / "stage"
     summary = {}

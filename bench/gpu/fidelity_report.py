@@ -336,8 +336,8 @@ def markdown(
         "The simulator itself, started from the same rendering and measured by the same "
         "driver. `sim (as run)`: the simulator of the run's call 3 (for 2026-12-01: the "
         "roofline's defaults, before this calibration). `sim (calibrated)`: the simulator with "
-        "the calibrated preset (`bench/gpu/device.sh simfit`, docs/gpu.md), when that run is "
-        "in the folder.",
+        "the measured H200 preset as it stood when the run was made (`bench/gpu/device.sh "
+        "simfit`, or `fidelity-all` beside the real engines, docs/gpu.md), when the run has it.",
         "",
         "| figure | engine | point | real | " + " | ".join(names[s] for s in sides) + " | target |",
         "|---|---|---|---:|" + "---:|" * len(sides) + "---|",
@@ -350,7 +350,41 @@ def markdown(
             f"{_cell(row['real'])} | {' | '.join(cells)} | "
             f"{'±' + format(bound * 100, '.0f') + '%' if bound else '-'} |"
         )
+    lines += spread_lines(results)
     return "\n".join(lines) + "\n"
+
+
+def spread_lines(results: dict[str, Any]) -> list[str]:
+    """The real engines' ITL pass by pass, where a point was measured in several passes."""
+    out = []
+    for engine, cells in (_get(results, "real", "itl") or {}).items():
+        for batch, cell in (cells or {}).items():
+            passes = (cell or {}).get("rounds") or []
+            if len(passes) < 2:
+                continue
+            p50s = ", ".join(_cell(p.get("p50_ms")) for p in passes)
+            p90s = ", ".join(_cell(p.get("p90_ms")) for p in passes)
+            loads = ", ".join(f"{p.get('loadavg_1m', 0):.1f}" for p in passes)
+            deciles = " / ".join(_cell(d) for d in cell.get("deciles_ms") or [])
+            out.append(
+                f"| {engine} | {batch} | {p50s} | {p90s} | {_cell(cell.get('p50_ms'))} | "
+                f"{deciles} | {loads} |"
+            )
+    if not out:
+        return []
+    return [
+        "",
+        "## ITL pass by pass (real engine)",
+        "",
+        "Points measured in several passes over the batch sizes (`--eager-rounds`): each pass's "
+        "own p50 and p90, the pooled p50 the tables above use, the pooled gaps' deciles "
+        "(10 % ... 90 %) and the machine's 1-minute load average after each pass.",
+        "",
+        "| engine | batch | p50 per pass ms | p90 per pass ms | pooled p50 ms | deciles ms "
+        "| load average |",
+        "|---|---:|---|---|---:|---|---|",
+        *out,
+    ]
 
 
 def plot(results: dict[str, Any], path: Path) -> None:

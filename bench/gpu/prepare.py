@@ -12,7 +12,8 @@
 3. checks what each call sends (``git ls-files`` + untracked files + its carry) against the
    64 MiB limit, and prints the device calls (``calls.py``): command, carry, expected minutes, and
    what each leaves under ``$OUT``.  ``--x2`` prints the two-GPU calls (issue 19) as well,
-   ``--simfit`` the simulator-only fidelity calls (issue 20).
+   ``--simfit`` the simulator-only fidelity calls (issue 20), ``--fidelity-all`` the
+   calls that time the real engines and the calibrated simulators in one run.
 
 On a machine of your own with an NVIDIA GPU, Python 3.12 and torch 2.11 (no network needed):
 copy the checkout with ``.gpu/`` to it and run the three commands printed, in order.
@@ -129,6 +130,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--simfit", action="store_true", help="also print the simulator-only calls (issue 20)"
     )
+    parser.add_argument(
+        "--fidelity-all",
+        action="store_true",
+        help="also print the calls that measure real engines and calibrated sims in one run",
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the bundle")
     args = parser.parse_args(argv)
     built = bundle.build(force=args.rebuild)
@@ -144,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"checkout (tracked + untracked, not ignored): {checkout / calls.MiB:.2f} MiB")
     plan = calls.one_gpu_calls() + (calls.two_gpu_calls() if args.x2 else [])
     plan += calls.sim_fit_calls() if args.simfit else []
+    plan += calls.fidelity_all_calls() if args.fidelity_all else []
     problems = calls.check_plan(plan, checkout, carried)
     print_calls(plan, checkout, carried)
     (args.repo / calls.STAGE / "calls.json").write_text(

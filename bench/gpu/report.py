@@ -301,7 +301,8 @@ def main(argv: list[str] | None = None) -> int:
     run = args.run.resolve()
     if args.store:
         print("stored:", ", ".join(store(args.store, run)))
-    write_benchmarks(args.docs, benchmarks_section(run))
+    if (run / "suite.json").exists():  # a fidelity-only run leaves the suite's section as it is
+        write_benchmarks(args.docs, benchmarks_section(run))
     write_fidelity(run, args.docs)
     print(
         f"wrote {args.docs / 'benchmarks.md'} and, with a fidelity run, fidelity.md/.png and "
