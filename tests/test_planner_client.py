@@ -90,6 +90,17 @@ def test_the_committed_calibration_is_what_the_report_fits_and_meets_the_graph_t
     )
 
 
+def test_a_later_run_checks_the_earlier_fit_point_by_point_without_refitting() -> None:
+    results = json.loads((RUN / "fidelity.json").read_text())
+    _, fitted_here = fidelity_report.calibrate(results)
+    cal, checked = fidelity_report.calibrate(results, fitted=H200_VLLM_0_26)
+    assert cal.efficiency == H200_VLLM_0_26
+    assert {r["role"] for r in checked} == {"check"}
+    assert [r["predicted_calibrated_ms"] for r in checked] == [
+        r["predicted_calibrated_ms"] for r in fitted_here
+    ]
+
+
 def test_link_profiles_keep_the_fabric_and_the_measured_emulation_apart() -> None:
     gib = 2**30
     assert FABRIC.transfer_s(gib, 100.0) == pytest.approx(gib * 8 / 100e9)

@@ -197,16 +197,20 @@ def _rounded(eff: Efficiency) -> Efficiency:
 
 
 def calibrate(
-    results: dict[str, Any], device: str = ""
+    results: dict[str, Any], device: str = "", fitted: Efficiency | None = None
 ) -> tuple[Calibration, list[dict[str, Any]]]:
     """Fit on ``FIT``; every point of ``FIT`` and ``CHECK`` (and the p90s) with the roofline's
-    defaults and with the fit, each against the real engine at its client."""
+    defaults and with the fit, each against the real engine at its client.  With ``fitted``
+    (a fit made on an earlier run), nothing is fitted: every point of ``results`` checks it."""
     model, gpu = get_model("llama-3.1-8b"), get_gpu("h200")
-    fitted = _rounded(fit_client_efficiency(model, gpu, client_points(results, FIT)))
+    earlier = fitted is not None
+    if fitted is None:
+        fitted = _rounded(fit_client_efficiency(model, gpu, client_points(results, FIT)))
     table = []
     for role, which, quantile in (
         ("fit", FIT, "p50"), ("check", CHECK, "p50"), ("check", FIT, "p90"), ("check", CHECK, "p90")
     ):  # fmt: skip
+        role = "check" if earlier else role
         for point in client_points(results, which, quantile):
             before = point.predict(model, gpu, DEFAULT_EFFICIENCY)
             after = point.predict(model, gpu, fitted)
