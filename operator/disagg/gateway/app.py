@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -45,7 +45,7 @@ from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.pools import Pool, QueueFull
 from disagg.gateway.precise import PreciseRouting, event_roles
 from disagg.gateway.prefill import PrefillLeg, PrefillSettings
-from disagg.gateway.replies import Reply, StreamReply
+from disagg.gateway.replies import JSON, ClientGone, Reply, StreamReply
 from disagg.gateway.requests import BadRequest, Kind, error_body, parse_client_request
 from disagg.gateway.routing.contracts import RoutingRequest
 from disagg.gateway.routing.prompt import block_hashes, prompt_tokens
@@ -57,8 +57,38 @@ log = logging.getLogger(__name__)
 CLIENT_CLOSED = 499
 
 
-class ClientGone(Exception):
-    """The client disconnected before its answer was complete."""
+Outcome = Reply | StreamReply
+
+
+def refusal(
+    status: int,
+    message: str,
+    type_: str,
+    code: int | str,
+    param: str | None = None,
+    headers: dict[str, str] | None = None,
+) -> Reply:
+    """An OpenAI-shaped error answer."""
+    return Reply(status, error_body(message, type_, code, param), JSON, headers or {})
+
+
+async def discard(outcome: Outcome) -> None:
+    """Drop an answer nobody will read: a stream's worker connection is closed, its slot freed."""
+    if not isinstance(outcome, StreamReply):
+        return
+    if outcome.source is not None:  # never iterated: the relay's end is run here
+        outcome.source.relay.finish()
+        await _close(outcome.source.chunks)
+        outcome.source.stream.release()
+        return
+    await _close(outcome.chunks)
+
+
+async def _close(chunks: AsyncIterator[bytes]) -> None:
+    close = getattr(chunks, "aclose", None)
+    if close is not None:
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await close()
 
 
 def _has_prefill_pool(config: GatewayConfig) -> bool:
@@ -206,10 +236,11 @@ class Gateway:
             await self.client.aclose()
 
     # -- handlers -----------------------------------------------------------------------------
-    def _authorized(self, request: Request) -> bool:
+    def authorized(self, headers: Mapping[str, str]) -> bool:
+        """``headers``: a mapping that finds the lower-case name."""
         if self._api_key is None:
             return True
-        header = request.headers.get("authorization", "")
+        header = headers.get("authorization", "")
         scheme, _, token = header.partition(" ")
         return scheme.lower() == "bearer" and hmac.compare_digest(
             token.strip().encode(), self._api_key
@@ -246,8 +277,20 @@ class Gateway:
         return await self._serve(request, "chat")
 
     async def _serve(self, request: Request, kind: Kind) -> Response:
+        """The completion routes as ASGI (``front`` serves them on the wire in production)."""
         route = Route(f"disagg-{os.urandom(16).hex()}")
-        response = await self._respond(request, kind, route)
+        outcome = await self.answer(
+            kind,
+            route,
+            request.headers,
+            lambda: self._read_body(request),
+            lambda work: self._until_disconnect(request, work),
+        )
+        response: Response
+        if isinstance(outcome, StreamReply):
+            response = RelayResponse(outcome.chunks, 200, media_type=outcome.content_type)
+        else:
+            response = self._plain(outcome)
         raw = response.raw_headers  # appended to directly: MutableHeaders rescans per call
         present = {name for name, _ in raw}
         for name, value in route.headers().items():
@@ -257,14 +300,24 @@ class Gateway:
         self.metrics.requests.labels(request.scope["path"], str(response.status_code)).inc()
         return response
 
-    async def _respond(self, request: Request, kind: Kind, route: Route) -> Response:
-        if not self._authorized(request):
-            return error_response(
-                401, "invalid or missing API key", "authentication_error", "invalid_api_key"
-            )
+    async def answer(
+        self,
+        kind: Kind,
+        route: Route,
+        headers: Mapping[str, str],
+        read_body: Callable[[], Awaitable[bytes]],
+        until_gone: Callable[[Coroutine[Any, Any, Outcome]], Awaitable[Outcome]],
+    ) -> Outcome:
+        """One completion request, whatever server carries it: ``read_body`` reads the body
+        (raising ``BadRequest``, ``TimeoutError`` or ``ClientGone``), ``until_gone`` runs the
+        flow until the client disconnects (then raises ``ClientGone``).  Every failure becomes
+        a ``Reply``: OpenAI-shaped, 4xx for the client's mistakes, 499 if it left."""
+        if not self.authorized(headers):
+            return refusal(401, "invalid or missing API key", "authentication_error",
+                           "invalid_api_key")  # fmt: skip
         arrival = time.monotonic()
         try:
-            raw = await self._read_body(request)
+            raw = await read_body()
             client_request = parse_client_request(
                 raw, kind, self.config.max_body_bytes, self.config.model.vocab_size
             )
@@ -275,17 +328,15 @@ class Gateway:
             )
             hashes = block_hashes(tokens, block_size)
             routing = RoutingRequest(route.request_id, len(tokens), hashes, block_size, keys, exact)
-            ticket = ticket_for(request.headers, client_request.body, len(tokens))
+            ticket = ticket_for(headers, client_request.body, len(tokens))
             ctx = RequestContext(client_request, routing, route, arrival, ticket=ticket)
-            outcome = await self._until_disconnect(request, self.flow.handle(ctx))
+            return await until_gone(self.flow.handle(ctx))
         except BadRequest as exc:
-            close = {"Connection": "close"} if exc.code == "request_too_large" else None
-            return error_response(
-                400, exc.message, "invalid_request_error", exc.code, exc.param, close
-            )
+            close = {"Connection": "close"} if exc.code == "request_too_large" else {}
+            return refusal(400, exc.message, "invalid_request_error", exc.code, exc.param, close)
         except TimeoutError:
             seconds = self.config.timeouts.body_read_seconds
-            return error_response(
+            return refusal(
                 408,
                 f"the request body did not arrive within {seconds:g}s",
                 "invalid_request_error",
@@ -294,10 +345,10 @@ class Gateway:
             )
         except ClientGone:
             log.info("request %s: the client went away before its answer", route.request_id)
-            return Response(b"", CLIENT_CLOSED)  # nobody reads it; it is counted as 499
+            return Reply(CLIENT_CLOSED, b"")  # nobody reads it; it is counted as 499
         except QueueFull as exc:
             retry = str(max(self.config.queue.retry_after_seconds, exc.retry_after))
-            return error_response(
+            return refusal(
                 429,
                 f"the gateway is at capacity ({exc}); retry later",
                 "rate_limit_error",
@@ -306,16 +357,13 @@ class Gateway:
             )
         except Exception:  # never leak a traceback to the client; log it with the id
             log.exception("request %s failed inside the gateway", route.request_id)
-            return error_response(
+            return refusal(
                 500, f"internal gateway error (request {route.request_id})", "internal_error", 500
             )
-        if isinstance(outcome, StreamReply):
-            return RelayResponse(outcome.chunks, 200, media_type=outcome.content_type)
-        return self._plain(outcome)
 
     async def _until_disconnect(
-        self, request: Request, work: Coroutine[Any, Any, Reply | StreamReply]
-    ) -> Reply | StreamReply:
+        self, request: Request, work: Coroutine[Any, Any, Outcome]
+    ) -> Outcome:
         """Run the flow in this task; if the client disconnects meanwhile, a listener cancels it
         (``ClientGone``).  The body is read, so the next ASGI message can only be
         ``http.disconnect``.  The listener runs only while this task waits, so its cancel always
@@ -341,11 +389,7 @@ class Gateway:
         finally:
             listener.cancel()
         if gone:  # answered just as the client left (a cancel that came too late to land)
-            chunks = outcome.chunks if isinstance(outcome, StreamReply) else None
-            close = getattr(chunks, "aclose", None)
-            if close is not None:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await close()
+            await discard(outcome)
             raise ClientGone
         return outcome
 
@@ -354,7 +398,7 @@ class Gateway:
         return Response(reply.body, reply.status, reply.headers, media_type=reply.content_type)
 
     async def models(self, request: Request) -> Response:
-        if not self._authorized(request):
+        if not self.authorized(request.headers):
             return error_response(
                 401, "invalid or missing API key", "authentication_error", "invalid_api_key"
             )
@@ -379,7 +423,7 @@ class Gateway:
         return Response(b"" if ready else b"no decode workers\n", 200 if ready else 503)
 
     async def kv_index_state(self, request: Request) -> Response:
-        if not self._authorized(request):
+        if not self.authorized(request.headers):
             return error_response(
                 401, "invalid or missing API key", "authentication_error", "invalid_api_key"
             )
@@ -399,21 +443,9 @@ class Gateway:
                               "invalid_request_error", status, headers=route.headers())  # fmt: skip
 
     def app(self) -> ASGIApp:
-        """The two completion routes straight to their handler, everything else via Starlette:
-        its router and exception middlewares wrap every ``send`` -- once per streamed token --
-        and the handler already maps every outcome, errors included, to a response."""
-        starlette = self._starlette()
-        hot: dict[str, Kind] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
-
-        async def asgi(scope: Scope, receive: Receive, send: Send) -> None:
-            kind = hot.get(scope["path"]) if scope["type"] == "http" else None
-            if kind is None or scope["method"] != "POST":
-                await starlette(scope, receive, send)
-                return
-            response = await self._serve(Request(scope, receive), kind)
-            await response(scope, receive, send)
-
-        return asgi
+        """Every route as ASGI.  ``server`` serves the two completion routes itself (``front``)
+        and hands everything else to this app."""
+        return self._starlette()
 
     def _starlette(self) -> Starlette:
         return Starlette(

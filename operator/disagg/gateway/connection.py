@@ -15,6 +15,12 @@ checks the stamp and re-arms itself for the remainder -- no timer work per token
 **Flow control.** A stream's unread bytes are bounded: past ``HIGH_WATER`` the socket stops
 being read (TCP pushes back on the worker) until the client has taken them.
 
+**Piping.** Once a stream is committed to a client, ``attach`` hands its body to two callbacks
+instead of the buffer: whatever one ``data_received`` parsed reaches ``on_data`` as one bytes
+object (tokens that arrived together leave together), and the end of the answer -- or its
+failure -- reaches ``on_end`` once.  No future, task or coroutine runs per token; the reader
+applies back-pressure with ``pause``/``resume``.
+
 **Pooling.** Connections are reused per ``(scheme, host, port)``, most recently used first, so
 surplus ones age out: an idle connection older than the keep-alive expiry is closed instead of
 reused (vLLM closes idle ones after 5 s; a request sent just as the server closes would fail).
@@ -30,7 +36,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -100,6 +106,11 @@ class Connection(asyncio.Protocol):
         self._idle = 0.0
         self._idle_timer: asyncio.TimerHandle | None = None
         self._has_length = False
+        self._on_data: Callable[[bytes], None] | None = None
+        self._on_end: Callable[[Exception | None], None] | None = None
+        self._batch: list[bytes] = []
+        self._feeding = False
+        self._ended = False
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -107,11 +118,16 @@ class Connection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._last_data = self._loop.time()
+        self._feeding = True
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserError as exc:
             self._fail(BrokenAnswer(f"invalid HTTP from the worker: {exc}"))
             self.close()
+        finally:
+            self._feeding = False
+        if self._on_data is not None:
+            self._deliver()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -141,6 +157,9 @@ class Connection(asyncio.Protocol):
             self._head.set_result(None)
 
     def on_body(self, body: bytes) -> None:
+        if self._on_data is not None:
+            self._batch.append(body)  # delivered when this read is parsed
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
@@ -207,9 +226,48 @@ class Connection(asyncio.Protocol):
         self._wake()
 
     def _wake(self) -> None:
+        if self._on_data is not None:
+            if not self._feeding:
+                self._deliver()
+            return
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+    def attach(
+        self, on_data: Callable[[bytes], None], on_end: Callable[[Exception | None], None]
+    ) -> None:
+        """Hand the rest of the body to callbacks (what is buffered, at once); see *Piping*."""
+        self._batch = list(self._chunks)
+        self._chunks.clear()
+        self._buffered = 0
+        self._on_data, self._on_end = on_data, on_end
+        if self._paused:
+            self.resume()
+        self._deliver()
+
+    def _deliver(self) -> None:
+        on_data, on_end = self._on_data, self._on_end
+        assert on_data is not None and on_end is not None
+        batch = self._batch
+        if batch:
+            data = batch[0] if len(batch) == 1 else b"".join(batch)
+            batch.clear()
+            on_data(data)
+        if not self._ended and (self.complete or self._error is not None):
+            self._ended = True
+            on_end(self._error)
+
+    def pause(self) -> None:
+        """Stop reading from the worker (TCP pushes back on it) until ``resume``."""
+        if not self._paused and self.transport is not None and not self.closed:
+            self._paused = True
+            self.transport.pause_reading()
+
+    def resume(self) -> None:
+        if self._paused and self.transport is not None and not self.closed:
+            self._paused = False
+            self.transport.resume_reading()
 
     async def head(self) -> None:
         assert self._head is not None
@@ -288,6 +346,7 @@ class ConnectionPool:
     def release(self, conn: Connection) -> None:
         """Back to the pool if its answer was read to the end and keep-alive holds; else close."""
         if conn.complete and conn.keep_alive and not conn.closed:
+            conn.resume()  # a reader that paused it may have been handed the end meanwhile
             conn.idle_since = time.monotonic()
             self._idle.setdefault(conn.origin, []).append(conn)
         else:

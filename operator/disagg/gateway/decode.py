@@ -29,7 +29,13 @@ import anyio
 from disagg.gateway.context import RequestContext
 from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.pools import Pool
-from disagg.gateway.relay import RelayTiming, read_until_committed, relay_stream
+from disagg.gateway.relay import (
+    RelaySource,
+    RelayTiming,
+    SSERelay,
+    read_until_committed,
+    relay_stream,
+)
 from disagg.gateway.replies import JSON, Reply, StreamReply, retryable, upstream_failure
 from disagg.gateway.requests import decode_body, encode
 from disagg.gateway.routing.compat import kv_compatible
@@ -238,7 +244,6 @@ class DecodeLeg:
 
         handoff_start = ctx.prefill_done if ctx.kv_params is not None else None
         timing = RelayTiming(ctx.route.decision, ctx.arrival, handoff_start)
-        chunks = relay_stream(
-            opened.stream, opened.chunks, opened.head, url, timing, self.metrics, done
-        )
-        return StreamReply(chunks)
+        relay = SSERelay(url, timing, self.metrics, done)
+        source = RelaySource(opened.stream, opened.chunks, opened.head, relay)
+        return StreamReply(relay_stream(source), source=source)

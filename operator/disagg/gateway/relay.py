@@ -26,6 +26,7 @@ from dataclasses import dataclass
 import anyio
 
 from disagg.gateway.metrics import GatewayMetrics
+from disagg.gateway.requests import loads
 from disagg.gateway.upstream import Stream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -76,7 +77,7 @@ async def read_until_committed(chunks: AsyncIterator[bytes]) -> tuple[bytes, str
             if data == b"[DONE]":
                 return b"", "empty"
             try:
-                event = json.loads(data)
+                event = loads(data)
             except ValueError:
                 return pending, None
             if isinstance(event, dict) and "error" in event:
@@ -107,52 +108,107 @@ class RelayTiming:
     """When the prefill leg answered (monotonic), if the decode worker loads its KV."""
 
 
-async def relay_stream(
-    stream: Stream,
-    chunks: AsyncIterator[bytes],
-    head: bytes,
-    url: str,
-    timing: RelayTiming,
-    metrics: GatewayMetrics,
-    done: Callable[[], None],
-) -> AsyncIterator[bytes]:
-    """Relay ``head`` and the rest of ``chunks``; ``done`` runs once the stream is over."""
-    pending = head
-    seen_done = False
-    last_event: float | None = None
-    try:
-        while True:
-            cut = last_boundary(pending)
-            if cut:
-                out, pending = pending[:cut], pending[cut:]
-                now = time.monotonic()
-                if SSE_DONE.strip() in out:
-                    seen_done = True
-                events = out.count(b"\n\n") + out.count(b"\r\n\r\n")
-                if last_event is None:
-                    metrics.ttft.labels(timing.decision).observe(now - timing.arrival)
-                    if timing.prefill_done is not None:
-                        metrics.kv_handoff_time.observe(now - timing.prefill_done)
-                else:
-                    metrics.itl.observe(now - last_event)
-                for _ in range(
-                    events - 1
-                ):  # events that arrived together reach the client together
-                    metrics.itl.observe(0.0)
-                last_event = now
-                yield out
-            try:
-                pending += await chunks.__anext__()
-            except StopAsyncIteration:
-                break
-        if not seen_done:
-            raise UpstreamError("protocol", "the decode worker ended the stream early")
-    except UpstreamError as exc:
-        log.warning("decode stream from %s broke: %s", url, exc)
-        metrics.upstream_errors.labels("decode", "midstream").inc()
-        yield sse_error_frame(f"the decode worker failed mid-stream: {exc}")
-    finally:
+class SSERelay:
+    """The relay's state, driven by whoever moves the bytes: ``feed`` what the worker sent and
+    forward what it returns (complete events only), then forward ``end``'s closing frame;
+    ``finish`` runs once the stream is over either way.  The HTTP server drives it from the
+    worker connection's callbacks (no coroutine per token); ``relay_stream`` drives it as an
+    async iterator."""
+
+    def __init__(
+        self, url: str, timing: RelayTiming, metrics: GatewayMetrics, done: Callable[[], None]
+    ) -> None:
+        self.url = url
+        self.timing = timing
+        self.metrics = metrics
+        self._itl = metrics.itl
+        self._done: Callable[[], None] | None = done
+        self._pending = b""
+        self._seen_done = False
+        self._last_event: float | None = None
+
+    def feed(self, data: bytes) -> bytes:
+        """The complete events of what arrived so far (b"" while an event is still partial)."""
+        pending = self._pending + data if self._pending else data
+        cut = last_boundary(pending)
+        if not cut:
+            self._pending = pending
+            return b""
+        if cut == len(pending):
+            out, self._pending = pending, b""
+        else:
+            out, self._pending = pending[:cut], pending[cut:]
+        now = time.monotonic()
+        if not self._seen_done and _DONE in out:
+            self._seen_done = True
+        if self._last_event is None:
+            timing = self.timing
+            self.metrics.ttft.labels(timing.decision).observe(now - timing.arrival)
+            if timing.prefill_done is not None:
+                self.metrics.kv_handoff_time.observe(now - timing.prefill_done)
+        else:
+            self._itl.observe(now - self._last_event)
+        events = out.count(b"\n\n") + out.count(b"\r\n\r\n")
+        for _ in range(events - 1):  # events that arrived together reach the client together
+            self._itl.observe(0.0)
+        self._last_event = now
+        return out
+
+    def end(self, error: UpstreamError | None) -> bytes:
+        """What closes the stream: b"" after ``[DONE]``, else an error frame and ``[DONE]``."""
+        if error is None and self._seen_done:
+            return b""
+        if error is None:
+            error = UpstreamError("protocol", "the decode worker ended the stream early")
+        log.warning("decode stream from %s broke: %s", self.url, error)
+        self.metrics.upstream_errors.labels("decode", "midstream").inc()
+        return sse_error_frame(f"the decode worker failed mid-stream: {error}")
+
+    def finish(self) -> None:
+        """Release the request's slot and record its duration (once)."""
+        done, self._done = self._done, None
+        if done is None:
+            return
         done()
-        metrics.request_duration.labels(timing.decision).observe(time.monotonic() - timing.arrival)
+        timing = self.timing
+        self.metrics.request_duration.labels(timing.decision).observe(
+            time.monotonic() - timing.arrival
+        )
+
+
+_DONE = SSE_DONE.strip()
+
+
+@dataclass
+class RelaySource:
+    """A committed decode stream: the worker's answer, the events held back until its first
+    output (``head``), and the relay that forwards the rest."""
+
+    stream: Stream
+    chunks: AsyncIterator[bytes]
+    """The stream's body as an iterator (already started: ``read_until_committed`` read it)."""
+    head: bytes
+    relay: SSERelay
+
+
+async def relay_stream(source: RelaySource) -> AsyncIterator[bytes]:
+    """Relay ``head`` and the rest of the stream as an async iterator (the ASGI path)."""
+    relay = source.relay
+    try:
+        out = relay.feed(source.head)
+        if out:
+            yield out
+        try:
+            async for data in source.chunks:
+                out = relay.feed(data)
+                if out:
+                    yield out
+            tail = relay.end(None)
+        except UpstreamError as exc:
+            tail = relay.end(exc)
+        if tail:
+            yield tail
+    finally:
+        relay.finish()
         with anyio.CancelScope(shield=True):
-            await stream.aclose()
+            await source.stream.aclose()

@@ -1,17 +1,26 @@
 """What the flow hands back to the HTTP layer: a whole answer or an open stream.
 
-The flow never touches Starlette; ``app`` turns these into responses and adds the request's
-route headers to every one of them.
+The flow never touches an HTTP server; ``front`` (the completion routes on the wire) and ``app``
+(everything else, ASGI) turn these into responses and add the request's route headers to every
+one of them.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from disagg.gateway.requests import error_body
 
+if TYPE_CHECKING:
+    from disagg.gateway.relay import RelaySource
+
 JSON = "application/json"
+
+
+class ClientGone(Exception):
+    """The client disconnected before its answer was complete."""
 
 
 @dataclass
@@ -25,8 +34,11 @@ class Reply:
 @dataclass
 class StreamReply:
     chunks: AsyncIterator[bytes]
+    """The relay as an async iterator (the ASGI path; not started until iterated)."""
     content_type: str = "text/event-stream"
     headers: dict[str, str] = field(default_factory=dict)
+    source: RelaySource | None = None
+    """What the HTTP server pipes without ``chunks`` (``front``); set by the decode leg."""
 
 
 def upstream_failure(message: str, status: int = 502) -> Reply:

@@ -28,10 +28,12 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from disagg.gateway.app import Gateway
 from disagg.gateway.config import GatewayConfig
+from disagg.gateway.front import HOT_PATHS, Exchange, Front
 from disagg.gateway.workers import REUSE_PORT_ENV
 
 log = logging.getLogger(__name__)
@@ -64,14 +66,19 @@ def _too_large_response(why: str) -> bytes:
 
 
 class LimitedProtocol(HttpToolsProtocol):
-    """httptools with bounds on the request line + headers (size, count, time)."""
+    """httptools with bounds on the request line + headers (size, count, time), serving the
+    completion routes itself (``front``) and everything else through the ASGI app."""
 
     max_header_bytes = 16384
     max_headers = 100
     header_read_seconds = 30.0
+    front: Front | None = None
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.watcher: Exchange | None = None
+        """The request ``front`` is serving on this connection, told of a disconnect and of
+        the client's socket filling and draining."""
         self._header_bytes = 0  # raw bytes received while the headers are incomplete
         self._parsed_bytes = 0  # the request line and header fields parsed so far
         self._in_headers = True
@@ -88,6 +95,29 @@ class LimitedProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+        if self.watcher is not None:
+            self.watcher.client_gone()
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self.watcher is not None:
+            self.watcher.pause_writing()
+
+    def resume_writing(self) -> None:
+        super().resume_writing()
+        if self.watcher is not None:
+            self.watcher.resume_writing()
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        front = self.front
+        scope = cycle.scope
+        kind = HOT_PATHS.get(scope["path"]) if scope["method"] == "POST" else None
+        if kind is None or front is None or app is not self.app:  # not ours, or uvicorn's 503
+            super()._start_asgi_task(cycle, app)
+            return
+        task = self.loop.create_task(front.serve(self, cycle, kind))
+        task.add_done_callback(self.tasks.discard)
+        self.tasks.add(task)
 
     # The header timer is lazy: a request's start only stamps the time, and the one timer of
     # the connection, when it fires, closes it or re-arms for what is left -- no timer is
@@ -177,8 +207,9 @@ class LimitedProtocol(HttpToolsProtocol):
         self._header_bytes = 0
 
 
-def protocol_for(config: GatewayConfig) -> type[LimitedProtocol]:
-    """A protocol class carrying this config's limits (uvicorn instantiates it per connection)."""
+def protocol_for(config: GatewayConfig, front: Front | None = None) -> type[LimitedProtocol]:
+    """A protocol class carrying this config's limits and the gateway's completion routes
+    (uvicorn instantiates it per connection)."""
     return type(
         "GatewayProtocol",
         (LimitedProtocol,),
@@ -186,6 +217,7 @@ def protocol_for(config: GatewayConfig) -> type[LimitedProtocol]:
             "max_header_bytes": config.limits.max_header_bytes,
             "max_headers": config.limits.max_headers,
             "header_read_seconds": config.timeouts.header_read_seconds,
+            "front": front,
         },
     )
 
@@ -246,7 +278,7 @@ def serve(gateway: Gateway, host: str, port: int, log_level: str) -> None:
         log_level=log_level,
         access_log=False,
         timeout_keep_alive=65,
-        http=protocol_for(config),
+        http=protocol_for(config, Front(gateway)),
         timeout_graceful_shutdown=int(config.shutdown.timeout_seconds) or None,
     )
     server = GatewayServer(uv_config, gateway, config.shutdown.delay_seconds)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -109,6 +109,23 @@ class Stream:
         except _WIRE_ERRORS as exc:
             raise _translate_wire(exc, self._url) from exc
 
+    def pipe(
+        self, on_data: Callable[[bytes], None], on_end: Callable[[UpstreamError | None], None]
+    ) -> None:
+        """The rest of the body to callbacks, without a coroutine per chunk: ``on_data`` gets
+        what arrived together, ``on_end`` runs once, with the error if the answer broke."""
+
+        def end(exc: Exception | None) -> None:
+            on_end(None if exc is None else _translate_wire(exc, self._url))
+
+        self._conn.attach(on_data, end)
+
+    def pause(self) -> None:
+        self._conn.pause()
+
+    def resume(self) -> None:
+        self._conn.resume()
+
     async def read(self) -> bytes:
         try:
             return await self._conn.read_all()
@@ -117,6 +134,10 @@ class Stream:
 
     async def aclose(self) -> None:
         """Return the connection to the pool if the body was read, else close it."""
+        self._pool.release(self._conn)
+
+    def release(self) -> None:
+        """``aclose`` for a caller that cannot wait (it never does)."""
         self._pool.release(self._conn)
 
 
