@@ -11,6 +11,7 @@ says how many workers' worth of work is admitted.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from disagg.gateway.admission import Admission, QueueFull, Ticket
 from disagg.gateway.config import PoolQueueConfig
@@ -30,6 +31,9 @@ class Worker:
     healthy: bool = True
     engine_ids: set[str] = field(default_factory=set)
     """NIXL engine ids seen in this worker's ``kv_transfer_params`` since it (re)started."""
+    gauges: tuple[Any, Any] | None = field(default=None, compare=False, repr=False)
+    """Its in-flight and health series (looked up once: ``labels`` costs a lock and a
+    lookup, and the request path sets them several times per request)."""
 
     def endpoint(self) -> Endpoint:
         return Endpoint(
@@ -80,6 +84,11 @@ class Pool:
         )
         self.admission.on_refused = self._export_rejection
         metrics.init_pool(name, role)
+        labels = (name, role)
+        self._queue_depth = metrics.queue_depth.labels(*labels)
+        self._inflight = metrics.inflight.labels(*labels)
+        self._busy_workers = metrics.busy_workers.labels(*labels)
+        self._queue_wait = metrics.queue_wait.labels(*labels)
 
     # -- membership -------------------------------------------------------------------------
     def sync(self, infos: list[WorkerInfo]) -> list[str]:
@@ -135,9 +144,15 @@ class Pool:
             self._export_worker(worker)
 
     def _export_worker(self, worker: Worker) -> None:
-        labels = (self.name, self.role, worker.url)
-        self.metrics.worker_inflight.labels(*labels).set(worker.inflight)
-        self.metrics.worker_healthy.labels(*labels).set(1 if worker.healthy else 0)
+        gauges = worker.gauges
+        if gauges is None:
+            labels = (self.name, self.role, worker.url)
+            gauges = worker.gauges = (
+                self.metrics.worker_inflight.labels(*labels),
+                self.metrics.worker_healthy.labels(*labels),
+            )
+        gauges[0].set(worker.inflight)
+        gauges[1].set(1 if worker.healthy else 0)
 
     # -- admission (``admission.Admission``) ----------------------------------------------------
     @property
@@ -147,16 +162,15 @@ class Pool:
     async def admit(self, ticket: Ticket) -> None:
         """Wait for a slot (fair, bounded); raise ``QueueFull`` (429) beyond the bounds."""
         waited = await self.admission.admit(ticket)
-        self.metrics.queue_wait.labels(self.name, self.role).observe(waited)
+        self._queue_wait.observe(waited)
 
     def release(self, ticket: Ticket) -> None:
         self.admission.release(ticket)
 
     def _export_admission(self) -> None:
-        labels = (self.name, self.role)
-        self.metrics.queue_depth.labels(*labels).set(self.admission.queued)
-        self.metrics.inflight.labels(*labels).set(self.admission.admitted)
-        self.metrics.busy_workers.labels(*labels).set(self.admission.busy_workers)
+        self._queue_depth.set(self.admission.queued)
+        self._inflight.set(self.admission.admitted)
+        self._busy_workers.set(self.admission.busy_workers)
 
     def _export_rejection(self) -> None:
         self.metrics.rejected.labels(self.name, self.role).inc()

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import re
 from dataclasses import dataclass
 
 from disagg.gateway.pools import Pool
@@ -36,23 +37,22 @@ class WorkerLoad:
     kv_cache_usage: float = 0.0
 
 
+_LOAD_LINE = re.compile(
+    r"^(vllm:num_requests_waiting|vllm:num_requests_running|vllm:kv_cache_usage_perc)"
+    r"(?:\{[^\n]*\})?[ \t]+(\S+)",
+    re.MULTILINE,
+)
+"""A sample line of one of the three families: its name and value (labels skipped up to the
+line's last ``}``).  One C-level scan of the text instead of a Python loop over every line --
+a worker's exposition is mostly histogram buckets the gateway never reads."""
+
+
 def parse_load(text: str) -> WorkerLoad:
     """Sum waiting/running over engines and take the max KV usage from Prometheus text."""
     waiting = running = kv = 0.0
-    for line in text.splitlines():
-        if not line.startswith("vllm:"):
-            continue
-        name_end = min((i for i in (line.find("{"), line.find(" ")) if i >= 0), default=-1)
-        if name_end < 0:
-            continue
-        name = line[:name_end]
-        if name not in (WAITING, RUNNING, KV_USAGE):
-            continue
-        parts = line[line.rfind("}") + 1 :].split() if "{" in line else line.split()[1:]
-        if not parts:
-            continue
+    for name, raw in _LOAD_LINE.findall(text):
         try:
-            value = float(parts[0])
+            value = float(raw)
         except ValueError:
             continue
         if math.isnan(value):
