@@ -23,6 +23,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from disagg.tokensegments import SegmentedEncoder
+
 TOKENIZER_FILE = "tokenizer.json"
 CONFIG_FILE = "tokenizer_config.json"
 TEMPLATE_FILE = "chat_template.jinja"
@@ -74,6 +76,9 @@ class ModelTokenizer:
         self.bos_token = _special(config.get("bos_token"))
         self.eos_token = _special(config.get("eos_token"))
         self._template: Any = None
+        self._chat_ids = SegmentedEncoder(self._tokenizer)
+        """Rendered chats, encoded piece by piece between special tokens (repeated system
+        prompts come from a cache; ``disagg.tokensegments``)."""
 
     @classmethod
     def find(cls, *candidates: str | Path | None) -> ModelTokenizer | None:
@@ -117,5 +122,4 @@ class ModelTokenizer:
 
     def encode_chat(self, messages: Sequence[Any]) -> list[int]:
         """A chat request's ids: the rendered template, no special tokens added on top."""
-        text = self.render_chat(messages)
-        return list(self._tokenizer.encode(text, add_special_tokens=False).ids)
+        return self._chat_ids.encode(self.render_chat(messages))
