@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -43,12 +44,24 @@ from tests.gateway_procs import Proc, free_port, start_gateway  # noqa: E402
 from tests.kv_procs import EventSim, agrees, eventually, kv_index, precise_config  # noqa: E402
 
 from gateway_bench import find_vllm_router, vllm_router_version  # noqa: E402
-from loadgen import Result, Workload, percentile, run_workload  # noqa: E402
+from loadgen import Result, Workload, percentile  # noqa: E402
 from sections import PRECISE_BEGIN, PRECISE_END  # noqa: E402
 from testbed.tokenizer import write_tokenizer  # noqa: E402
+from ttft_parts import (  # noqa: E402
+    PART_NAMES,
+    Parts,
+    clear_records,
+    run_timed,
+    split,
+    tail_profile,
+    worker_records,
+)
 
 MODEL = "m"
-LOAD_SCORERS = [{"type": "least-loaded"}, {"type": "kv-cache-usage"}]
+PRECISE_SCORERS = [{"type": "kv-cache-usage"}]
+"""Beside ``precise-prefix`` (which weighs the load ahead of a prompt itself)."""
+PRECISE = "precise (ours)"
+PEER = "vllm-router cache_aware"
 
 
 @dataclass
@@ -106,20 +119,32 @@ def prefix_counters(sims: list[EventSim]) -> tuple[float, float]:
 
 async def measured_run(
     url: str, plan: list[tuple[float, str, dict[str, Any]]], warmup: float, sims: list[EventSim]
-) -> tuple[list[Result], tuple[float, float, float, float]]:
-    """Replay ``plan``; keep the requests sent after ``warmup`` seconds, and the workers' hit
-    counters from then to the end (caches start empty: the warm-up fills them)."""
+) -> tuple[list[Result], list[Parts], tuple[float, float, float, float]]:
+    """Replay ``plan``; keep the requests sent after ``warmup`` seconds (and where their TTFT
+    went), and the workers' hit counters from then to the end (caches start empty: the warm-up
+    fills them)."""
 
     async def counters_after_warmup() -> tuple[float, float]:
         await asyncio.sleep(warmup)
         return await asyncio.to_thread(prefix_counters, sims)
 
+    urls = [s.url for s in sims]
+    await asyncio.to_thread(clear_records, urls)
     start_counters = asyncio.create_task(counters_after_warmup())
-    results = await run_workload(url, plan)
+    timed = await run_timed(url, plan)
     h0, q0 = await start_counters
     h1, q1 = await asyncio.to_thread(prefix_counters, sims)
-    kept = [r for (offset, _, _), r in zip(plan, results, strict=True) if offset >= warmup]
-    return kept, (h0, q0, h1, q1)
+    records = await asyncio.to_thread(worker_records, urls)
+    kept: list[Result] = []
+    parts: list[Parts] = []
+    for (offset, _, body), (sent, result) in zip(plan, timed, strict=True):
+        if offset < warmup:
+            continue
+        kept.append(result)
+        part = split(sent, result, body, records)
+        if part is not None:
+            parts.append(part)
+    return kept, parts, (h0, q0, h1, q1)
 
 
 def worker_requests(sims: list[EventSim]) -> list[float]:
@@ -142,7 +167,7 @@ def reset(sims: list[EventSim]) -> None:
         httpx.post(sim.url + "/reset_prefix_cache", timeout=5).raise_for_status()
 
 
-def summarise(results: list[Result], hit_rate: float) -> dict[str, Any]:
+def summarise(results: list[Result], hit_rate: float, parts: list[Parts]) -> dict[str, Any]:
     ok = [r for r in results if r.ok and r.ttft is not None]
     ttft = [r.ttft for r in ok if r.ttft is not None]
     return {
@@ -152,20 +177,39 @@ def summarise(results: list[Result], hit_rate: float) -> dict[str, Any]:
         "ttft_p90": percentile(ttft, 90) * 1000,
         "ttft_p99": percentile(ttft, 99) * 1000,
         "hit_rate": hit_rate,
+        "parts": tail_profile(parts),
+        "load": Path("/proc/loadavg").read_text().split()[0],
     }
 
 
-def pooled(
-    setup: Setup, results: dict[str, list[Result]], hits: dict[str, list[float]]
-) -> dict[str, Any]:
-    h = sum(x for x in hits[setup.name][0::2])
-    q = sum(x for x in hits[setup.name][1::2])
-    return summarise(results[setup.name], h / q if q else float("nan"))
+@dataclass
+class Tally:
+    """One setup's measured requests, over every run."""
+
+    results: list[Result] = field(default_factory=list)
+    parts: list[Parts] = field(default_factory=list)
+    hits: float = 0.0
+    queries: float = 0.0
+    busiest: float = 0.0
+    served: float = 0.0
+
+    def pooled(self) -> dict[str, Any]:
+        hit_rate = self.hits / self.queries if self.queries else float("nan")
+        row = summarise(self.results, hit_rate, self.parts)
+        row["busiest"] = self.busiest / max(1.0, self.served)
+        return row
+
+
+def order(setups: list[Setup], run: int) -> list[Setup]:
+    """Run ``run``'s order: rotated each time, so no setup always follows the same one or goes
+    first on a machine whose load drifts."""
+    shift = run % len(setups)
+    return setups[shift:] + setups[:shift]
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description="precise vs approximate vs vllm-router")
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--warmup", type=float, default=15.0, help="seconds not measured")
     parser.add_argument("--rate", type=float, default=8.0)
@@ -197,7 +241,14 @@ def main() -> int:
     load_before = Path("/proc/loadavg").read_text().split()[0]
     tokenizer = write_tokenizer(Path(tempfile.mkdtemp(prefix="bench-tokenizer-")))
     sims = [
-        EventSim("--num-gpu-blocks-override", str(args.blocks), tokenizer=tokenizer, wait=False)
+        EventSim(
+            "--num-gpu-blocks-override",
+            str(args.blocks),
+            "--sim-record",
+            str(2 * len(plan)),
+            tokenizer=tokenizer,
+            wait=False,
+        )
         for _ in range(4)
     ]
     procs: list[Proc] = []
@@ -205,57 +256,47 @@ def main() -> int:
         for sim in sims:
             sim.proc.wait_ready()
         urls = [s.url for s in sims]
-        precise_cfg = precise_config(sims, tokenizer, LOAD_SCORERS, weight=1.0)
+        precise_cfg = precise_config(sims, tokenizer, PRECISE_SCORERS, weight=1.0)
         precise = [start_gateway([], urls, config=precise_cfg) for _ in range(2)]
         approximate = [start_gateway([], urls) for _ in range(2)]
         routers = [start_vllm_router(binary, urls) for _ in range(2)]
         procs += precise + approximate + routers
         setups = []
         for name, replicas in (
-            ("precise (ours)", precise),
+            (PRECISE, precise),
             ("approximate (ours)", approximate),
-            ("vllm-router cache_aware", routers),
+            (PEER, routers),
         ):
             balancer = start_balancer([p.port for p in replicas])
             procs.append(balancer)
             setups.append(Setup(name, replicas, balancer))
-        results: dict[str, list[Result]] = {s.name: [] for s in setups}
-        hits: dict[str, list[float]] = {s.name: [] for s in setups}
-        busiest: dict[str, list[float]] = {s.name: [] for s in setups}
+        tallies = {s.name: Tally() for s in setups}
         agreement: list[bool] = []
         for run in range(args.runs):
-            for setup in setups:
+            for setup in order(setups, run):
+                tally = tallies[setup.name]
                 reset(sims)
-                if setup.name.startswith("precise"):  # the reset reached both indexes
+                if setup.name == PRECISE:  # the reset reached both indexes
                     for replica in precise:
                         eventually(lambda r=replica: agrees(r, sims), "index == caches", 30)
                 served0 = worker_requests(sims)
-                out, (h0, q0, h1, q1) = asyncio.run(
+                out, parts, (h0, q0, h1, q1) = asyncio.run(
                     measured_run(setup.balancer.url, plan, args.warmup, sims)
                 )
                 served = [b - a for a, b in zip(served0, worker_requests(sims), strict=True)]
-                busiest[setup.name] += [max(served), sum(served)]
-                results[setup.name] += out
-                hits[setup.name] += [h1 - h0, q1 - q0]
+                tally.busiest += max(served)
+                tally.served += sum(served)
+                tally.results += out
+                tally.parts += parts
+                tally.hits += h1 - h0
+                tally.queries += q1 - q0
                 setup.runs.append(
-                    summarise(out, (h1 - h0) / (q1 - q0) if q1 > q0 else float("nan"))
+                    summarise(out, (h1 - h0) / (q1 - q0) if q1 > q0 else float("nan"), parts)
                 )
                 print(f"run {run + 1} {setup.name}: {setup.runs[-1]}", flush=True)
-                if setup.name.startswith("precise"):
-                    ok = True
-                    try:
-                        for replica in precise:
-                            eventually(lambda r=replica: agrees(r, sims), "index == caches", 30)
-                    except AssertionError:
-                        ok = False
-                    a, b = (kv_index(r)["workers"] for r in precise)
-                    ok = ok and {w: v["fingerprint"] for w, v in a.items()} == {
-                        w: v["fingerprint"] for w, v in b.items()
-                    }
-                    agreement.append(ok)
-        rows = {s.name: pooled(s, results, hits) for s in setups}
-        for name, counts in busiest.items():
-            rows[name]["busiest"] = sum(counts[0::2]) / max(1.0, sum(counts[1::2]))
+                if setup.name == PRECISE:
+                    agreement.append(replicas_agree(precise, sims))
+        rows = {name: tally.pooled() for name, tally in tallies.items()}
         env = {
             "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(started)),
             "seconds": round(time.time() - started),
@@ -277,6 +318,19 @@ def main() -> int:
     return 0
 
 
+def replicas_agree(precise: list[Proc], sims: list[EventSim]) -> bool:
+    """Both replicas' indexes equal every worker's cache, and each other's."""
+    try:
+        for replica in precise:
+            eventually(lambda r=replica: agrees(r, sims), "index == caches", 30)
+    except AssertionError:
+        return False
+    a, b = (kv_index(r)["workers"] for r in precise)
+    return {w: v["fingerprint"] for w, v in a.items()} == {
+        w: v["fingerprint"] for w, v in b.items()
+    }
+
+
 def report(
     rows: dict[str, dict[str, Any]],
     setups: list[Setup],
@@ -286,8 +340,8 @@ def report(
     agreement: list[bool],
     env: dict[str, Any],
 ) -> str:
-    peer = rows["vllm-router cache_aware"]
-    ours = rows["precise (ours)"]
+    peer = rows[PEER]
+    ours = rows[PRECISE]
     lines = [
         PRECISE_BEGIN,
         "## Precise prefix routing (vLLM KV events)",
@@ -312,28 +366,48 @@ def report(
     lines.append(
         "| precise / vllm-router |  | " + " | ".join(f"{r:.2f}x" for r in ratios) + " |  |  |  |"
     )
+    by_name = {s.name: s for s in setups}
+    per_run = [
+        a["ttft_p99"] / b["ttft_p99"]
+        for a, b in zip(by_name[PRECISE].runs, by_name[PEER].runs, strict=True)
+    ]
     p99 = ratios[2]
     verdict = "met" if p99 <= 0.8 else "not met"
+    met_runs = sum(r <= 0.8 for r in per_run)
     lines += [
         "",
-        f"Goal (issue 14): precise TTFT p99 <= 0.8x vllm-router's -- {p99:.2f}x, {verdict}.",
+        f"Goal (issue 14): precise TTFT p99 <= 0.8x vllm-router's -- pooled {p99:.2f}x, "
+        f"{verdict}; run by run {', '.join(f'{r:.2f}x' for r in per_run)} (met in {met_runs} "
+        f"of {len(per_run)} runs; median {statistics.median(per_run):.2f}x).",
         "",
-        "How to read it. *Busiest worker's share* is the fraction of requests the most loaded of "
-        "the four workers served (25% = even): a router that sends every request of a prefix to "
-        "the worker that caches it concentrates load, and on aggregated workers queued prefills "
-        "delay everyone's first token there. Precise routing sees which worker really holds a "
-        "prefix (also after evictions, which the approximate index and vllm-router's tree only "
-        "guess) and both replicas see the same; the load scorers then spread what the cache "
-        "does not decide. The machine is a shared 2-core VM, so the simulators' wall-clock "
-        "steps absorb CPU noise: compare setups within this run, and the run-by-run spread "
-        "below, rather than absolute milliseconds.",
+        "Where the time to first token went (ms; `GET /sim/requests` joined with the client's "
+        "timings, see `bench/ttft_parts.py`): *front* = client -> balancer -> router -> worker, "
+        "with the worker's request parsing; *queue* = waiting in the engine for a batch slot; "
+        "*prefill* = scheduled -> first token (the uncached part of the prompt, in a step shared "
+        "with other requests' decodes); *back* = the token's way back to the client. Median "
+        "over all requests, and mean over the slowest 1 %:",
+        "",
+        "| setup | median front / queue / prefill / back | slowest 1 %: front / queue / "
+        "prefill / back | uncached prompt tokens, median / slowest 1 % |",
+        "|---|---|---|---|",
     ]
-    lines += ["", "Run by run (TTFT p50 / p99 ms, hit rate):", ""]
+    for name, row in rows.items():
+        parts = row["parts"]
+        if not parts:
+            continue
+        mid = " / ".join(f"{parts['p50_' + n]:.0f}" for n in PART_NAMES)
+        tail = " / ".join(f"{parts['tail_' + n]:.0f}" for n in PART_NAMES)
+        lines.append(
+            f"| {name} | {mid} | {tail} (n={parts['tail_n']:.0f}) | "
+            f"{parts['p50_miss_tokens']:.0f} / {parts['tail_miss_tokens']:.0f} |"
+        )
+    lines += ["", "Run by run (TTFT p50 / p99 ms, hit rate; load average when it ended):", ""]
     for setup in setups:
-        parts = [
-            f"{r['ttft_p50']:.1f} / {r['ttft_p99']:.1f}, {r['hit_rate']:.1%}" for r in setup.runs
+        cells = [
+            f"{r['ttft_p50']:.1f} / {r['ttft_p99']:.1f}, {r['hit_rate']:.1%} ({r['load']})"
+            for r in setup.runs
         ]
-        lines.append(f"* {setup.name}: " + "; ".join(parts))
+        lines.append(f"* {setup.name}: " + "; ".join(cells))
     lines += [
         "",
         f"Replica agreement: after each precise run both replicas' indexes equalled every "
@@ -350,18 +424,21 @@ def _describe(workload: Workload, requests: int, runs: int, warmup: float, block
     cache), publishing vLLM 0.33's KV events and tokenizing with a real Hugging Face
     tokenizer (`testbed.tokenizer`, trained offline). Each router runs as **two replicas behind
     one round-robin TCP load balancer** (`bench/tcp_lb.py`, a Service's connection balancing).
-    *precise*: our gateway with `precise-prefix` + `least-loaded` + `kv-cache-usage` (weight 1
-    each), following the workers' events, tokenizer mounted; *approximate*: our gateway's default
-    `prefix-affinity` + the same two; *vllm-router*: `--policy cache_aware` over the same four
-    workers. One seeded workload of {requests} streamed chat requests over {workload.seconds:g} s
-    at {workload.rate:g}/s (Poisson), sharing {workload.prefixes} system prompts of
-    {workload.prefix_words} words (Pareto popularity: a few hot, a long tail) plus a
-    {workload.suffix_words}-word user turn, {workload.max_tokens} output tokens; run {runs} times
-    per setup, setups alternating, results pooled. Prefix caches are reset before every run; the
-    first {warmup:g} s of each run warm them up and are not measured (steady state: what a
-    router does with caches it has learnt). *Hit rate* = the workers'
-    `vllm:prefix_cache_hits_total` / `vllm:prefix_cache_queries_total` (tokens) over the
-    measured part.
+    *precise*: our gateway with `precise-prefix` (which prices the load ahead of a prompt
+    itself: docs/gateway.md) + `kv-cache-usage`, weight 1 each, following the workers' events,
+    tokenizer mounted; *approximate*: our gateway's default decode profile, `prefix-affinity` +
+    `least-loaded` + `kv-cache-usage`; *vllm-router*: `--policy cache_aware` (its defaults)
+    over the same four workers. One seeded workload of {requests} streamed chat requests over
+    {workload.seconds:g} s at {workload.rate:g}/s (Poisson), sharing {workload.prefixes} system
+    prompts of {workload.prefix_words} words (Pareto popularity: a few hot, a long tail) plus a
+    {workload.suffix_words}-word user turn, {workload.max_tokens} output tokens: the same
+    requests at the same moments for every setup, {runs} rounds, each round running the three
+    setups one after the other in an order rotated every round (so no setup always goes first
+    or follows the same one while the shared machine's load drifts); percentiles pooled over the
+    rounds, and per round below. Prefix caches are reset before every run; the first
+    {warmup:g} s of each run warm them up and are not measured (steady state: what a router does
+    with caches it has learnt). *Hit rate* = the workers' `vllm:prefix_cache_hits_total` /
+    `vllm:prefix_cache_queries_total` (tokens) over the measured part.
     """
     return " ".join(text.split())
 
