@@ -102,3 +102,51 @@ async def test_a_message_the_buffer_no_longer_holds_clears_the_worker() -> None:
     assert lost == 1
     # Cleared, then rebuilt from what came after: nothing stale, nothing claimed from before.
     assert matched == [0, 0, 0, 1, 1]
+
+
+def _checked_stream() -> tuple[KVEventSubscriber, Any, CollectorRegistry]:
+    from disagg.gateway.kvsubscriber import StreamAddress, _Stream
+
+    registry = CollectorRegistry()
+    subscriber = KVEventSubscriber(
+        KVBlockIndex(), KVEventsConfig(), HASHER, KVEventMetrics(registry)
+    )
+    stream = _Stream(StreamAddress(WORKER, 0, "tcp://127.0.0.1:1", None))
+    subscriber._set_synced(stream, True)
+    return subscriber, stream, registry
+
+
+def _batch(n: int, hasher: BlockHasher) -> bytes:
+    from disagg.kvevents import EventBatch, encode_batch
+
+    tokens = [n * 100 + i for i in range(16)]
+    key = external(hasher.chain(tokens, 16)[0])
+    return encode_batch(EventBatch(float(n), [BlockStored([key], None, tokens, 16)], 0))
+
+
+OTHER_SEED = BlockHasher("sha256", "another PYTHONHASHSEED")
+
+
+def test_hashing_checks_turn_to_sampling_once_proven_and_still_catch_a_mismatch() -> None:
+    from disagg.gateway.kvsubscriber import SAMPLE_EVERY, VERIFY_BLOCKS
+
+    subscriber, stream, registry = _checked_stream()
+    for n in range(VERIFY_BLOCKS):
+        subscriber._apply(stream, n, _batch(n, HASHER), "applied")
+    assert subscriber.index.synced(WORKER)
+    # proven: a differently hashed event is caught within SAMPLE_EVERY stored events
+    for n in range(VERIFY_BLOCKS, VERIFY_BLOCKS + SAMPLE_EVERY):
+        subscriber._apply(stream, n, _batch(n, OTHER_SEED), "applied")
+    assert registry.get_sample_value("disagg_gateway_kv_hash_mismatches_total") == 1
+    assert not subscriber.index.synced(WORKER)
+
+
+def test_a_cleared_stream_checks_every_block_again() -> None:
+    from disagg.gateway.kvsubscriber import VERIFY_BLOCKS
+
+    subscriber, stream, registry = _checked_stream()
+    for n in range(VERIFY_BLOCKS):
+        subscriber._apply(stream, n, _batch(n, HASHER), "applied")
+    subscriber._clear(stream, "restart")  # a new engine process: its hashing is unproven
+    subscriber._apply(stream, 0, _batch(VERIFY_BLOCKS, OTHER_SEED), "applied")
+    assert registry.get_sample_value("disagg_gateway_kv_hash_mismatches_total") == 1

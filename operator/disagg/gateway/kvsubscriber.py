@@ -19,10 +19,14 @@ lost, so the sequence numbers are watched:
   back to the approximate index for that worker until the next handshake has caught up.
 
 Without a replay socket a gap or a reconnect clears the worker instead.  A worker discovery drops
-is forgotten at once.  Every ``BlockStored`` whose parent digest is known (always for a prompt's
+is forgotten at once.  A ``BlockStored`` whose parent digest is known (always for a prompt's
 first blocks) is re-hashed from its ``token_ids`` with the gateway's own hasher: a mismatch (the
 engine uses another ``--prefix-caching-hash-algo`` or seed) is logged once and leaves that stream
-unsynced, since the gateway's request hashes could never match its keys.
+unsynced, since the gateway's request hashes could never match its keys.  Hashing is a property
+of the engine process, so every block is checked only until ``VERIFY_BLOCKS`` have matched since
+the stream was (re)built -- a new engine process clears the stream and is checked afresh -- and
+one stored event in ``SAMPLE_EVERY`` after that: re-hashing every block of every engine's events
+cost each gateway replica as much CPU as routing its requests.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import urlsplit
 
 import zmq
@@ -115,6 +120,12 @@ class KVEventMetrics:
         )
 
 
+VERIFY_BLOCKS = 256
+"""Blocks re-hashed in full after a stream is (re)built, before checking turns to sampling."""
+SAMPLE_EVERY = 32
+"""After that, one stored event in this many is re-hashed."""
+
+
 class _Stream:
     """One engine's event stream: the applied sequence number and the last payload's digest."""
 
@@ -123,6 +134,9 @@ class _Stream:
         self.last_seq = -1
         self.last_digest = b""
         self.mismatch = False
+        self.verified = 0
+        """Blocks whose hashes matched the gateway's since the stream was (re)built."""
+        self.stored_events = 0
         self.task: asyncio.Task[None] | None = None
 
 
@@ -142,6 +156,7 @@ class KVEventSubscriber:
         self._streams: dict[str, list[_Stream]] = {}
         self._digests: OrderedDict[int, bytes] = OrderedDict()  # event key -> full digest
         self._retired: set[asyncio.Task[None]] = set()  # cancelled, closing their sockets
+        self._outcomes: dict[str, Any] = {}  # batch outcome -> its counter (labels() is slow)
 
     # -- membership ----------------------------------------------------------------------------
     def sync(self, workers: Mapping[str, str]) -> None:
@@ -321,6 +336,7 @@ class KVEventSubscriber:
     def _clear(self, stream: _Stream, reason: str) -> None:
         self.index.cleared(stream.address.worker, stream.address.rank)
         stream.last_seq, stream.last_digest = -1, b""
+        stream.verified = 0
         self.metrics.resyncs.labels(reason).inc()
 
     def _apply(self, stream: _Stream, seq: int, payload: bytes, outcome: str) -> None:
@@ -340,12 +356,18 @@ class KVEventSubscriber:
             elif isinstance(event, AllBlocksCleared):
                 self.index.cleared(a.worker, a.rank)
                 self.metrics.resyncs.labels("reset").inc()
-        self.metrics.batches.labels(outcome).inc()
+        counter = self._outcomes.get(outcome)
+        if counter is None:
+            counter = self._outcomes[outcome] = self.metrics.batches.labels(outcome)
+        counter.inc()
         self._export()
 
     def _check_hashes(self, stream: _Stream, event: BlockStored) -> None:
         """Recompute the event's hashes where the parent is known; a mismatch unsyncs it."""
         if stream.mismatch or event.block_size < 1:
+            return
+        stream.stored_events += 1
+        if stream.verified >= VERIFY_BLOCKS and stream.stored_events % SAMPLE_EVERY:
             return
         parent: bytes | None = None
         if event.parent_block_hash is not None:
@@ -369,6 +391,7 @@ class KVEventSubscriber:
                 )
                 self._set_synced(stream, False)
                 return
+            stream.verified += 1
             self._digests[key] = parent
             if len(self._digests) > 65536:
                 self._digests.popitem(last=False)
