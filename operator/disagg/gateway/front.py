@@ -54,7 +54,7 @@ def _chunk(data: bytes) -> bytes:
 
 
 class ClientConnection(Protocol):
-    """What is used of the client's connection (``server.ClientConnection``)."""
+    """What is used of the client's connection (``server.LimitedProtocol``)."""
 
     transport: asyncio.Transport
     flow: FlowControl
