@@ -32,22 +32,28 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
 from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes import client, config
+from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
+from disagg.render.gateway import GATEWAY_RULES
+
 REPO = Path(__file__).resolve().parent.parent
+
 CACHE = Path(os.environ.get("DISAGG_CACHE", Path.home() / ".cache" / "disagg"))
 KUBECONFIG = CACHE / "kubeconfig"
 GROUP, VERSION = "disagg.dev", "v1alpha1"
 BENCH_NS = "disagg-bench-system"
 SA = "disagg-bench-operator"
 FLOW = "disagg-bench-operator"
+#: The gateways' ClusterRole, as the chart installs it (the operator binds it per gateway).
+GATEWAY_ROLE = "disagg-bench-gateway"
 CHANGES = 20
 
 
@@ -120,6 +126,12 @@ def operator_identity(tmp: Path) -> Path:
                             "name": "cluster-admin",
                         },
                         "subjects": [{"kind": "ServiceAccount", "name": SA, "namespace": BENCH_NS}],
+                    },
+                    {
+                        "apiVersion": "rbac.authorization.k8s.io/v1",
+                        "kind": "ClusterRole",
+                        "metadata": {"name": GATEWAY_ROLE},
+                        "rules": GATEWAY_RULES,
                     },
                     {
                         "apiVersion": "flowcontrol.apiserver.k8s.io/v1",
@@ -212,6 +224,8 @@ class Operator:
                 f"127.0.0.1:{self.metrics_port}",
                 "--workers",
                 str(self.workers),
+                "--gateway-cluster-role",
+                GATEWAY_ROLE,
             ],
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -244,7 +258,9 @@ class Operator:
                 continue
             name, _, value = line.rpartition(" ")
             if name.startswith("disagg_operator_api_requests_total"):
-                requests[name.split('verb="')[1].split('"')[0]] = float(value)
+                verb = name.split('verb="')[1].split('"')[0]
+                kind = name.split('kind="')[1].split('"')[0]
+                requests[f"{verb} {kind}"] = float(value)
             else:
                 values[name] = float(value)
         return {
@@ -294,6 +310,94 @@ def converged(obj: dict[str, Any]) -> bool:
     return status.get("observedGeneration") == obj["metadata"].get("generation")
 
 
+class Watcher:
+    """Follows one list of objects with a watch (never by polling: a driver listing N
+    objects several times a second would cost the API server more than the operator does)
+    and records when ``ok`` first held for each object."""
+
+    def __init__(self, list_fn: Any, ok: Any, **kwargs: Any) -> None:
+        self.list_fn, self.ok, self.kwargs = list_fn, ok, kwargs
+        self.seen: dict[str, float] = {}
+        self.latest: dict[str, dict[str, Any]] = {}
+        self._stop = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _record(self, obj: dict[str, Any]) -> None:
+        name = obj["metadata"]["name"]
+        with self._cond:
+            self.latest[name] = obj
+            if name not in self.seen and self.ok(obj):
+                self.seen[name] = time.monotonic()
+            self._cond.notify_all()
+
+    def _run(self) -> None:
+        version = None
+        while not self._stop:
+            try:
+                if version is None:
+                    response = self.list_fn(_preload_content=False, **self.kwargs)
+                    listed = json.loads(response.data)
+                    for obj in listed["items"]:
+                        self._record(obj)
+                    version = listed["metadata"]["resourceVersion"]
+                stream = watch.Watch().stream(
+                    self.list_fn,
+                    resource_version=version,
+                    timeout_seconds=60,
+                    _preload_content=False,
+                    **self.kwargs,
+                )
+                for event in stream:
+                    if self._stop:
+                        return
+                    raw = event["raw_object"]
+                    version = raw["metadata"].get("resourceVersion", version)
+                    if event["type"] in ("ADDED", "MODIFIED"):
+                        self._record(raw)
+            except ApiException as exc:
+                if exc.status == 410:  # too old: list again
+                    version = None
+                else:
+                    time.sleep(0.5)
+
+    def wait(self, names: list[str], timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not all(n in self.seen for n in names):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 1.0))
+        return True
+
+    def wait_all_ok(self, timeout: float) -> bool:
+        """Until ``ok`` holds for the latest state of every object seen."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not all(self.ok(obj) for obj in self.latest.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(min(left, 1.0))
+        return True
+
+    def forget(self, name: str) -> None:
+        with self._cond:
+            self.seen.pop(name, None)
+
+    def stop(self) -> None:
+        self._stop = True
+
+
+def none_left(list_fn: Any, *args: Any, **kwargs: Any) -> bool:
+    """Whether a list is empty, asking for one item only."""
+    result = list_fn(*args, limit=1, **kwargs)
+    items = result["items"] if isinstance(result, dict) else result.items
+    return not items
+
+
 def run_one(
     n: int, workers: int, kubeconfig: Path, tmp: Path, rest_seconds: float
 ) -> dict[str, Any]:
@@ -305,10 +409,17 @@ def run_one(
     op = Operator(kubeconfig, workers, tmp / f"operator-{n}.log")
     op.start()
     result: dict[str, Any] = {"n": n, "workers": workers}
+    watcher = Watcher(
+        api.list_namespaced_custom_object,
+        converged,
+        group=GROUP,
+        version=VERSION,
+        namespace=ns,
+        plural="disaggdeployments",
+    )
     try:
         names = [f"dd-{i:04d}" for i in range(n)]
         created: dict[str, float] = {}
-        done: dict[str, float] = {}
         requests_before, cpu_before = operator_requests(), op.cpu_seconds()
         started = time.monotonic()
 
@@ -321,23 +432,15 @@ def run_one(
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
             list(pool.map(create, names))
         log(f"N={n}: created in {time.monotonic() - started:.1f} s")
-        while len(done) < n and time.monotonic() - started < 900:
-            items = api.list_namespaced_custom_object(GROUP, VERSION, ns, "disaggdeployments")[
-                "items"
-            ]
-            now = time.monotonic()
-            for obj in items:
-                if obj["metadata"]["name"] not in done and converged(obj):
-                    done[obj["metadata"]["name"]] = now
-            time.sleep(0.25)
-        if len(done) < n:
-            raise SystemExit(f"N={n}: only {len(done)} converged")
+        if not watcher.wait(names, 900):
+            raise SystemExit(f"N={n}: only {len(watcher.seen)} converged")
+        done = dict(watcher.seen)
         latencies = [done[k] - created[k] for k in names]
         settled = op.wait(
             lambda h: h and h.get("queued") == 0 and not h.get("processing"), 120, "queue empty"
         )
         requests_after = operator_requests()
-        result["operator_requests_by_verb_per_deployment"] = {
+        result["operator_requests_per_deployment"] = {
             verb: round(count / n, 2) for verb, count in sorted(settled["requests"].items())
         }
         result.update(
@@ -357,26 +460,40 @@ def run_one(
         )
 
         changes = []
-        for i, name in enumerate(names[:: max(1, n // CHANGES)][:CHANGES]):
-            marker = str(100 + i)
-            t0 = time.monotonic()
-            api.patch_namespaced_custom_object(
-                GROUP,
-                VERSION,
-                ns,
-                "disaggdeployments",
-                name,
-                {"spec": {"decode": {"extraArgs": ["--max-num-seqs", marker]}}},
-            )
-            while time.monotonic() - t0 < 60:
-                dep = apps.read_namespaced_deployment(f"{name}-decode", ns)
-                if marker in (dep.spec.template.spec.containers[0].args or []):
-                    changes.append(time.monotonic() - t0)
-                    break
-                time.sleep(0.02)
+        deployments = Watcher(
+            apps.list_namespaced_deployment,
+            lambda d: False,
+            namespace=ns,
+        )
+        try:
+            for i, name in enumerate(names[:: max(1, n // CHANGES)][:CHANGES]):
+                marker = str(100 + i)
+                child = f"{name}-decode"
+                deployments.ok = lambda d, m=marker: (
+                    m in (d["spec"]["template"]["spec"]["containers"][0].get("args") or [])
+                )
+                deployments.forget(child)
+                t0 = time.monotonic()
+                api.patch_namespaced_custom_object(
+                    GROUP,
+                    VERSION,
+                    ns,
+                    "disaggdeployments",
+                    name,
+                    {"spec": {"decode": {"extraArgs": ["--max-num-seqs", marker]}}},
+                )
+                if deployments.wait([child], 60):
+                    changes.append(deployments.seen[child] - t0)
+        finally:
+            deployments.stop()
         result["spec_change_to_child_p50_s"] = round(percentile(changes, 0.5), 3)
         result["spec_change_to_child_p99_s"] = round(percentile(changes, 0.99), 3)
         result["rss_mib"], result["peak_rss_mib"] = (round(v, 1) for v in op.memory_mib())
+        # Every change has reached its DisaggDeployment's status before the restart, so the
+        # restart measures a resume of settled objects, not the tail of the changes.
+        if not watcher.wait_all_ok(120):
+            raise SystemExit(f"N={n}: the changed objects did not converge")
+        op.wait(lambda h: h and h.get("queued") == 0 and not h.get("processing"), 60, "settled")
 
         op.stop()
         restart_requests = operator_requests()
@@ -393,7 +510,7 @@ def run_one(
             "resume",
         )
         result["restart_resumed_seconds"] = round(time.monotonic() - t0, 2)
-        writes = {k: v for k, v in health.get("requests", {}).items() if k != "event"}
+        writes = {k: v for k, v in health.get("requests", {}).items() if not k.startswith("event ")}
         result["restart_writes"] = sum(writes.values())
         result["restart_requests_per_deployment"] = round(
             (operator_requests() - restart_requests) / n, 2
@@ -401,20 +518,17 @@ def run_one(
 
         t0 = time.monotonic()
         api.delete_collection_namespaced_custom_object(GROUP, VERSION, ns, "disaggdeployments")
+        managed = "app.kubernetes.io/managed-by=disagg-operator"
         while time.monotonic() - t0 < 300:
-            left = len(apps.list_namespaced_deployment(ns).items) + len(
-                core.list_namespaced_config_map(
-                    ns, label_selector="app.kubernetes.io/managed-by=disagg-operator"
-                ).items
-            )
             if (
-                left == 0
-                and not api.list_namespaced_custom_object(GROUP, VERSION, ns, "inferencepools")[
-                    "items"
-                ]
+                none_left(apps.list_namespaced_deployment, ns)
+                and none_left(core.list_namespaced_config_map, ns, label_selector=managed)
+                and none_left(
+                    api.list_namespaced_custom_object, GROUP, VERSION, ns, "inferencepools"
+                )
             ):
                 break
-            time.sleep(0.5)
+            time.sleep(1.0)
         result["delete_to_children_gone_seconds"] = round(time.monotonic() - t0, 2)
         op.wait(lambda h: h and h.get("queued") == 0, 60, "queue empty after delete")
         result["rss_after_delete_mib"] = round(op.memory_mib()[0], 1)
@@ -422,6 +536,7 @@ def run_one(
         log(json.dumps(result))
         result["floor_create_seconds"] = floor(ns, n)
     finally:
+        watcher.stop()
         op.stop()
         with contextlib.suppress(ApiException):
             core.delete_namespace(ns)
@@ -440,7 +555,9 @@ def floor(ns: str, n: int) -> float:
     for i in range(n):
         name = f"floor-{i:04d}"
         spec = DisaggDeploymentSpec.model_validate(a_disagg(name)["spec"])
-        for child in render_disaggdeployment_children(name, ns, spec):
+        for child in render_disaggdeployment_children(
+            name, ns, spec, gateway_cluster_role=GATEWAY_ROLE
+        ):
             objects.append(child)
             if child["kind"] == "InferencePool":
                 pool = InferencePoolSpec.model_validate(child["spec"])

@@ -73,6 +73,7 @@ class World:
     failure: FailureMemory | None = None
     policies: PolicySet = field(default_factory=PolicySet)
     clock: float = 1000.0
+    gateway_cluster_role: str | None = None
     rv: itertools.count = field(default_factory=lambda: itertools.count(100))  # type: ignore[type-arg]
 
     @property
@@ -95,7 +96,12 @@ class World:
         )
 
     def config(self) -> PlanConfig:
-        return PlanConfig(policies=self.policies, now="2026-12-01T00:00:00Z", clock=self.clock)
+        return PlanConfig(
+            policies=self.policies,
+            now="2026-12-01T00:00:00Z",
+            clock=self.clock,
+            gateway_cluster_role=self.gateway_cluster_role,
+        )
 
     def plan(self) -> Plan:
         fn = plan_pool if self.is_pool else plan_disagg

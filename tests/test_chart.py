@@ -107,6 +107,15 @@ def of_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [d for d in docs if d["kind"] == kind]
 
 
+def operator_cluster_roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """ClusterRoles the operator itself holds (not the one it binds for gateways)."""
+    return [
+        d
+        for d in of_kind(docs, "ClusterRole")
+        if d["metadata"]["labels"].get("app.kubernetes.io/component") != "gateway"
+    ]
+
+
 def grants(rules: list[dict[str, Any]]) -> dict[tuple[str, str], set[str]]:
     out: dict[tuple[str, str], set[str]] = {}
     for rule in rules:
@@ -168,7 +177,7 @@ def test_no_wildcard_in_any_role(case: str) -> None:
 
 
 def test_cluster_wide_role_is_exactly_what_the_operator_needs() -> None:
-    (role,) = of_kind(render("default"), "ClusterRole")
+    (role,) = operator_cluster_roles(render("default"))
     assert grants(role["rules"]) == {**NAMESPACED_GRANTS, **CRD_READS}
     (binding,) = of_kind(render("default"), "ClusterRoleBinding")
     (account,) = of_kind(render("default"), "ServiceAccount")
@@ -181,6 +190,19 @@ def test_cluster_wide_role_is_exactly_what_the_operator_needs() -> None:
         }
     ]
     assert not of_kind(render("default"), "Role")
+
+
+@pytest.mark.parametrize("case", ["default", "namespaced"])
+def test_gateways_are_bound_to_one_cluster_role_that_only_reads_pods(case: str) -> None:
+    docs = render(case)
+    (role,) = [r for r in of_kind(docs, "ClusterRole") if r not in operator_cluster_roles(docs)]
+    assert grants(role["rules"]) == {("", "pods"): {"get", "list", "watch"}}
+    assert f"--gateway-cluster-role={role['metadata']['name']}" in _args(case)
+    # Nothing binds it cluster-wide: only the operator's RoleBindings, per namespace.
+    assert all(
+        b["roleRef"]["name"] != role["metadata"]["name"]
+        for b in of_kind(docs, "ClusterRoleBinding")
+    )
 
 
 def test_every_kind_the_operator_touches_is_granted() -> None:
@@ -198,7 +220,7 @@ def test_namespaced_mode_grants_roles_only_in_listed_namespaces() -> None:
         assert grants(role["rules"]) == NAMESPACED_GRANTS
     bindings = of_kind(docs, "RoleBinding")
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
-    (cluster_role,) = of_kind(docs, "ClusterRole")
+    (cluster_role,) = operator_cluster_roles(docs)
     assert grants(cluster_role["rules"]) == {**CRD_READS, **NAMESPACE_READS}
     args = operator_deployment("namespaced")["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--namespace=team-a" in args and "--namespace=team-b" in args

@@ -27,19 +27,40 @@ def test_a_new_deployment_creates_both_pools_and_the_gateway() -> None:
     assert set(GATEWAY_OBJECTS) <= set(refs)
 
 
-def test_status_does_not_claim_the_generation_before_the_pools_applied_it() -> None:
+def test_status_is_written_once_the_children_applied_the_generation() -> None:
     world = _world()
     plan = world.plan()
-    assert plan.status is not None and "observedGeneration" not in plan.status
+    assert plan.status is None  # the children are being created: nothing to say yet
     world.apply(plan)
     prefill = world.live[("InferencePool", "llm-prefill")]
-    assert prefill is not None
+    gateway = world.live[("Deployment", "llm-gateway")]
+    assert prefill is not None and gateway is not None
     prefill["status"]["observedGeneration"] = 0  # the pool has not reconciled its spec yet
-    assert "observedGeneration" not in (world.plan().status or {})
+    assert world.plan().status is None
     prefill["status"]["observedGeneration"] = prefill["metadata"]["generation"]
+    gateway["status"]["observedGeneration"] = 0  # nor has the Deployment controller
+    assert world.plan().status is None
+    gateway["status"]["observedGeneration"] = gateway["metadata"]["generation"]
     status = world.plan().status
     assert status is not None and status["observedGeneration"] == 1
     assert all(c["observedGeneration"] == 1 for c in status["conditions"])
+
+
+def test_a_degraded_pool_is_reported_at_once_without_the_generation() -> None:
+    world = _world()
+    world.apply(world.plan())
+    prefill = world.live[("InferencePool", "llm-prefill")]
+    assert prefill is not None
+    prefill["status"] = {
+        "observedGeneration": 0,
+        "conditions": [
+            {"type": "Ready", "status": "False", "reason": "Unschedulable", "message": "no GPU"},
+            {"type": "Degraded", "status": "True", "reason": "Unschedulable", "message": "no GPU"},
+        ],
+    }
+    status = world.plan().status
+    assert status is not None and "observedGeneration" not in status
+    assert cond(status, "Degraded")["status"] == "True"
 
 
 def test_a_spec_change_keeps_the_old_generation_until_the_pools_caught_up() -> None:
@@ -54,6 +75,46 @@ def test_a_spec_change_keeps_the_old_generation_until_the_pools_caught_up() -> N
     world.apply(plan)
     assert world.converge().status is None
     assert world.obj["status"]["observedGeneration"] == 2
+
+
+def test_with_the_charts_cluster_role_the_gateway_binds_it_and_has_no_role_of_its_own() -> None:
+    world = _world()
+    world.gateway_cluster_role = "disagg-gateway"
+    refs = {w.ref: w.obj for w in world.plan().writes}
+    assert "Role/llm-gateway" not in refs
+    assert refs["RoleBinding/llm-gateway"]["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": "disagg-gateway",
+    }
+
+
+def test_switching_to_the_cluster_role_replaces_the_binding_and_prunes_the_role() -> None:
+    world = _world()
+    world.converge()
+    role = world.live[("Role", "llm-gateway")]
+    assert role is not None
+    world.gateway_cluster_role = "disagg-gateway"
+    plan = world.plan()
+    # roleRef cannot change in place: the binding is deleted first, the old Role with it.
+    assert {(p.kind, p.name) for p in plan.prunes} == {
+        ("Role", "llm-gateway"),
+        ("RoleBinding", "llm-gateway"),
+    }
+    assert not any(w.obj["kind"] == "RoleBinding" for w in plan.writes)
+    world.apply(plan)
+    plan = world.plan()
+    binding = next(w for w in plan.writes if w.ref == "RoleBinding/llm-gateway")
+    assert binding.mode == "create" and binding.obj["roleRef"]["kind"] == "ClusterRole"
+    world.apply(plan)
+    last = world.converge()
+    assert last.writes == [] and last.prunes == []
+    assert world.live[("Role", "llm-gateway")] is None
+    # And back: without the flag the Role returns and the binding points at it again.
+    world.gateway_cluster_role = None
+    world.converge(rounds=6)
+    assert world.live[("Role", "llm-gateway")] is not None
+    assert world.live[("RoleBinding", "llm-gateway")]["roleRef"]["kind"] == "Role"  # type: ignore[index]
 
 
 def test_an_unchanged_deployment_plans_nothing() -> None:

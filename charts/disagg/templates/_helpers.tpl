@@ -101,7 +101,8 @@ tests/test_chart.py checks every rule against this list of verbs.
 - apiGroups: ["keda.sh"]
   resources: ["scaledobjects"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Each gateway gets a Role + RoleBinding to read its pools' EndpointSlices.
+# Each gateway gets a RoleBinding to the chart's gateway ClusterRole (a Role of its own
+# when the operator runs without --gateway-cluster-role).
 - apiGroups: ["rbac.authorization.k8s.io"]
   resources: ["roles", "rolebindings"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
@@ -159,4 +160,9 @@ capabilities:
   drop: ["ALL"]
 seccompProfile:
   type: RuntimeDefault
+{{- end }}
+
+{{/* The ClusterRole every gateway is bound to in its namespace. */}}
+{{- define "disagg.gatewayClusterRole" -}}
+{{ include "disagg.operatorName" . }}-gateway
 {{- end }}

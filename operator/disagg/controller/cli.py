@@ -84,6 +84,12 @@ def main(argv: list[str]) -> int:
         "others need allowAnyGatewayImage in --worker-policy",
     )
     parser.add_argument(
+        "--gateway-cluster-role",
+        metavar="NAME",
+        help="bind this ClusterRole (pods: get, list, watch; the chart installs it) for each "
+        "gateway instead of creating a Role per DisaggDeployment (default: a Role each)",
+    )
+    parser.add_argument(
         "--metrics-interval",
         type=float,
         default=30.0,
@@ -143,6 +149,7 @@ def main(argv: list[str]) -> int:
             policies=policies,
             fault_apply_delay=args.fault_apply_delay,
             trusted_gateway_images=frozenset(args.gateway_image),
+            gateway_cluster_role=args.gateway_cluster_role,
         ),
     )
     if args.metrics_address:

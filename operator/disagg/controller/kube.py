@@ -137,9 +137,9 @@ class Kube:
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self._api = api_client or client.ApiClient()
         self._lock = threading.Lock()
-        self.requests: Counter[str] = Counter()
+        self.requests: Counter[tuple[str, str]] = Counter()
         """Requests sent, by verb (``create``, ``apply``, ``get``, ``list``, ``delete``,
-        ``patch``, ``status``, ``event``)."""
+        ``patch``, ``status``, ``event``) and the kind they were about."""
 
     @classmethod
     def from_environment(cls, kubeconfig: str | None = None) -> Kube:
@@ -153,6 +153,7 @@ class Kube:
     def _call(
         self,
         verb: str,
+        kind: str,
         method: str,
         path: str,
         *,
@@ -161,7 +162,7 @@ class Kube:
         content_type: str = "application/json",
     ) -> dict[str, Any]:
         with self._lock:
-            self.requests[verb] += 1
+            self.requests[verb, kind] += 1
         try:
             # param_serialize + call_api are the generated client's untyped entry points; we
             # read the raw JSON ourselves and never depend on the generated model classes.
@@ -192,6 +193,7 @@ class Kube:
         res = resource_of(obj["apiVersion"], obj["kind"])
         return self._call(
             "create",
+            obj["kind"],
             "POST",
             res.path(meta.get("namespace")),
             body=obj,
@@ -208,6 +210,7 @@ class Kube:
         res = resource_of(obj["apiVersion"], obj["kind"])
         return self._call(
             "apply",
+            obj["kind"],
             "PATCH",
             res.path(meta.get("namespace"), meta["name"]),
             body=obj,
@@ -239,6 +242,7 @@ class Kube:
         body = {"apiVersion": api_version, "kind": kind, "metadata": metadata, "status": status}
         return self._call(
             "status",
+            kind,
             "PATCH",
             res.path(namespace, name, "status"),
             body=body,
@@ -247,7 +251,7 @@ class Kube:
         )
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict[str, Any]:
-        return self._call("get", "GET", resource_of(api_version, kind).path(namespace, name))
+        return self._call("get", kind, "GET", resource_of(api_version, kind).path(namespace, name))
 
     def get_or_none(
         self, api_version: str, kind: str, namespace: str, name: str
@@ -263,6 +267,7 @@ class Kube:
         label_selector = ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
         result = self._call(
             "list",
+            kind,
             "GET",
             resource_of(api_version, kind).path(namespace),
             query=[("labelSelector", label_selector)],
@@ -280,6 +285,7 @@ class Kube:
         with contextlib.suppress(NotFound):
             self._call(
                 "delete",
+                kind,
                 "DELETE",
                 resource_of(api_version, kind).path(namespace, name),
                 body=body,
@@ -297,6 +303,7 @@ class Kube:
     ) -> dict[str, Any]:
         return self._call(
             "patch",
+            kind,
             "PATCH",
             resource_of(api_version, kind).path(namespace, name),
             body=patch,
@@ -309,6 +316,7 @@ class Kube:
         try:
             self._call(
                 "event",
+                "Event",
                 "POST",
                 resource_of("v1", "Event").path(event["metadata"]["namespace"]),
                 body=event,

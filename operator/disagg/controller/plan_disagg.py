@@ -4,6 +4,11 @@ It owns two pools and the gateway's objects.  An autoscaled pool's ``spec.replic
 belongs to its autoscaler: set once at creation and afterwards only pulled inside new
 bounds, so the DisaggDeployment never races an HPA.  Its ``observedGeneration`` moves
 only when both pools have applied the spec it gave them.
+
+Its status is written once per generation, not on the way there: while a pool or the
+gateway's Deployment has not yet caught up with what this object gave it (and nothing
+is Degraded), a status would only be overwritten a moment later — their own status
+changes bring the next reconcile.  A failure is written at once.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from disagg.controller.conditions import (
     Reason,
     Type,
     condition,
+    find,
 )
 from disagg.controller.failures import Failure
 from disagg.controller.plan import (
@@ -87,9 +93,23 @@ def _pool_writes(
     return out
 
 
-def _pools_caught_up(o: Observed, pool_names: list[str]) -> bool:
-    for pool_name in pool_names:
-        live = o.live.get(("InferencePool", pool_name))
+def _new_role_ref(o: Observed, writes: list[Write]) -> tuple[str, str] | None:
+    """The gateway's RoleBinding, if it must point at another role (the operator's
+    ``--gateway-cluster-role`` changed): a roleRef cannot be changed in place."""
+    for write in writes:
+        if write.obj["kind"] != "RoleBinding" or write.mode != "apply":
+            continue
+        key = ("RoleBinding", write.obj["metadata"]["name"])
+        live = o.live.get(key) or {}
+        if live.get("roleRef") != write.obj["roleRef"]:
+            return key
+    return None
+
+
+def _caught_up(o: Observed, children: list[tuple[str, str]]) -> bool:
+    """Whether each child's controller has observed the child's latest spec."""
+    for key in children:
+        live = o.live.get(key)
         if live is None:
             return False
         observed = (live.get("status") or {}).get("observedGeneration")
@@ -108,7 +128,9 @@ def plan_disagg(o: Observed, cfg: PlanConfig) -> Plan:
     except ValidationError as exc:
         return failed(o, Failure(Reason.INVALID_SPEC, invalid_spec_message(exc)), base, cfg)
     owner = owner_reference(API_VERSION, "DisaggDeployment", o.name, o.uid)
-    children = render_disaggdeployment_children(o.name, o.namespace, spec, owner=owner)
+    children = render_disaggdeployment_children(
+        o.name, o.namespace, spec, owner=owner, gateway_cluster_role=cfg.gateway_cluster_role
+    )
     rendered_replicas: dict[str, int] = {}
     desired: list[Body] = []
     for child in children:
@@ -184,10 +206,22 @@ def plan_disagg(o: Observed, cfg: PlanConfig) -> Plan:
     writes = _pool_writes(o, spec, diff, rendered_replicas)
     gateway_name = names.gateway_name(o.name)
     wanted = {(c["kind"], c["metadata"]["name"]) for c in desired}
-    candidates = {(k, gateway_name): o.live.get((k, gateway_name)) for k in GATEWAY_PRUNABLE}
+    replaced = _new_role_ref(o, writes)
+    if replaced is not None:  # roleRef is immutable: delete now, create on the next look
+        writes = [w for w in writes if w.obj["kind"] != "RoleBinding"]
+        wanted.discard(replaced)
+    candidates = {
+        (k, gateway_name): o.live.get((k, gateway_name))
+        for k in (*GATEWAY_PRUNABLE, *(["RoleBinding"] if replaced else []))
+    }
     prunes = find_prunes(wanted, candidates, GATEWAY_CHILD_KINDS, o.namespace, o.uid)
     pool_writes = any(w.obj["kind"] == "InferencePool" for w in writes)
-    caught_up = not pool_writes and _pools_caught_up(o, pool_names)
+    pool_keys = [("InferencePool", pool_name) for pool_name in pool_names]
+    caught_up = not pool_writes and _caught_up(o, pool_keys)
     generation = o.generation if caught_up else kept_generation(o)
     status = status_update(o, fields, conds, generation, cfg)
+    settling = writes or prunes or not _caught_up(o, [*pool_keys, ("Deployment", gateway_name)])
+    degraded = (find(conds, Type.DEGRADED) or {}).get("status") == "True"
+    if settling and not degraded:
+        status = None  # written once the children have caught up (see the module's doc)
     return Plan(writes=writes, prunes=prunes, status=status, events=degraded_events(o, conds))

@@ -49,7 +49,7 @@ GATEWAY_CHILD_KINDS: dict[str, str] = {
 }
 #: Kinds that come and go with the spec (others exist as long as their owner does).
 POOL_PRUNABLE = ("PodDisruptionBudget", "HorizontalPodAutoscaler", "ScaledObject")
-GATEWAY_PRUNABLE = ("PodDisruptionBudget",)
+GATEWAY_PRUNABLE = ("PodDisruptionBudget", "Role")
 
 
 def pool_child_keys(name: str) -> list[ChildKey]:
@@ -133,6 +133,9 @@ class PlanConfig:
     """Monotonic time, compared with :attr:`FailureMemory.retry_at`."""
     trusted_gateway_images: frozenset[str] = frozenset({DEFAULT_GATEWAY_IMAGE})
     """Gateway images any tenant may run (others need ``allowAnyGatewayImage``)."""
+    gateway_cluster_role: str | None = None
+    """The ClusterRole the chart installs for gateways (bound per DisaggDeployment instead
+    of a Role of its own); None: each gateway gets its own Role."""
     deletion_costs: bool = True
     """Annotate pods with their load so scale-down removes idle ones first (needs the right
     to patch pods, which the chart grants only with ``operator.podDeletionCost``)."""

@@ -71,6 +71,8 @@ class Settings:
     """Gateway images every namespace may run, besides the default one."""
     fault_apply_delay: float = 0.0
     """Fault injection for tests: seconds to sleep before writing children."""
+    gateway_cluster_role: str | None = None
+    """ClusterRole bound for each gateway instead of a Role of its own (the chart's)."""
 
 
 @dataclass
@@ -160,7 +162,7 @@ class Controller:
             "processing": self.queue.processing,
             "reconciles": self.stats["reconciles"],
             "failing": len(self.failures),
-            "requests": dict(self.kube.requests),
+            "requests": {f"{verb} {kind}": n for (verb, kind), n in self.kube.requests.items()},
         }
 
     def observe(self, key: Key) -> Observed | None:
@@ -184,6 +186,7 @@ class Controller:
             clock=loop.time(),
             deletion_costs=self.deletion_costs,
             trusted_gateway_images=self.settings.trusted_gateway_images | {DEFAULT_GATEWAY_IMAGE},
+            gateway_cluster_role=self.settings.gateway_cluster_role,
         )
         started = time.monotonic()
         result = await loop.run_in_executor(self._executor, self._plan_and_act, observed, cfg)

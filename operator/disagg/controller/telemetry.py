@@ -2,7 +2,7 @@
 
 kopf's ``/healthz`` caches probe results for 10 s; these are read at scrape time from
 the controller (no extra bookkeeping on the hot path): reconciles done, requests sent
-to the API server by verb, keys queued and in progress, keys failing.  A benchmark and
+to the API server by verb and kind, keys queued and in progress, keys failing.  A benchmark and
 an e2e test read them to prove that an unchanged cluster costs no writes.
 """
 
@@ -32,11 +32,12 @@ class ControllerCollector(Collector):
         yield reconciles
         requests = CounterMetricFamily(
             "disagg_operator_api_requests",
-            "Requests the operator sent to the Kubernetes API server (watches excluded), by verb.",
-            labels=["verb"],
+            "Requests the operator sent to the Kubernetes API server (watches excluded), by "
+            "verb and the kind of object they were about.",
+            labels=["verb", "kind"],
         )
-        for verb, count in sorted(c.kube.requests.items()):
-            requests.add_metric([verb], count)
+        for (verb, kind), count in sorted(c.kube.requests.items()):
+            requests.add_metric([verb, kind], count)
         yield requests
         for name, help_, value in (
             ("disagg_operator_queue_depth", "Keys waiting to be reconciled.", len(c.queue)),

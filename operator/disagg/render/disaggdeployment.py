@@ -92,8 +92,10 @@ def render_disaggdeployment_children(
     *,
     current_replicas: dict[str, int | None] | None = None,
     owner: dict[str, Any] | None = None,
+    gateway_cluster_role: str | None = None,
 ) -> list[dict[str, Any]]:
-    """Both child InferencePools, then the gateway's objects."""
+    """Both child InferencePools, then the gateway's objects (``gateway_cluster_role``:
+    see :func:`render_gateway_children`)."""
     current = current_replicas or {}
     pools = [
         render_child_pool(
@@ -101,4 +103,6 @@ def render_disaggdeployment_children(
         )
         for role in ROLES
     ]
-    return pools + render_gateway_children(name, namespace, spec, owner)
+    return pools + render_gateway_children(
+        name, namespace, spec, owner, cluster_role=gateway_cluster_role
+    )

@@ -34,6 +34,10 @@ from disagg.render.vllm import engine_hash_seed, kv_hash_seed
 CONFIG_DIR = "/etc/disagg-gateway"
 CONFIG_FILE = "config.json"
 API_KEY_DIR = f"{CONFIG_DIR}/api-key"
+#: What the gateway may do: follow the pods of its namespace (worker discovery).
+GATEWAY_RULES: list[dict[str, Any]] = [
+    {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}
+]
 TOKENIZER_DIR = "/var/lib/disagg-gateway/tokenizer"
 
 
@@ -155,10 +159,20 @@ def render_gateway_config(
 
 
 def render_gateway_children(
-    name: str, namespace: str, spec: DisaggDeploymentSpec, owner: dict[str, Any] | None = None
+    name: str,
+    namespace: str,
+    spec: DisaggDeploymentSpec,
+    owner: dict[str, Any] | None = None,
+    *,
+    cluster_role: str | None = None,
 ) -> list[dict[str, Any]]:
     """ConfigMap, ServiceAccount, Role, RoleBinding, Deployment, Service and PDB of the
-    gateway."""
+    gateway.
+
+    The gateway may only read pods in its own namespace.  That right comes from a Role of
+    its own, or — with ``cluster_role``, the ClusterRole the chart installs with exactly
+    :data:`GATEWAY_RULES` — from binding that ClusterRole in the namespace: the same right,
+    one object fewer per DisaggDeployment for the API server to store and watch."""
     gw = spec.gateway
     gw_name = names.gateway_name(name)
     labels = names.gateway_labels(name)
@@ -186,19 +200,18 @@ def render_gateway_children(
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "Role",
         "metadata": meta(),
-        "rules": [
-            {
-                "apiGroups": [""],
-                "resources": ["pods"],
-                "verbs": ["get", "list", "watch"],
-            }
-        ],
+        "rules": GATEWAY_RULES,
     }
+    role_ref = (
+        {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": cluster_role}
+        if cluster_role
+        else {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": gw_name}
+    )
     binding = {
         "apiVersion": "rbac.authorization.k8s.io/v1",
         "kind": "RoleBinding",
         "metadata": meta(),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": gw_name},
+        "roleRef": role_ref,
         "subjects": [{"kind": "ServiceAccount", "name": gw_name, "namespace": namespace}],
     }
     volumes: list[dict[str, Any]] = [
@@ -323,7 +336,8 @@ def render_gateway_children(
         "metadata": meta(),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector}},
     }
-    children: list[dict[str, Any]] = [configmap, account, role, binding, deployment, service]
+    rbac = [binding] if cluster_role else [role, binding]
+    children: list[dict[str, Any]] = [configmap, account, *rbac, deployment, service]
     if gw.replicas >= 2:  # a budget of one pod with maxUnavailable 1 protects nothing
         children.append(pdb)
     return children
