@@ -164,5 +164,5 @@ seccompProfile:
 
 {{/* The ClusterRole every gateway is bound to in its namespace. */}}
 {{- define "disagg.gatewayClusterRole" -}}
-{{ include "disagg.operatorName" . }}-gateway
+{{- printf "%s-gateway" (include "disagg.fullname" .) | trunc 63 | trimSuffix "-" }}
 {{- end }}
