@@ -94,6 +94,18 @@ async def test_a_delayed_key_waits() -> None:
     assert loop.time() - started >= 0.2
 
 
+async def test_due_keys_go_by_priority_then_in_order() -> None:
+    queue: WorkQueue[str] = WorkQueue(lambda key: 0 if key.startswith("child") else 1)
+    for key in ("new-1", "new-2", "child-1", "new-3", "child-2"):
+        queue.add(key)
+    taken = [await asyncio.wait_for(queue.get(), 1) for _ in range(5)]
+    assert taken == ["child-1", "child-2", "new-1", "new-2", "new-3"]
+    queue.add("new-4")
+    queue.add("child-3", 0.2)  # not due yet: what is due goes first
+    assert await asyncio.wait_for(queue.get(), 1) == "new-4"
+    assert await asyncio.wait_for(queue.get(), 1) == "child-3"
+
+
 def _err(status: int, message: str, reason: str = "", details: object = None) -> object:
     body = {"kind": "Status", "message": message, "reason": reason}
     if details is not None:

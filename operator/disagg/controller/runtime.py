@@ -88,7 +88,9 @@ class Controller:
 
         self.kube = kube
         self.settings = settings
-        self.queue: WorkQueue[Key] = WorkQueue()
+        self.queue: WorkQueue[Key] = WorkQueue(self._priority)
+        self.started: set[Key] = set()
+        """Keys reconciled at least once by this process (their objects are under way)."""
         self.store: Store | None = None
         self.failures: dict[Key, FailureMemory] = {}
         self.conflicts_in_a_row: dict[Key, int] = {}
@@ -104,6 +106,13 @@ class Controller:
         self._attached = asyncio.Event()
         self.deletion_costs = True
         """Cleared the first time the API server forbids a pod annotation."""
+
+    def _priority(self, key: Key) -> int:
+        """Finish what was started first: pools (children), then objects already
+        reconciled, then new ones (see ``workqueue``)."""
+        if key[0] == POOL:
+            return 0
+        return 1 if key in self.started else 2
 
     # ------------------------------------------------------------------ wiring
 
@@ -175,6 +184,7 @@ class Controller:
         loop = asyncio.get_running_loop()
         observed = self.observe(key)
         if observed is None:
+            self.started.discard(key)
             self.failures.pop(key, None)
             self.conflicts_in_a_row.pop(key, None)
             self._forget_conflicts(key)
@@ -189,6 +199,7 @@ class Controller:
             gateway_cluster_role=self.settings.gateway_cluster_role,
         )
         started = time.monotonic()
+        self.started.add(key)
         result = await loop.run_in_executor(self._executor, self._plan_and_act, observed, cfg)
         self.stats["reconciles"] += 1
         self.stats["reconcile_seconds_milli"] += int((time.monotonic() - started) * 1000)
