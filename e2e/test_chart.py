@@ -90,7 +90,9 @@ RESTRICTED = {
 
 
 @pytest.fixture(scope="module")
-def release(cluster: Cluster, cluster_kube: Kubectl) -> Iterator[Release]:
+def release(cluster: Cluster, cluster_kube: Kubectl, images: None) -> Iterator[Release]:
+    # ``images``: the chart runs the operator image, which must be built from this checkout
+    # (and loaded) even when this module runs first or alone.
     namespace = _namespace(cluster_kube, "disagg-chart", RESTRICTED)
     # A release name containing "disagg" is the chart's fullname: objects are "<name>-operator".
     name = f"disagg-e2e-{secrets.token_hex(2)}"
