@@ -80,8 +80,13 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         controller.attach(kwargs)
         controller.enqueue(DISAGG, namespace or "", name)
 
+    #: (namespace, name) -> the generation of each child pool last seen.
+    pool_generations: dict[tuple[str, str], int | None] = {}
+
     @kopf.on.event(GROUP, VERSION, "inferencepools", registry=registry)
-    async def pool_event(body: kopf.Body, namespace: str | None, name: str, **kwargs: Any) -> None:
+    async def pool_event(
+        body: kopf.Body, namespace: str | None, name: str, type: str | None, **kwargs: Any
+    ) -> None:
         controller.attach(kwargs)
         namespace = namespace or ""
         controller.enqueue(POOL, namespace, name)
@@ -89,10 +94,19 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         owner = _controller_ref(body)
         if owner and owner[0] == DISAGG:
             controller.enqueue(DISAGG, namespace, owner[1], delay)
-            for role in ("prefill", "decode"):
-                sibling = names.pool_name(owner[1], role)
-                if sibling != name:
-                    controller.enqueue(POOL, namespace, sibling)
+            # The sibling's guards (P:D ratio, GPU budget) depend on this pool's spec: only
+            # a new generation (or a pool coming or going) concerns it, not a status write.
+            generation = None if type == "DELETED" else body.get("metadata", {}).get("generation")
+            key = (namespace, name)
+            if key not in pool_generations or pool_generations[key] != generation:
+                for role in ("prefill", "decode"):
+                    sibling = names.pool_name(owner[1], role)
+                    if sibling != name:
+                        controller.enqueue(POOL, namespace, sibling)
+            if generation is None:
+                pool_generations.pop(key, None)
+            else:
+                pool_generations[key] = generation
 
     def child_event(kind: str) -> Any:
         async def on_event(body: kopf.Body, namespace: str, name: str, **kwargs: Any) -> None:
