@@ -5,10 +5,10 @@ belongs to its autoscaler: set once at creation and afterwards only pulled insid
 bounds, so the DisaggDeployment never races an HPA.  Its ``observedGeneration`` moves
 only when both pools have applied the spec it gave them.
 
-Its status is written once per generation, not on the way there: while a pool or the
-gateway's Deployment has not yet caught up with what this object gave it (and nothing
-is Degraded), a status would only be overwritten a moment later — their own status
-changes bring the next reconcile.  A failure is written at once.
+Its status is written once per generation, not on the way there: while its children
+are being written or a pool has not yet caught up with the spec this object gave it
+(and nothing is Degraded), a status would only be overwritten a moment later — the
+pools' own status writes bring the next reconcile.  A failure is written at once.
 """
 
 from __future__ import annotations
@@ -220,7 +220,7 @@ def plan_disagg(o: Observed, cfg: PlanConfig) -> Plan:
     caught_up = not pool_writes and _caught_up(o, pool_keys)
     generation = o.generation if caught_up else kept_generation(o)
     status = status_update(o, fields, conds, generation, cfg)
-    settling = writes or prunes or not _caught_up(o, [*pool_keys, ("Deployment", gateway_name)])
+    settling = writes or prunes or not caught_up
     degraded = (find(conds, Type.DEGRADED) or {}).get("status") == "True"
     if settling and not degraded:
         status = None  # written once the children have caught up (see the module's doc)
