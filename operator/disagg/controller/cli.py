@@ -126,6 +126,7 @@ def main(argv: list[str]) -> int:
 
     import kopf
 
+    from disagg.controller import kopftoggles
     from disagg.controller.handlers import build_registry
     from disagg.controller.kube import Kube
     from disagg.controller.runtime import Controller, Settings
@@ -139,6 +140,7 @@ def main(argv: list[str]) -> int:
     )
     if not args.verbose:
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
+    kopftoggles.install()  # a start that is linear in the objects listed
     kube = Kube.from_environment(args.kubeconfig)
     controller = Controller(
         kube,
