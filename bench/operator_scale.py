@@ -628,7 +628,8 @@ def report(results: list[dict[str, Any]], doc: Path, plot: Path) -> None:
     for key, (label, target) in TARGETS.items():
         values = " | ".join(str(r.get(key, "")) for r in results)
         lines.append(f"| {label} | {values} | {target} |")
-    lines += ["", f"![operator at scale]({plot.name})", END]
+    notes = [f"- N={r['n']}: {r['note']}" for r in results if r.get("note")]
+    lines += ["", *notes, *([""] if notes else []), f"![operator at scale]({plot.name})", END]
     text = doc.read_text() if doc.exists() else "# Benchmarks\n"
     section = "\n".join(lines)
     if BEGIN in text and END in text:
