@@ -362,26 +362,24 @@ class Watcher:
                 else:
                     time.sleep(0.5)
 
-    def wait(self, names: list[str], timeout: float) -> bool:
+    def _wait_until(self, done: Any, timeout: float) -> bool:
+        """Until ``done()`` holds (checked whenever an object changes), or the timeout."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while not all(n in self.seen for n in names):
+            while not done():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
                 self._cond.wait(min(left, 1.0))
         return True
 
+    def wait(self, names: list[str], timeout: float) -> bool:
+        """Until ``ok`` has held once for each of ``names``."""
+        return self._wait_until(lambda: all(n in self.seen for n in names), timeout)
+
     def wait_all_ok(self, timeout: float) -> bool:
         """Until ``ok`` holds for the latest state of every object seen."""
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while not all(self.ok(obj) for obj in self.latest.values()):
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    return False
-                self._cond.wait(min(left, 1.0))
-        return True
+        return self._wait_until(lambda: all(self.ok(obj) for obj in self.latest.values()), timeout)
 
     def forget(self, name: str) -> None:
         with self._cond:
