@@ -18,6 +18,8 @@ from disagg.gateway.discovery import PodDiscovery, WorkerInfo, ready_workers
 from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.pools import Pool, QueueFull, Ticket
 from disagg.gateway.requests import decode_body, prefill_body
+from disagg.gateway.routing.contracts import RoutingRequest
+from disagg.gateway.routing.least_loaded import LeastLoadedScorer
 from disagg.gateway.telemetry import parse_load
 from disagg.gateway.upstream import KubeApiClient
 
@@ -217,6 +219,30 @@ def test_pool_sync_removes_series_of_workers_that_went_away() -> None:
     text = generate_latest(pool.metrics.registry).decode()
     assert 'worker="http://b"' not in text and 'worker="http://a"' in text
     assert 'disagg_gateway_ready_workers{pool="dec",role="decode"} 1.0' in text
+
+
+def test_a_finished_request_drains_the_scraped_queue_it_may_have_been_counted_in() -> None:
+    """A scrape that caught our own request queued must not leave a phantom request on the
+    worker after it finished (the least-loaded scorer would steer away from an idle worker
+    until the next scrape)."""
+    pool = _pool()
+    pool.sync([WorkerInfo("http://a"), WorkerInfo("http://b")])
+    pool.start("http://a")
+    pool.workers["http://a"].waiting = 1.0  # the scrape saw it waiting in the engine
+    assert LeastLoadedScorer().score(RoutingRequest("r", 16), pool.endpoints())["http://a"] == 0.0
+    pool.finish("http://a")
+    assert pool.workers["http://a"].waiting == 0.0
+    assert LeastLoadedScorer().score(RoutingRequest("r", 16), pool.endpoints()) == {
+        "http://a": 1.0,
+        "http://b": 1.0,
+    }
+    pool.workers["http://b"].waiting = 3.0  # another client's queue: drains one per finish
+    pool.start("http://b")
+    pool.finish("http://b")
+    pool.finish("http://b")  # a late duplicate finish never drives it below zero
+    pool.finish("http://b")
+    pool.finish("http://b")
+    assert pool.workers["http://b"].waiting == 0.0 and pool.workers["http://b"].inflight == 0
 
 
 async def test_pool_admission_is_bounded_times_out_and_exports_the_queue() -> None:

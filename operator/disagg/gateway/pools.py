@@ -135,6 +135,11 @@ class Pool:
         worker = self.workers.get(url)
         if worker is not None:
             worker.inflight = max(0, worker.inflight - 1)
+            # A finished request frees a batch slot (and its KV blocks), which the engine fills
+            # from its waiting queue: the scraped queue is one shorter until the next scrape says
+            # otherwise.  Without this, a scrape that caught our own request queued keeps a
+            # phantom request on the worker for a whole interval after it finished.
+            worker.waiting = max(0.0, worker.waiting - 1)
             self._export_worker(worker)
 
     def mark(self, url: str, healthy: bool) -> None:
