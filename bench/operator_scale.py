@@ -402,7 +402,8 @@ def run_one(
     api = client.CustomObjectsApi()
     apps = client.AppsV1Api()
     core = client.CoreV1Api()
-    ns = f"bench-{n}"
+    # A namespace of its own per run: an earlier run's may still be terminating.
+    ns = f"bench-{n}-{int(time.time()) % 100000}"
     core.create_namespace({"metadata": {"name": ns}})
     op = Operator(kubeconfig, workers, tmp / f"operator-{n}.log")
     op.start()

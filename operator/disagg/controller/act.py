@@ -14,7 +14,9 @@ state — so creating an object costs one status write, not one per step.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 from disagg.api.versions import API_VERSION
 from disagg.controller.children import Write, controlled_by
@@ -37,6 +39,15 @@ log = logging.getLogger(__name__)
 #: Field manager of the operator's own defaults on a user's object (never ``disagg-operator``:
 #: the operator's apply of children must not be confused with what it sets on your object).
 DEFAULTS_MANAGER = "disagg-operator-defaults"
+
+
+#: Told of every object a write answered with, and the version it was written over
+#: (None: a create); the store keeps it until the watch delivers (``store.Store.remember``).
+Remember = Callable[[Mapping[str, Any], "str | None"], None]
+
+
+def _forget(body: Mapping[str, Any], over: str | None) -> None:
+    """The ``Remember`` of a caller without a cache (tests, one-off tools)."""
 
 
 @dataclass
@@ -84,26 +95,31 @@ def classify(exc: KubeError, o: Observed, write: Write | None) -> Failure:
     return Failure(Reason.SERVER_ERROR, f"{what}the API server failed: {message}")
 
 
-def _ours_already(kube: Kube, o: Observed, write: Write) -> bool:
+def _ours_already(kube: Kube, o: Observed, write: Write, remember: Remember) -> bool:
     """Whether the object a create found in the way is this owner's own: a create of ours
     the watch has not delivered yet (a busy API server, a slow operator).  Only that
-    looks again; anything else is a name conflict."""
+    looks again (remembered, so the next look sees it); anything else is a name conflict."""
     meta = write.obj["metadata"]
     live = kube.get_or_none(
         write.obj["apiVersion"], write.obj["kind"], meta["namespace"], meta["name"]
     )
-    return live is not None and controlled_by(live, o.uid)
+    if live is None or not controlled_by(live, o.uid):
+        return False
+    remember(live, None)
+    return True
 
 
-def act_children(kube: Kube, o: Observed, plan: Plan) -> Outcome:
-    """Writes, prunes and pod patches of ``plan``."""
+def act_children(kube: Kube, o: Observed, plan: Plan, remember: Remember = _forget) -> Outcome:
+    """Writes, prunes and pod patches of ``plan``; every object written is told to
+    ``remember``."""
     out = Outcome()
     if plan.defaults is not None:
         body = {**plan.defaults, "metadata": {"resourceVersion": o.resource_version}}
         try:
-            kube.merge_patch(
+            patched = kube.merge_patch(
                 API_VERSION, o.kind, o.namespace, o.name, body, field_manager=DEFAULTS_MANAGER
             )
+            remember(patched, o.resource_version)
             out.changed.append(f"{o.kind}/{o.name} (defaults)")
         except (Conflict, NotFound):
             out.conflict = True
@@ -115,15 +131,16 @@ def act_children(kube: Kube, o: Observed, plan: Plan) -> Outcome:
         try:
             if write.mode == "create":
                 try:
-                    kube.create(write.obj)
+                    remember(kube.create(write.obj), None)
                 except AlreadyExists:
-                    if not _ours_already(kube, o, write):
+                    if not _ours_already(kube, o, write, remember):
                         raise
                     out.conflict = True  # our own earlier create, not yet in the cache
                     return out
                 out.changed.append(write.ref)
             else:
                 result = kube.apply(write.obj, resource_version=write.resource_version)
+                remember(result, write.resource_version)
                 new_rv = (result.get("metadata") or {}).get("resourceVersion")
                 if new_rv != write.resource_version:
                     out.changed.append(write.ref)
@@ -175,7 +192,7 @@ def terminating(exc: KubeError) -> bool:
     return "because it is being terminated" in str(exc)
 
 
-def write_status(kube: Kube, o: Observed, plan: Plan) -> bool:
+def write_status(kube: Kube, o: Observed, plan: Plan, remember: Remember = _forget) -> bool:
     """Write ``plan.status`` (if any) to exactly this incarnation; False if it could not be
     (the object or its namespace is going, the server refused: logged, never raised).
 
@@ -186,7 +203,7 @@ def write_status(kube: Kube, o: Observed, plan: Plan) -> bool:
         return True
     version = o.resource_version if plan.events else None
     try:
-        kube.apply_status(
+        written = kube.apply_status(
             API_VERSION,
             o.kind,
             o.namespace,
@@ -195,6 +212,7 @@ def write_status(kube: Kube, o: Observed, plan: Plan) -> bool:
             uid=o.uid,
             resource_version=version,
         )
+        remember(written, o.resource_version)
     except (NotFound, Conflict):
         return False
     except KubeError as exc:

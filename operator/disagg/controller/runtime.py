@@ -209,13 +209,15 @@ class Controller:
         plan = plan_pool(o, cfg) if o.kind == POOL else plan_disagg(o, cfg)
         if plan.changes_children and self.settings.fault_apply_delay:
             time.sleep(self.settings.fault_apply_delay)
-        outcome = act.act_children(self.kube, o, plan)
+        assert self.store is not None
+        remember = self.store.remember
+        outcome = act.act_children(self.kube, o, plan, remember)
         stamp = cfg.now
         if outcome.conflict or outcome.gone:
             return _Result(plan, outcome)
         if outcome.failure is not None:
             failed = failure_plan(o, outcome.failure, cfg)
-            if act.write_status(self.kube, o, failed):
+            if act.write_status(self.kube, o, failed, remember):
                 act.post_events(self.kube, o, failed.events, stamp, time.time_ns())
             # Logged at WARNING when it is news (its status and Event go out), not per retry.
             level = logging.WARNING if failed.events else logging.DEBUG
@@ -231,7 +233,7 @@ class Controller:
             # business (its own Applied event names them), a standalone pool is the user's.
             if o.parent is None:
                 events.insert(0, EventSpec("Normal", "Applied", plan.applied_message()))
-        if not deferred and not act.write_status(self.kube, o, plan):
+        if not deferred and not act.write_status(self.kube, o, plan, remember):
             outcome.gone = True
         if events and not outcome.gone:
             act.post_events(self.kube, o, events, stamp, time.time_ns())
@@ -248,6 +250,13 @@ class Controller:
             log.info("the operator may not annotate pods: pod-deletion-cost is not set")
             self.deletion_costs = False
         self._forget_conflicts(key)
+        if outcome is not None and key[0] == DISAGG:
+            # A pool this reconcile created or changed is reconciled now, from the object the
+            # write answered with (the store remembers it), not when its watch event comes.
+            for ref in outcome.changed:
+                kind, _, name = ref.partition("/")
+                if kind == POOL:
+                    self.enqueue(POOL, key[1], name)
         if plan is not None:
             for conflict in plan.conflicts:
                 self.conflicts.setdefault((conflict[0], key[1], conflict[1]), set()).add(key)

@@ -10,12 +10,22 @@ Slim copies keep what a reconcile compares or reports and drop the rest
 (``managedFields``, the last-applied annotation): the whole object for what the
 operator owns or may own, only identity and ownership for anything else of a
 child kind (enough to see a name conflict, small enough to watch a busy cluster).
+
+Our own writes are remembered until the watch catches up (``Store.remember``): the API
+answers every create and apply with the object as written, and a reconcile that runs
+before its watch event arrives (a busy API server, a sibling's event) would otherwise plan
+the same create again -- a second POST, AlreadyExists, a GET -- or re-apply what it just
+applied.  A remembered object stands in for the cached one only while the cache still
+shows the version it was written over (nothing, for a create); any other version there is
+newer news and wins, and a memory older than ``WRITTEN_TTL_SECONDS`` is dropped, so a
+write whose event was lost (a relist) cannot hide what the cluster holds for long.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from disagg.render import names
@@ -74,7 +84,7 @@ def slim(kind: str, body: Mapping[str, Any]) -> Body:
     if annotations:
         keep["annotations"] = annotations
     out: Body = {"kind": kind, "metadata": keep}
-    for field in (
+    for part in (
         "spec",
         "status",
         "data",
@@ -83,8 +93,8 @@ def slim(kind: str, body: Mapping[str, Any]) -> Body:
         "subjects",
         "automountServiceAccountToken",
     ):
-        if field in body:
-            out[field] = body[field]
+        if part in body:
+            out[part] = body[part]
     return out
 
 
@@ -120,14 +130,31 @@ def pod_keys(body: Mapping[str, Any]) -> list[tuple[str, str, str]]:
     return []
 
 
+#: How long a remembered write may stand in for a watch event that has not come.
+WRITTEN_TTL_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class Written:
+    """An object as our write left it, and the version the cache held before (None: none)."""
+
+    body: Body
+    over: str | None
+    at: float
+
+
 @dataclass
 class Store:
-    """Read-only view of the indexes: ``{index id: {key: iterable of slim bodies}}``.
+    """Read-only view of the indexes: ``{index id: {key: iterable of slim bodies}}``, plus
+    our own writes the watch has not delivered yet.
 
     In the operator the mapping holds kopf's live indexes; in tests, plain dicts of lists.
     """
 
     indexes: Mapping[str, Mapping[Any, Iterable[Body]]]
+    written: dict[tuple[str, str, str], Written] = field(default_factory=dict)
+    clock: Any = time.monotonic
+    _swept_at: float = 0.0
 
     def _first(self, index: str, key: Any) -> Body | None:
         values = self.indexes.get(index, {}).get(key)
@@ -138,7 +165,35 @@ class Store:
         return None
 
     def get(self, kind: str, namespace: str, name: str) -> Body | None:
-        return self._first(INDEX_OF_KIND[kind], (namespace, name))
+        cached = self._first(INDEX_OF_KIND[kind], (namespace, name))
+        mine = self.written.get((kind, namespace, name))
+        if mine is None:
+            return cached
+        version = (cached or {}).get("metadata", {}).get("resourceVersion")
+        if version == mine.over and self.clock() - mine.at < WRITTEN_TTL_SECONDS:
+            return mine.body  # the cache still shows what our write replaced
+        # The watch delivered our write (or something newer), or it is overdue: trust the cache.
+        self.written.pop((kind, namespace, name), None)
+        return cached
+
+    def remember(self, body: Mapping[str, Any], over: str | None) -> None:
+        """Our create (``over`` None) or apply over version ``over`` answered with ``body``.
+
+        Called from the reconcile threads: one dict assignment, atomic under the GIL."""
+        kind = body.get("kind")
+        meta = body.get("metadata") or {}
+        if kind not in INDEX_OF_KIND or not meta.get("name") or not meta.get("resourceVersion"):
+            return
+        key = (str(kind), str(meta.get("namespace") or ""), str(meta["name"]))
+        now = self.clock()
+        if now - self._swept_at > WRITTEN_TTL_SECONDS:  # memories nobody read again
+            self._swept_at = now
+            for stale in [k for k, w in self.written.items() if now - w.at >= WRITTEN_TTL_SECONDS]:
+                self.written.pop(stale, None)
+        if over == meta["resourceVersion"]:  # nothing changed: the cache is right already
+            self.written.pop(key, None)
+            return
+        self.written[key] = Written(slim(str(kind), body), over, now)
 
     def keys(self, kind: str) -> list[tuple[str, str]]:
         return list(self.indexes.get(INDEX_OF_KIND[kind], {}).keys())
