@@ -13,7 +13,18 @@ from typing import Any
 
 import pytest
 import yaml
-from bench.gpu import bundle, calls, engines, fidelity_report, plans, report, suite, traffic
+from bench.gpu import (
+    affinity,
+    bundle,
+    calls,
+    eager_passes,
+    engines,
+    fidelity_report,
+    plans,
+    report,
+    suite,
+    traffic,
+)
 from bench.gpu.sections import REAL_VLLM_BEGIN, REAL_VLLM_END
 
 from disagg.planner.catalog import get_model
@@ -273,3 +284,29 @@ def test_a_phase_is_skipped_or_recorded_never_fatal(tmp_path: Path) -> None:
     phases = json.loads((tmp_path / "out.json").read_text())["phases"]
     assert [p["outcome"][:7] for p in phases] == ["ok", "skipped", "error: "]
     assert "engine died" in phases[2]["outcome"]
+
+
+def test_the_eager_pinning_run_is_two_calls_with_both_parts() -> None:
+    """Issue 20, eager mode: part 1, then part 2 and the eager engine alone, pass by pass."""
+    plan = calls.eager_pin_calls()
+    assert [c.carry for c in plan] == [(".gpu/c1",), (".gpu/c2",)]
+    assert "device.sh eager-pin " in plan[1].command and plan[1].timeout_s <= 600
+    assert "eager-passes.json" in plan[1].writes
+    assert calls.check_plan(plan, 2 * MiB, {".gpu/c1": 57 * MiB, ".gpu/c2": 58 * MiB}) == []
+    script = (ROOT / "bench" / "gpu" / "device.sh").read_text()
+    assert "bench.gpu.eager_passes" in script[script.index("  eager-pin)") :].split(";;")[0]
+
+
+def test_the_pinned_layout_gives_the_engine_core_cpus_of_its_own() -> None:
+    place = affinity.layout(list(range(16)))
+    sets = [place.system, place.api, place.engine, place.client]
+    assert sum(len(s) for s in sets) == 16 and len(frozenset().union(*sets)) == 16
+    assert len(place.engine) == 4 and place.engine.isdisjoint(place.client | place.api)
+    small = affinity.layout([0, 1])  # the CPU proof's machine: overlap, but never empty
+    assert all([small.system, small.api, small.engine, small.client])
+
+
+def test_eager_passes_alternate_placements_before_the_loaded_ones() -> None:
+    order = eager_passes.schedule(3)
+    assert order[:6] == [("unpinned", False), ("pinned", False)] * 3
+    assert order[6:] == [("unpinned", True), ("pinned", True)]

@@ -146,6 +146,26 @@ def fidelity_all_calls(stage: str = STAGE) -> list[DeviceCall]:
     ]
 
 
+def eager_pin_calls(stage: str = STAGE) -> list[DeviceCall]:
+    """Issue 20, eager mode: part 1 (``device.sh 1``), then part 2, unpack and the eager engine
+    alone, in passes unpinned and pinned to CPUs of its own (``eager-pin``,
+    ``bench/gpu/eager_passes.py``)."""
+    run = "set -o pipefail; {env}bash bench/gpu/device.sh {call} 2>&1 | tee $OUT/console.txt"
+    first = one_gpu_calls(stage)[0]
+    return [
+        replace(first, name="eager-pin call 1"),
+        DeviceCall(
+            "eager-pin call 2",
+            "nvidia-h200",
+            run.format(env="BUDGET=560 ", call="eager-pin"),
+            (f"{stage}/c2",),
+            9.0,
+            600,
+            ("eager-passes.json", "logs-calleager-pin.txt", "console.txt"),
+        ),
+    ]
+
+
 def split_sizes(total: int, parts: int) -> list[int]:
     """Byte sizes of ``parts`` consecutive parts of a ``total``-byte file, as equal as can be."""
     base, extra = divmod(total, parts)

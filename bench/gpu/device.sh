@@ -11,6 +11,8 @@
 #   bash bench/gpu/device.sh fidelity-all  chunk 2, unpack, the timing engines started here, the
 #                                  fidelity driver's real side (eager ITL in 3 passes), then the
 #                                  simulators with the calibrated preset  -> $OUT/fidelity.json
+#   bash bench/gpu/device.sh eager-pin  chunk 2, unpack, the eager engine alone, measured in
+#                                  passes unpinned and pinned to CPUs     -> $OUT/eager-passes.json
 #
 # Run from the repository root.  What travels (bench/gpu/prepare.py stages it): .gpu/c1 and .gpu/c2
 # (bundle chunks, the checksum, the model folders).  Everything unpacked lives under
@@ -19,7 +21,7 @@
 # For the CPU proof: DISAGG_GPU_ENGINE=sim (disagg sim instead of vLLM), PYTHON=<a Python 3.12>,
 # DISAGG_GPU_STAGE=<staged folder>, DISAGG_GPU_ROOT and OUT somewhere writable.
 set -u
-CALL="${1:?call: 1, 2, 3, x2, kvprobe, simfit or fidelity-all}"
+CALL="${1:?call: 1, 2, 3, x2, kvprobe, simfit, fidelity-all or eager-pin}"
 ROOT="${DISAGG_GPU_ROOT:-/tmp/disagg-gpu}"
 STAGE="${DISAGG_GPU_STAGE:-.gpu}"
 ENGINE="${DISAGG_GPU_ENGINE:-vllm}"
@@ -112,6 +114,14 @@ case "$CALL" in
     # The real side starts its engines (~2 min for vLLM) inside its share of the budget.
     "$PY" -m bench.fidelity --program "$ENGINE" --label sim_calibrated --real-share 0.72 \
       --out "$OUTD/fidelity.json" --budget "$(( ${BUDGET:-570} - ($(date +%s) - T0) ))"
+    collect_logs
+    ;;
+  eager-pin)  # one call after call 1: is eager vLLM's pass-to-pass spread the host's CPUs?
+    append_chunks
+    unpack || { collect_logs; exit 3; }
+    nproc; lscpu | grep -E '^(Model name|CPU\(s\)|Thread|Core|Socket|CPU MHz|CPU max MHz|Hypervisor)' || true
+    "$PY" -m bench.gpu.eager_passes --engine "$ENGINE" --out "$OUTD/eager-passes.json" \
+      --budget "$(( ${BUDGET:-540} - ($(date +%s) - T0) ))"
     collect_logs
     ;;
   *) echo "unknown call $CALL"; exit 2 ;;

@@ -76,7 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     python = device_python()
     shutil.rmtree(args.root, ignore_errors=True)
-    planned = [*calls.one_gpu_calls(), *calls.sim_fit_calls(), *calls.fidelity_all_calls()]
+    planned = [
+        *calls.one_gpu_calls(),
+        *calls.sim_fit_calls(),
+        *calls.fidelity_all_calls(),
+        *calls.eager_pin_calls(),
+    ]
     carried = {c.command.split("device.sh ")[1].split()[0]: c.carry for c in planned}
     stage = args.root / "stage"
     summary = {}

@@ -135,6 +135,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="also print the calls that measure real engines and calibrated sims in one run",
     )
+    parser.add_argument(
+        "--eager-pin",
+        action="store_true",
+        help="also print the calls that time the eager engine unpinned and pinned to CPUs",
+    )
     parser.add_argument("--rebuild", action="store_true", help="rebuild the bundle")
     args = parser.parse_args(argv)
     built = bundle.build(force=args.rebuild)
@@ -151,6 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     plan = calls.one_gpu_calls() + (calls.two_gpu_calls() if args.x2 else [])
     plan += calls.sim_fit_calls() if args.simfit else []
     plan += calls.fidelity_all_calls() if args.fidelity_all else []
+    plan += calls.eager_pin_calls() if args.eager_pin else []
     problems = calls.check_plan(plan, checkout, carried)
     print_calls(plan, checkout, carried)
     (args.repo / calls.STAGE / "calls.json").write_text(
