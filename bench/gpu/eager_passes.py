@@ -15,7 +15,12 @@ measures them -- are measured in alternating passes:
   the API server on two others, this driver and its client processes on the rest
   (:mod:`bench.gpu.affinity`).
 
-Then one short pass of each with four busy loops beside them (unconfined when unpinned, on the
+Then the eager constant of the timing model (``eager_layer_launch_s``) is refitted on the pinned
+passes' ``FIT`` points (``bench/gpu/fidelity_report.py``: the same fit the report makes, every
+other constant kept as ``disagg.planner.measured`` has it), and the eager simulator, started from
+the same rendering with that fit, is measured the same way, pinned (``sim_refit``): the simulator
+after calibration, at its client, on this machine.  Then one short pass of each placement with
+four busy loops beside them (unconfined when unpinned, on the
 client's CPUs when pinned): does pinning shield the engine from a busy host?  Each pass records
 its figures and what the host did meanwhile (load, steal time, the engine core's involuntary
 context switches and CPU share, MHz, a fixed loop's speed).  The quiet passes of each placement
@@ -26,6 +31,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import os
 import random
 import statistics
 import sys
@@ -34,10 +41,24 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from bench.fidelity import BATCHES, TTFT_LENGTHS, Driver, ms, pct, stream, streams_in_processes
-from bench.gpu import affinity, engines
+from bench.fidelity import (
+    BATCHES,
+    TTFT_LENGTHS,
+    Driver,
+    ms,
+    pct,
+    sim_plans,
+    stream,
+    streams_in_processes,
+)
+from bench.gpu import affinity, engines, fidelity_report
 from bench.gpu.plans import timing_engines
 from bench.gpu.record import Results
+
+from disagg.planner.calibration import Calibration, calibration_document, fit_client_efficiency
+from disagg.planner.catalog import get_model
+from disagg.planner.hardware import get_gpu
+from disagg.planner.measured import H200_VLLM_0_26
 
 PROMPT = 128
 OUTPUT = 256
@@ -127,11 +148,56 @@ async def warm_up(driver: Driver, base: str) -> None:
         await asyncio.gather(*(stream(http, base, driver.ids(PROMPT), 32) for _ in range(8)))
 
 
+#: What the refit may move: the eager kernel launches alone (every other constant is graph
+#: mode's, fitted on graph-mode points).
+EAGER_PARAMS = (("eager_layer_launch_s", 0.0, 2e-3),)
+
+
+def refit(real: dict[str, Any]) -> dict[str, Any]:
+    """The eager constant fitted on ``real``'s eager ``FIT`` points, as a calibration file."""
+    points = fidelity_report.client_points({"real": real}, fidelity_report.FIT)
+    model, gpu = get_model("llama-3.1-8b"), get_gpu("h200")
+    fitted = fit_client_efficiency(model, gpu, points, H200_VLLM_0_26, EAGER_PARAMS)
+    cal = Calibration("h200", fidelity_report._rounded(fitted), "eager refit on this machine")
+    return calibration_document(cal, fitted_on=[p.label for p in points])
+
+
 def schedule(full: int) -> list[tuple[str, bool]]:
     """``full`` quiet passes of each placement, alternating (a drift of the host hits both
-    alike), then one loaded pass of each."""
+    alike), then (after the refit simulator) one loaded pass of each."""
     quiet = [(placement, False) for _ in range(full) for placement in ("unpinned", "pinned")]
     return [*quiet, ("unpinned", True), ("pinned", True)]
+
+
+def simulate(
+    args: argparse.Namespace, results: Results, place: affinity.Layout, calibration: Path
+) -> None:
+    """The eager simulator with ``calibration``, measured pinned, exactly like the engine."""
+    os.environ["DISAGG_SIM_CALIBRATION"] = str(calibration)
+    os.environ.setdefault("DISAGG_SIM_LINK", "ucx-tcp-emulation")
+    plan = next(p for p in sim_plans() if p.name == "eager-sim")
+    running = engines.start(plan, "sim")
+    try:
+        ready = engines.wait_ready([plan.name], 60.0)
+        if "ready_s" not in ready.get(plan.name, {}):
+            results.put("sim_refit_error", ready)
+            return
+        affinity.pin_engine(running.pid, place)
+        affinity.pin_self(place.client)
+        driver = Driver(random.Random(20))
+        asyncio.run(warm_up(driver, plan.url))
+        pooled = Pooled()
+        window = affinity.Window(None)
+        record, ttft, gaps = asyncio.run(
+            measure_pass(driver, plan.url, args.lengths, args.batches, args.trials)
+        )
+        record = {"placement": "pinned", "host": window.close(), **record}
+        pooled.add(record, ttft, gaps)
+        results.put("sim_refit", {"calibration": str(calibration), "pass": record,
+                                  **pooled.summary()})  # fmt: skip
+    finally:
+        affinity.pin_self(affinity.everything())
+        engines.stop(plan.name)
 
 
 def run(args: argparse.Namespace) -> None:
@@ -155,8 +221,16 @@ def run(args: argparse.Namespace) -> None:
     asyncio.run(warm_up(driver, plan.url))
     pooled = {"unpinned": Pooled(), "pinned": Pooled()}
     last_full = 60.0
+    refitted = False
     try:
         for index, (placement, loaded) in enumerate(schedule(args.full_passes)):
+            if loaded and not refitted and pooled["pinned"].gaps:
+                refitted = True  # the engine stays up, idle, while the simulator is measured
+                document = results.put("refit", refit(pooled["pinned"].summary()))
+                path = args.out.parent / "eager-refit-calibration.json"
+                path.write_text(json.dumps(document, indent=1))
+                if left() > last_full * 1.2 + 20:
+                    simulate(args, results, place, path.resolve())
             lengths = LOADED_LENGTHS if loaded else args.lengths
             batches = LOADED_BATCHES if loaded else args.batches
             need = last_full * (0.45 if loaded else 1.1)
