@@ -48,6 +48,25 @@ CHILD_KINDS: dict[str, tuple[str, str, str]] = {
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
 
 
+class NoDiffBase(kopf.DiffBaseStorage):
+    """kopf's "last handled state" for change detection, which this operator never uses.
+
+    kopf builds the essence of every object on every watch event (a deep copy, then a diff
+    against the stored one) whether or not a create/update handler could need it; with
+    only index and event handlers registered, nothing reads it.  Measured with py-spy while
+    200 DisaggDeployments were created: that copy and diff were 9 % of the operator's CPU.
+    ``build_registry`` refuses to pair this with a change-detecting handler."""
+
+    def build(self, *, body: Any, extra_fields: Any = None) -> Any:
+        return {}
+
+    def fetch(self, *, body: Any) -> Any:
+        return None
+
+    def store(self, *, body: Any, patch: Any, essence: Any) -> None:
+        return None
+
+
 def _controller_ref(body: Any) -> tuple[str, str] | None:
     for ref in body.get("metadata", {}).get("ownerReferences") or []:
         if ref.get("controller") and ref.get("kind") in (POOL, DISAGG):
@@ -141,6 +160,7 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         settings.persistence.finalizer = LEGACY_FINALIZER
         settings.posting.enabled = False  # Events are ours (one per distinct failure)
         settings.watching.server_timeout = 300
+        settings.persistence.diffbase_storage = NoDiffBase()
         await controller.start()
 
     @kopf.on.probe(id="controller", registry=registry)
@@ -151,4 +171,6 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     async def cleanup(**_: Any) -> None:
         await controller.stop()
 
+    if registry._changing.get_all_handlers() or registry._spawning.get_all_handlers():
+        raise RuntimeError("change-detecting handlers need kopf's diff base: drop NoDiffBase")
     return registry
