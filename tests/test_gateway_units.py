@@ -284,6 +284,52 @@ def test_parse_load_sums_engines_and_ignores_the_rest() -> None:
     load = parse_load(text)
     assert (load.waiting, load.running, load.kv_cache_usage) == (5.0, 7.0, 0.5)
     assert parse_load("garbage\nvllm:num_requests_waiting{x} notanumber") == parse_load("")
+    # The first line counts; CRLF line ends; a "}" inside a label value; a timestamp after the
+    # value; a longer name sharing the prefix, a line without a value, a sample line without
+    # a separator -- none of the last three counts.
+    edge = "\r\n".join([
+        "vllm:num_requests_waiting 1",
+        'vllm:num_requests_waiting{reason="a}b"}\t2 1700000000',
+        "vllm:num_requests_waitingX 40",
+        "vllm:num_requests_waiting ",
+        "vllm:num_requests_running{engine=\"0\"}3",
+        "vllm:kv_cache_usage_perc 0.75",
+    ])  # fmt: skip
+    load = parse_load(edge)
+    assert (load.waiting, load.running, load.kv_cache_usage) == (3.0, 0.0, 0.75)
+
+
+def test_metric_updates_expose_what_prometheus_client_would() -> None:
+    """The gateway's series take faster update paths (a bisect for histogram buckets, events
+    relayed together observed at once); what /metrics says must not change."""
+    import prometheus_client
+    from prometheus_client import CollectorRegistry
+
+    from disagg.gateway import metrics as ours
+
+    bounds = (0.001, 0.01, 0.1, 1.0)
+    series = []
+    for module in (prometheus_client, ours):
+        registry = CollectorRegistry()
+        series.append((
+            registry,
+            module.Histogram("h_seconds", "h", ["k"], buckets=bounds, registry=registry),
+            module.Counter("c", "c", ["k"], registry=registry),
+            module.Gauge("g", "g", ["k"], registry=registry),
+        ))  # fmt: skip
+    for value in (0.0, 0.001, 0.0010001, 0.05, 1.0, 1.5, 1e9, -0.5, float("nan")):
+        for _, histogram, counter, gauge in series:
+            histogram.labels("x").observe(value)
+            counter.labels("x").inc(abs(value) if value == value else 1)
+            gauge.labels("x").set(value)
+    for _ in range(3):
+        series[0][1].labels("x").observe(0.0)
+    series[1][1].labels("x").observe_many(0.0, 3)
+    assert generate_latest(series[1][0]) == generate_latest(series[0][0])
+    with pytest.raises(ValueError):
+        series[1][1].observe(1.0)  # a parent with labels, as the library says
+    with pytest.raises(ValueError):
+        series[1][2].labels("x").inc(-1)
 
 
 # -- the operator's rendering of this config ----------------------------------------------------

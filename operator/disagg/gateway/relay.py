@@ -130,27 +130,30 @@ class SSERelay:
     def feed(self, data: bytes) -> bytes:
         """The complete events of what arrived so far (b"" while an event is still partial)."""
         pending = self._pending + data if self._pending else data
-        cut = last_boundary(pending)
-        if not cut:
-            self._pending = pending
-            return b""
-        if cut == len(pending):
+        if pending.endswith(b"\n\n"):  # whole events, the usual case: no scan for the cut
             out, self._pending = pending, b""
         else:
+            cut = last_boundary(pending)
+            if not cut:
+                self._pending = pending
+                return b""
             out, self._pending = pending[:cut], pending[cut:]
         now = time.monotonic()
         if not self._seen_done and _DONE in out:
             self._seen_done = True
-        if self._last_event is None:
+        last = self._last_event
+        if last is None:
             timing = self.timing
             self.metrics.ttft.labels(timing.decision).observe(now - timing.arrival)
             if timing.prefill_done is not None:
                 self.metrics.kv_handoff_time.observe(now - timing.prefill_done)
         else:
-            self._itl.observe(now - self._last_event)
-        events = out.count(b"\n\n") + out.count(b"\r\n\r\n")
-        for _ in range(events - 1):  # events that arrived together reach the client together
-            self._itl.observe(0.0)
+            self._itl.observe(now - last)
+        events = out.count(b"\n\n")
+        if b"\r" in out:
+            events += out.count(b"\r\n\r\n")
+        if events > 1:  # events that arrived together reach the client together: gaps of 0
+            self._itl.observe_many(0.0, events - 1)
         self._last_event = now
         return out
 
