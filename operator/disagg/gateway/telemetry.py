@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
-import re
 from dataclasses import dataclass
 
 from disagg.gateway.pools import Pool
@@ -37,33 +36,50 @@ class WorkerLoad:
     kv_cache_usage: float = 0.0
 
 
-_LOAD_LINE = re.compile(
-    r"^(vllm:num_requests_waiting|vllm:num_requests_running|vllm:kv_cache_usage_perc)"
-    r"(?:\{[^\n]*\})?[ \t]+(\S+)",
-    re.MULTILINE,
-)
-"""A sample line of one of the three families: its name and value (labels skipped up to the
-line's last ``}``).  One C-level scan of the text instead of a Python loop over every line --
-a worker's exposition is mostly histogram buckets the gateway never reads."""
+_FAMILIES = (WAITING, RUNNING, KV_USAGE)
+
+
+def _samples(text: str, name: str) -> list[str]:
+    """The raw values of one family's sample lines (labels skipped up to the line's last ``}``).
+
+    ``str.find`` jumps to each line that starts with the name, in C.  A worker's exposition is
+    mostly histogram buckets the gateway never reads, and a regular expression anchored at every
+    line start cost ~0.6 ms per worker and scrape: most of the gateway's CPU while idle, and a
+    few per cent of it under load."""
+    values: list[str] = []
+    needle = "\n" + name
+    found = 0 if text.startswith(name) else text.find(needle) + 1  # 0: not found (or line 1)
+    if found == 0 and not text.startswith(name):
+        return values
+    while True:
+        begin = found + len(name)
+        stop = text.find("\n", begin)
+        line = text[begin:] if stop == -1 else text[begin:stop]
+        if line[:1] == "{":
+            line = line[line.rfind("}") + 1 :]
+        value = line.lstrip(" \t")
+        if len(value) < len(line) and value and not value[0].isspace():  # [ \t]+ then \S+
+            values.append(value.split(None, 1)[0])
+        if stop == -1:
+            return values
+        found = text.find(needle, stop) + 1
+        if found == 0:
+            return values
 
 
 def parse_load(text: str) -> WorkerLoad:
     """Sum waiting/running over engines and take the max KV usage from Prometheus text."""
-    waiting = running = kv = 0.0
-    for name, raw in _LOAD_LINE.findall(text):
-        try:
-            value = float(raw)
-        except ValueError:
-            continue
-        if math.isnan(value):
-            continue
-        if name == WAITING:
-            waiting += value
-        elif name == RUNNING:
-            running += value
-        else:
-            kv = max(kv, value)
-    return WorkerLoad(waiting, running, kv)
+    totals = [0.0, 0.0, 0.0]
+    for i, name in enumerate(_FAMILIES):
+        for raw in _samples(text, name):
+            try:
+                value = float(raw)
+            except ValueError:
+                continue
+            if math.isnan(value):
+                continue
+            totals[i] = max(totals[i], value) if name == KV_USAGE else totals[i] + value
+    return WorkerLoad(*totals)
 
 
 class Telemetry:
