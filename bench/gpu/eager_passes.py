@@ -55,9 +55,7 @@ from bench.gpu import affinity, engines, fidelity_report
 from bench.gpu.plans import timing_engines
 from bench.gpu.record import Results
 
-from disagg.planner.calibration import Calibration, calibration_document, fit_client_efficiency
-from disagg.planner.catalog import get_model
-from disagg.planner.hardware import get_gpu
+from disagg.planner.calibration import Calibration, calibration_document
 from disagg.planner.measured import H200_VLLM_0_26
 
 PROMPT = 128
@@ -148,18 +146,12 @@ async def warm_up(driver: Driver, base: str) -> None:
         await asyncio.gather(*(stream(http, base, driver.ids(PROMPT), 32) for _ in range(8)))
 
 
-#: What the refit may move: the eager kernel launches alone (every other constant is graph
-#: mode's, fitted on graph-mode points).
-EAGER_PARAMS = (("eager_layer_launch_s", 0.0, 2e-3),)
-
-
 def refit(real: dict[str, Any]) -> dict[str, Any]:
-    """The eager constant fitted on ``real``'s eager ``FIT`` points, as a calibration file."""
-    points = fidelity_report.client_points({"real": real}, fidelity_report.FIT)
-    model, gpu = get_model("llama-3.1-8b"), get_gpu("h200")
-    fitted = fit_client_efficiency(model, gpu, points, H200_VLLM_0_26, EAGER_PARAMS)
-    cal = Calibration("h200", fidelity_report._rounded(fitted), "eager refit on this machine")
-    return calibration_document(cal, fitted_on=[p.label for p in points])
+    """The eager constant fitted on ``real``'s eager ``FIT`` points (the report's fit, from
+    the preset the simulator uses), as a calibration file."""
+    fitted, labels = fidelity_report.refit_eager({"real": real}, H200_VLLM_0_26)
+    cal = Calibration("h200", fitted, "eager refit on this machine")
+    return calibration_document(cal, fitted_on=labels)
 
 
 def schedule(full: int) -> list[tuple[str, bool]]:
