@@ -17,7 +17,9 @@ from bench.gpu import (
     affinity,
     bundle,
     calls,
+    cpu_speed,
     eager_passes,
+    eager_report,
     engines,
     fidelity_report,
     plans,
@@ -310,3 +312,57 @@ def test_eager_passes_alternate_placements_before_the_loaded_ones() -> None:
     order = eager_passes.schedule(3)
     assert order[:6] == [("unpinned", False), ("pinned", False)] * 3
     assert order[6:] == [("unpinned", True), ("pinned", True)]
+
+
+def test_the_eager_refit_moves_only_the_eager_constant_and_recovers_it() -> None:
+    """The eager refit starts from the graph-mode fit and moves the launches alone: fitted on
+    eager points made with a known constant, it finds that constant, the rest untouched."""
+    results = synthetic_fidelity()
+    base = Efficiency(compute=0.8, attention=0.4, memory=0.85, step_overhead_s=1e-3,
+                      sequence_overhead_s=1e-5, eager_layer_launch_s=3e-4,
+                      request_overhead_s=8e-3, request_token_overhead_s=3e-6)  # fmt: skip
+    fitted, labels = fidelity_report.refit_eager(results, base)
+    assert fitted.eager_layer_launch_s == pytest.approx(7e-4, rel=0.01)
+    assert replace(fitted, eager_layer_launch_s=0.0) == replace(base, eager_layer_launch_s=0.0)
+    assert labels and all(" | eager | " in label for label in labels)
+    assert "ITL p50 | eager | batch 8" not in labels  # a check point, never fitted
+
+
+def test_the_pinned_passes_replace_only_the_real_eager_figures() -> None:
+    results = synthetic_fidelity()
+    pinned = {"ttft": {"eager": {"512": {"p50_ms": 1.0}}}, "itl": {"eager": {"1": {"p50_ms": 2.0}}}}
+    passes = {
+        "pooled": {"pinned": pinned, "unpinned": {"itl": {"eager": {"1": {"p50_ms": 9.0}}}}},
+        "sim_refit": {"ttft": {"eager": {}}, "itl": {"eager": {"1": {"p50_ms": 2.2}}}},
+        "passes": [
+            {"placement": p, "loaded": False, "itl": {"1": {"p50_ms": v}}}
+            for p, v in (("unpinned", 10.0), ("pinned", 2.0), ("unpinned", 20.0), ("pinned", 2.1))
+        ],
+    }
+    merged = eager_report.overlay(results, passes)
+    assert merged["real"]["itl"]["eager"] == {"1": {"p50_ms": 2.0}}
+    assert merged["real"]["itl"]["graphs"] == results["real"]["itl"]["graphs"]
+    assert merged["sim_refit"]["itl"] == {"eager": {"1": {"p50_ms": 2.2}}}  # a side of its own
+    spreads = eager_report.spread_by_placement(passes)
+    assert spreads["unpinned"]["1"] == pytest.approx(1.0)
+    assert spreads["pinned"]["1"] == pytest.approx(0.05)
+
+
+def test_the_cpu_speed_summary_reads_the_spread_and_the_correlation() -> None:
+    series = [10.0, 12.0, 20.0, 11.0, 10.5, 19.0, 10.2, 10.1, 10.3, 18.0]
+    brief = cpu_speed.summary(series)
+    assert brief["min_ms"] == 10.0 and brief["max_ms"] == 20.0 and brief["max_over_min"] == 2.0
+    assert cpu_speed.correlation(series, [2 * v for v in series]) == pytest.approx(1.0)
+    assert cpu_speed.per_second([(0.2, 5.0), (0.7, 7.0), (1.1, 9.0)], 0.0) == [6.0, 9.0]
+
+
+def test_the_report_keeps_the_calibration_and_says_why_eager_misses(tmp_path: Path) -> None:
+    """docs/fidelity.md from the committed runs: the eager engine's own run replaces the real
+    eager figures, the calibration file is written unchanged, and the verdict is printed."""
+    runs = ROOT / "docs" / "gpu-runs"
+    report.write_fidelity(runs / "2026-12-01-b", tmp_path, runs / "2026-12-01", runs / "2026-12-02")
+    written = json.loads((tmp_path / "calibration-h200.json").read_text())
+    committed = json.loads((ROOT / "docs" / "calibration-h200.json").read_text())
+    assert written == committed
+    text = (tmp_path / "fidelity.md").read_text()
+    assert "### Why the eager targets are not met" in text and "pinned" in text

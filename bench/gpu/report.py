@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.gpu import fidelity_report, link_fit
+from bench.gpu import eager_report, fidelity_report, link_fit
 from bench.gpu.sections import REAL_VLLM_BEGIN, REAL_VLLM_END
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,6 +31,8 @@ FILES = (
     "two_gpu.json",
     "fidelity-simfit.json",
     "kvprobe.json",
+    "eager-passes.json",
+    "cpu-speed.json",
 )
 DROP = ("log_tails", "real_log_tails", "sim_log_tails", "sim_calibrated_log_tails")
 UCX_CAVEAT = (
@@ -260,9 +262,13 @@ def write_benchmarks(docs: Path, section: str) -> None:
     path.write_text(text)
 
 
-def write_fidelity(run: Path, docs: Path, fit_run: Path | None = None) -> None:
+def write_fidelity(
+    run: Path, docs: Path, fit_run: Path | None = None, eager_run: Path | None = None
+) -> None:
     """``fit_run``: the calibration stays the one fitted on that earlier run (its file is
-    rewritten from it unchanged), and every point of ``run`` checks it."""
+    rewritten from it unchanged), and every point of ``run`` checks it.  ``eager_run``: a run of
+    ``device.sh eager-pin``, whose pinned passes replace the real eager figures; the calibration
+    stays as fitted (``bench/gpu/eager_report.py`` says why)."""
     results = load(run, "fidelity.json")
     if not (results.get("real") or {}).get("ttft"):
         return
@@ -277,13 +283,17 @@ def write_fidelity(run: Path, docs: Path, fit_run: Path | None = None) -> None:
         fit_results, str(load(source, "call1.json").get("gpus", ""))
     )
     link = link_fit.link_fit(fit_results)
-    (docs / "calibration-h200.json").write_text(
-        json.dumps(fidelity_report.calibration_json(cal, table, link), indent=2) + "\n"
-    )
+    passes = load(eager_run, "eager-passes.json") if eager_run else {}
+    before = results
+    if passes:  # the eager engine's own run: its pinned passes are the real eager figures
+        results = eager_report.overlay(results, passes)
+    document = fidelity_report.calibration_json(cal, table, link)
+    (docs / "calibration-h200.json").write_text(json.dumps(document, indent=2) + "\n")
     if fit_run is not None:
         _, table = fidelity_report.calibrate(results, fitted=cal.efficiency)
     command = f"python -m bench.gpu.report --run {shown(run)}"
     command += f" --fit-run {shown(fit_run)}" if fit_run is not None else ""
+    command += f" --eager-run {shown(eager_run)}" if eager_run is not None else ""
     header = [
         "# Simulator fidelity: `disagg sim` against real vLLM on an H200",
         "",
@@ -296,12 +306,23 @@ def write_fidelity(run: Path, docs: Path, fit_run: Path | None = None) -> None:
             "",
             f"The calibration was fitted on an earlier run ({shown(fit_run)}, "
             "docs/calibration-h200.json): this run's real engines were never seen by the fit, "
-            "so every row below is a check.",
+            "so every row below is a check"
+            + (
+                f"; the real eager figures are the pinned passes of {shown(eager_run)}, where "
+                "the eager engine ran alone (the last section says why they miss the targets)."
+                if passes and eager_run is not None
+                else "."
+            ),
         ]
     header += ["", "![real vs simulated](fidelity.png)"]
-    (docs / "fidelity.md").write_text(
-        fidelity_report.markdown(results, table, cal.efficiency, header, link)
-    )
+    text = fidelity_report.markdown(results, table, cal.efficiency, header, link)
+    if passes and eager_run is not None:
+        lines = eager_report.pass_lines(passes, shown(eager_run))
+        lines += eager_report.verdict_lines(
+            passes, before, cal.efficiency, load(eager_run, "cpu-speed.json")
+        )
+        text += "\n".join(lines) + "\n"
+    (docs / "fidelity.md").write_text(text)
     fidelity_report.plot(results, docs / "fidelity.png")
 
 
@@ -317,13 +338,23 @@ def main(argv: list[str] | None = None) -> int:
         type=Path,
         help="keep the calibration fitted on this earlier run; --run's points all check it",
     )
+    parser.add_argument(
+        "--eager-run",
+        type=Path,
+        help="a device.sh eager-pin run: its pinned passes are the real eager figures",
+    )
     args = parser.parse_args(argv)
     run = args.run.resolve()
     if args.store:
         print("stored:", ", ".join(store(args.store, run)))
     if (run / "suite.json").exists():  # a fidelity-only run leaves the suite's section as it is
         write_benchmarks(args.docs, benchmarks_section(run))
-    write_fidelity(run, args.docs, args.fit_run.resolve() if args.fit_run else None)
+    write_fidelity(
+        run,
+        args.docs,
+        args.fit_run.resolve() if args.fit_run else None,
+        args.eager_run.resolve() if args.eager_run else None,
+    )
     print(
         f"wrote {args.docs / 'benchmarks.md'} and, with a fidelity run, fidelity.md/.png and "
         "calibration-h200.json"
