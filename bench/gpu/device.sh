@@ -13,6 +13,8 @@
 #                                  simulators with the calibrated preset  -> $OUT/fidelity.json
 #   bash bench/gpu/device.sh eager-pin  chunk 2, unpack, the eager engine alone, measured in
 #                                  passes unpinned and pinned to CPUs     -> $OUT/eager-passes.json
+#   bash bench/gpu/device.sh cpu-speed  (any fresh or warm machine, no bundle) a fixed Python
+#                                  loop's speed, second by second, one CPU then all -> $OUT/cpu-speed.json
 #
 # Run from the repository root.  What travels (bench/gpu/prepare.py stages it): .gpu/c1 and .gpu/c2
 # (bundle chunks, the checksum, the model folders).  Everything unpacked lives under
@@ -21,7 +23,7 @@
 # For the CPU proof: DISAGG_GPU_ENGINE=sim (disagg sim instead of vLLM), PYTHON=<a Python 3.12>,
 # DISAGG_GPU_STAGE=<staged folder>, DISAGG_GPU_ROOT and OUT somewhere writable.
 set -u
-CALL="${1:?call: 1, 2, 3, x2, kvprobe, simfit, fidelity-all or eager-pin}"
+CALL="${1:?call: 1, 2, 3, x2, kvprobe, simfit, fidelity-all, eager-pin or cpu-speed}"
 ROOT="${DISAGG_GPU_ROOT:-/tmp/disagg-gpu}"
 STAGE="${DISAGG_GPU_STAGE:-.gpu}"
 ENGINE="${DISAGG_GPU_ENGINE:-vllm}"
@@ -123,6 +125,9 @@ case "$CALL" in
     "$PY" -m bench.gpu.eager_passes --engine "$ENGINE" --out "$OUTD/eager-passes.json" \
       --budget "$(( ${BUDGET:-540} - ($(date +%s) - T0) ))"
     collect_logs
+    ;;
+  cpu-speed)  # no bundle: the CPUs alone (bench/gpu/cpu_speed.py)
+    "$PY" -m bench.gpu.cpu_speed --out "$OUTD/cpu-speed.json"
     ;;
   *) echo "unknown call $CALL"; exit 2 ;;
 esac
