@@ -129,3 +129,24 @@ def test_a_create_whose_object_was_deleted_before_its_event_is_forgotten_in_time
     clock.now += WRITTEN_TTL_SECONDS + 1
     store.remember({**body, "metadata": {**body["metadata"], "name": "e"}}, None)
     assert set(store.written) == {("ConfigMap", NS, "e")}
+
+
+def test_a_write_over_our_own_undelivered_write_keeps_standing_in() -> None:
+    """A status written right after the create, both before the watch delivers either: the
+    object must not vanish from the operator's view in between."""
+    clock = Clock()
+    store = _store_with(disagg_obj(), clock)
+    meta = {"name": "p", "namespace": NS, "uid": "u"}
+    store.remember({"kind": "InferencePool", "metadata": {**meta, "resourceVersion": "20"}}, None)
+    status = {"kind": "InferencePool", "metadata": {**meta, "resourceVersion": "21"}, "status": {}}
+    store.remember(status, "20")
+    seen = store.get("InferencePool", NS, "p")
+    assert seen is not None and seen["metadata"]["resourceVersion"] == "21"
+    # The watch delivers the create: the status write is still newer than the cache.
+    index = store.indexes[INDEX_OF_KIND["InferencePool"]]
+    index[(NS, "p")] = [{"kind": "InferencePool", "metadata": {**meta, "resourceVersion": "20"}}]  # type: ignore[index]
+    assert store.get("InferencePool", NS, "p")["metadata"]["resourceVersion"] == "21"  # type: ignore[index]
+    # Then the status write itself: the cache has caught up and the memory is dropped.
+    index[(NS, "p")] = [status]  # type: ignore[index]
+    assert store.get("InferencePool", NS, "p") is status
+    assert not store.written

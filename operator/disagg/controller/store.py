@@ -16,8 +16,8 @@ answers every create and apply with the object as written, and a reconcile that 
 before its watch event arrives (a busy API server, a sibling's event) would otherwise plan
 the same create again -- a second POST, AlreadyExists, a GET -- or re-apply what it just
 applied.  A remembered object stands in for the cached one only while the cache still
-shows the version it was written over (nothing, for a create); any other version there is
-newer news and wins, and a memory older than ``WRITTEN_TTL_SECONDS`` is dropped, so a
+shows the version it was written over (nothing, for a create) or one of our own writes
+before it; any other version there is newer news and wins, and a memory older than ``WRITTEN_TTL_SECONDS`` is dropped, so a
 write whose event was lost (a relist) cannot hide what the cluster holds for long.
 """
 
@@ -136,10 +136,12 @@ WRITTEN_TTL_SECONDS = 30.0
 
 @dataclass(frozen=True)
 class Written:
-    """An object as our write left it, and the version the cache held before (None: none)."""
+    """An object as our write left it, and the versions the cache may still show that are
+    older than it: the one it was written over (None: none, a create) and our own earlier
+    writes the watch has not delivered either."""
 
     body: Body
-    over: str | None
+    older: frozenset[str | None]
     at: float
 
 
@@ -170,7 +172,7 @@ class Store:
         if mine is None:
             return cached
         version = (cached or {}).get("metadata", {}).get("resourceVersion")
-        if version == mine.over and self.clock() - mine.at < WRITTEN_TTL_SECONDS:
+        if version in mine.older and self.clock() - mine.at < WRITTEN_TTL_SECONDS:
             return mine.body  # the cache still shows what our write replaced
         # The watch delivered our write (or something newer), or it is overdue: trust the cache.
         self.written.pop((kind, namespace, name), None)
@@ -191,9 +193,14 @@ class Store:
             for stale in [k for k, w in self.written.items() if now - w.at >= WRITTEN_TTL_SECONDS]:
                 self.written.pop(stale, None)
         if over == meta["resourceVersion"]:  # nothing changed: the cache is right already
-            self.written.pop(key, None)
             return
-        self.written[key] = Written(slim(str(kind), body), over, now)
+        older: frozenset[str | None] = frozenset({over})
+        before = self.written.get(key)
+        if before is not None and before.body["metadata"].get("resourceVersion") == over:
+            # Written over our own earlier write the watch has not delivered either (a status
+            # right after a create): the cache may show that one or what it replaced.
+            older |= before.older
+        self.written[key] = Written(slim(str(kind), body), older, now)
 
     def keys(self, kind: str) -> list[tuple[str, str]]:
         return list(self.indexes.get(INDEX_OF_KIND[kind], {}).keys())
