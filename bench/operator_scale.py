@@ -27,14 +27,11 @@ import concurrent.futures
 import contextlib
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +39,11 @@ import yaml
 from kubernetes import client, config, watch
 from kubernetes.client.exceptions import ApiException
 
-from disagg.render.gateway import GATEWAY_RULES
-
 REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "operator")]
+
+from disagg.render.gateway import GATEWAY_RULES  # noqa: E402
+from testbed.operator_process import OperatorProcess  # noqa: E402
 
 CACHE = Path(os.environ.get("DISAGG_CACHE", Path.home() / ".cache" / "disagg"))
 KUBECONFIG = CACHE / "kubeconfig"
@@ -55,12 +54,6 @@ FLOW = "disagg-bench-operator"
 #: The gateways' ClusterRole, as the chart installs it (the operator binds it per gateway).
 GATEWAY_ROLE = "disagg-bench-gateway"
 CHANGES = 20
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def log(message: str) -> None:
@@ -202,67 +195,24 @@ def operator_requests() -> float:
 # ----------------------------------------------------------------------------- the operator
 
 
-class Operator:
-    def __init__(self, kubeconfig: Path, workers: int, log_path: Path) -> None:
-        self.kubeconfig, self.workers, self.log_path = kubeconfig, workers, log_path
-        self.port, self.metrics_port = free_port(), free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
+class Operator(OperatorProcess):
+    """The operator from this checkout, with what the waits below read of its metrics."""
 
     def start(self) -> None:
-        out = self.log_path.open("ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "disagg.cli",
-                "operator",
-                "--kubeconfig",
-                str(self.kubeconfig),
-                "--liveness",
-                f"http://127.0.0.1:{self.port}/healthz",
-                "--metrics-address",
-                f"127.0.0.1:{self.metrics_port}",
-                "--workers",
-                str(self.workers),
-                "--gateway-cluster-role",
-                GATEWAY_ROLE,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-            cwd=REPO,
-        )
+        super().start()
         self.wait(lambda h: h is not None, 60, "operator up")
 
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-
-    def health(self) -> dict[str, Any] | None:
-        """The operator's own live metrics, in the shape the waits below read."""
-        try:
-            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as r:
-                text = r.read().decode()
-        except OSError:
+    def counters(self) -> dict[str, Any] | None:
+        """Reconciles, queue and API requests by verb and kind, from its live metrics."""
+        values = self.metrics()
+        if values is None:
             return None
-        values: dict[str, float] = {}
         requests: dict[str, float] = {}
-        for line in text.splitlines():
-            if not line or line.startswith("#"):
-                continue
-            name, _, value = line.rpartition(" ")
+        for name, value in values.items():
             if name.startswith("disagg_operator_api_requests_total"):
                 verb = name.split('verb="')[1].split('"')[0]
                 kind = name.split('kind="')[1].split('"')[0]
-                requests[f"{verb} {kind}"] = float(value)
-            else:
-                values[name] = float(value)
+                requests[f"{verb} {kind}"] = value
         return {
             "reconciles": values.get("disagg_operator_reconciles_total", 0),
             "queued": values.get("disagg_operator_queue_depth", 0),
@@ -273,27 +223,11 @@ class Operator:
     def wait(self, ok: Any, timeout: float, what: str) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            health = self.health()
-            if ok(health):
-                return health or {}
+            counters = self.counters()
+            if ok(counters):
+                return counters or {}
             time.sleep(0.2)
         raise SystemExit(f"timed out waiting for {what}")
-
-    def cpu_seconds(self) -> float:
-        assert self.proc is not None
-        fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        ticks = os.sysconf("SC_CLK_TCK")
-        return (int(fields[11]) + int(fields[12])) / ticks
-
-    def memory_mib(self) -> tuple[float, float]:
-        """(current RSS, peak RSS) in MiB."""
-        assert self.proc is not None
-        values = {}
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            key, _, rest = line.partition(":")
-            if key in ("VmRSS", "VmHWM"):
-                values[key] = int(rest.split()[0]) / 1024
-        return values["VmRSS"], values["VmHWM"]
 
 
 # ------------------------------------------------------------------------------ measuring
@@ -397,7 +331,7 @@ def none_left(list_fn: Any, *args: Any, **kwargs: Any) -> bool:
 
 
 def run_one(
-    n: int, workers: int, kubeconfig: Path, tmp: Path, rest_seconds: float
+    n: int, workers: int, kubeconfig: Path, logs: Path, rest_seconds: float
 ) -> dict[str, Any]:
     api = client.CustomObjectsApi()
     apps = client.AppsV1Api()
@@ -405,7 +339,11 @@ def run_one(
     # A namespace of its own per run: an earlier run's may still be terminating.
     ns = f"bench-{n}-{int(time.time()) % 100000}"
     core.create_namespace({"metadata": {"name": ns}})
-    op = Operator(kubeconfig, workers, tmp / f"operator-{n}.log")
+    op = Operator(
+        kubeconfig,
+        logs / f"operator-{n}.log",
+        ("--workers", str(workers), "--gateway-cluster-role", GATEWAY_ROLE),
+    )
     op.start()
     result: dict[str, Any] = {
         "n": n,
@@ -549,7 +487,6 @@ def run_one(
 
 def floor(ns: str, n: int) -> float:
     """The peer: the same children, created by this driver directly (no operator)."""
-    sys.path.insert(0, str(REPO / "operator"))
     from disagg.api.disaggdeployment import DisaggDeploymentSpec
     from disagg.api.inferencepool import InferencePoolSpec
     from disagg.render.disaggdeployment import render_disaggdeployment_children
@@ -664,6 +601,9 @@ def main() -> int:
     parser.add_argument(
         "--report", type=Path, help="only regenerate the docs from a results file (--out's)"
     )
+    parser.add_argument(
+        "--logs", type=Path, help="keep the operator's log of each run here (operator-N.log)"
+    )
     args = parser.parse_args()
     if args.report:
         results = json.loads(args.report.read_text())["runs"]
@@ -676,8 +616,10 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         identity = operator_identity(Path(tmp))
+        logs = args.logs or Path(tmp)
+        logs.mkdir(parents=True, exist_ok=True)
         for n in args.n:
-            results.append(run_one(n, args.workers, identity, Path(tmp), args.rest_seconds))
+            results.append(run_one(n, args.workers, identity, logs, args.rest_seconds))
             log(json.dumps(results[-1]))
     args.out.write_text(json.dumps({"runs": results}, indent=2) + "\n")
     report(results, REPO / "docs" / "benchmarks.md", REPO / "docs" / "benchmarks-operator.png")

@@ -13,104 +13,32 @@ Tests that need it call ``use_prometheus(url)``, which restarts the process with
 
 from __future__ import annotations
 
-import json
 import os
 import signal
-import socket
-import subprocess
-import sys
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
+from testbed import operator_process as testbed_operator
 from testbed.cluster.config import Settings
-
-REPO = Path(__file__).resolve().parent.parent
 
 
 @dataclass
-class OperatorProcess:
-    kubeconfig: Path
-    log_path: Path
-    proc: subprocess.Popen[bytes] | None = None
+class OperatorProcess(testbed_operator.OperatorProcess):
+    """The shared operator process, with the e2e tier's gateway image and Prometheus."""
+
     prometheus_url: str | None = None
-    health_port: int = 0
-    metrics_port: int = 0
-    extra_args: tuple[str, ...] = ()
 
-    def __post_init__(self) -> None:
-        for attr in ("health_port", "metrics_port"):
-            if not getattr(self, attr):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", 0))
-                    setattr(self, attr, int(s.getsockname()[1]))
-
-    def metrics(self) -> dict[str, float] | None:
-        """The operator's own /metrics, live: ``{"name{labels}": value}``."""
-        try:
-            url = f"http://127.0.0.1:{self.metrics_port}/metrics"
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                text = resp.read().decode()
-        except OSError:
-            return None
-        out: dict[str, float] = {}
-        for line in text.splitlines():
-            if line and not line.startswith("#"):
-                name, _, value = line.rpartition(" ")
-                out[name] = float(value)
-        return out
-
-    def health(self) -> dict[str, Any] | None:
-        """The operator's /healthz (its ``controller`` probe: queue, reconciles, requests)."""
-        try:
-            url = f"http://127.0.0.1:{self.health_port}/healthz"
-            with urllib.request.urlopen(url, timeout=2) as resp:
-                data: dict[str, Any] = json.loads(resp.read())
-                return data
-        except (OSError, ValueError):
-            return None
-
-    def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        log = self.log_path.open("ab")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "disagg.cli",
-                "operator",
-                "--kubeconfig",
-                str(self.kubeconfig),
-                "--liveness",
-                f"http://127.0.0.1:{self.health_port}/healthz",
-                "--metrics-address",
-                f"127.0.0.1:{self.metrics_port}",
-                # The e2e tier's gateway image (the default is the release tag).
-                "--gateway-image",
-                "disagg/gateway:dev",
-                *(["--prometheus-url", self.prometheus_url] if self.prometheus_url else []),
-                *self.extra_args,
-            ],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            env=env,
-            cwd=REPO,
-        )
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.proc is None or self.proc.poll() is not None:
-            return
-        self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(timeout=10)
+    def flags(self) -> list[str]:
+        return [
+            # The e2e tier's gateway image (the default is the release tag).
+            "--gateway-image",
+            "disagg/gateway:dev",
+            *(["--prometheus-url", self.prometheus_url] if self.prometheus_url else []),
+            *self.extra_args,
+        ]
 
     def restart(self) -> None:
         self.stop(signal.SIGKILL)
@@ -124,15 +52,6 @@ class OperatorProcess:
         if self.proc is not None:
             self.stop()
             self.start()
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
 
 
 _session_operator: OperatorProcess | None = None
