@@ -17,8 +17,9 @@ before its watch event arrives (a busy API server, a sibling's event) would othe
 the same create again -- a second POST, AlreadyExists, a GET -- or re-apply what it just
 applied.  A remembered object stands in for the cached one only while the cache still
 shows the version it was written over (nothing, for a create) or one of our own writes
-before it; any other version there is newer news and wins, and a memory older than ``WRITTEN_TTL_SECONDS`` is dropped, so a
-write whose event was lost (a relist) cannot hide what the cluster holds for long.
+before it; any other version there is newer news and wins, and a memory older than
+``WRITTEN_TTL_SECONDS`` is dropped, so a write whose event was lost (a relist) cannot
+hide what the cluster holds for long.
 """
 
 from __future__ import annotations
