@@ -330,13 +330,31 @@ def none_left(list_fn: Any, *args: Any, **kwargs: Any) -> bool:
     return not items
 
 
+def wait_for_no_bench_namespaces(core: Any, timeout: float = 1200.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        left = [
+            item.metadata.name
+            for item in core.list_namespace().items
+            if item.metadata.name.startswith("bench-")
+        ]
+        if not left:
+            return
+        if time.monotonic() > deadline:
+            raise SystemExit(f"earlier runs' namespaces still terminating: {left}")
+        log(f"waiting for {', '.join(left)} to be deleted")
+        time.sleep(10)
+
+
 def run_one(
     n: int, workers: int, kubeconfig: Path, logs: Path, rest_seconds: float
 ) -> dict[str, Any]:
     api = client.CustomObjectsApi()
     apps = client.AppsV1Api()
     core = client.CoreV1Api()
-    # A namespace of its own per run: an earlier run's may still be terminating.
+    # An earlier run's namespace (its DisaggDeployments and the floor's standalone pools)
+    # must be gone first: a new operator would reconcile what is left of it.
+    wait_for_no_bench_namespaces(core)
     ns = f"bench-{n}-{int(time.time()) % 100000}"
     core.create_namespace({"metadata": {"name": ns}})
     op = Operator(
