@@ -160,6 +160,22 @@ def ms(value: float | None) -> float | None:
     return None if value is None else round(value * 1e3, 3)
 
 
+def itl_row(
+    gaps: list[float], context_tokens: int, rounds: list[Any], errors: list[Any]
+) -> dict[str, Any]:
+    """One batch size's inter-token gaps, pooled over its passes, as the results record it."""
+    return {
+        "p50_ms": ms(pct(gaps, 50)),
+        "p90_ms": ms(pct(gaps, 90)),
+        "mean_ms": ms(statistics.fmean(gaps)) if gaps else None,
+        "deciles_ms": [ms(pct(gaps, q)) for q in range(10, 100, 10)],
+        "gaps": len(gaps),
+        "context_tokens": context_tokens,
+        "rounds": rounds,
+        "errors": errors,
+    }
+
+
 class Driver:
     def __init__(self, rng: random.Random) -> None:
         self.rng = rng
@@ -219,16 +235,7 @@ class Driver:
         rows = {}
         for batch in batches:
             gaps = gaps_of[batch]
-            rows[str(batch)] = {
-                "p50_ms": ms(pct(gaps, 50)),
-                "p90_ms": ms(pct(gaps, 90)),
-                "mean_ms": ms(statistics.fmean(gaps)) if gaps else None,
-                "deciles_ms": [ms(pct(gaps, q)) for q in range(10, 100, 10)],
-                "gaps": len(gaps),
-                "context_tokens": prompt + 128,
-                "rounds": passes[batch],
-                "errors": errors[batch],
-            }
+            rows[str(batch)] = itl_row(gaps, prompt + 128, passes[batch], errors[batch])
         return rows
 
     async def interference(

@@ -106,64 +106,48 @@ def two_gpu_calls(stage: str = STAGE) -> list[DeviceCall]:
     ]
 
 
+def _after_part_one(
+    stage: str, mode: str, budget: int, minutes: float, timeout_s: int, writes: tuple[str, ...]
+) -> list[DeviceCall]:
+    """A fresh machine: part 1 (``device.sh 1``), then part 2 and ``device.sh <mode>``."""
+    run = "set -o pipefail; {env}bash bench/gpu/device.sh {call} 2>&1 | tee $OUT/console.txt"
+    first = one_gpu_calls(stage)[0]
+    return [
+        replace(first, name=f"{mode} call 1"),
+        DeviceCall(
+            f"{mode} call 2",
+            "nvidia-h200",
+            run.format(env=f"BUDGET={budget} ", call=mode),
+            (f"{stage}/c2",),
+            minutes,
+            timeout_s,
+            writes,
+        ),
+    ]
+
+
 def sim_fit_calls(stage: str = STAGE) -> list[DeviceCall]:
     """Issue 20: only the simulator side of the fidelity driver, on the GPU machine's CPU (the
     same machine the real engines were timed on), with the calibrated H200 preset: a fresh
     machine, so part 1 (``device.sh 1``), then part 2, unpack and the sims (``simfit``)."""
-    run = "set -o pipefail; {env}bash bench/gpu/device.sh {call} 2>&1 | tee $OUT/console.txt"
-    first = one_gpu_calls(stage)[0]
-    return [
-        replace(first, name="simfit call 1"),
-        DeviceCall(
-            "simfit call 2",
-            "nvidia-h200",
-            run.format(env="BUDGET=400 ", call="simfit"),
-            (f"{stage}/c2",),
-            3.0,
-            480,
-            ("fidelity-simfit.json", "logs-callsimfit.txt", "console.txt"),
-        ),
-    ]
+    writes = ("fidelity-simfit.json", "logs-callsimfit.txt", "console.txt")
+    return _after_part_one(stage, "simfit", 400, 3.0, 480, writes)
 
 
 def fidelity_all_calls(stage: str = STAGE) -> list[DeviceCall]:
     """Issue 20, both sides in one run: part 1 (``device.sh 1``), then part 2, unpack, the five
     timing engines started and measured (eager ITL in several passes), then the simulators
     with the calibrated preset (``fidelity-all``): real and simulated side by side, one call."""
-    run = "set -o pipefail; {env}bash bench/gpu/device.sh {call} 2>&1 | tee $OUT/console.txt"
-    first = one_gpu_calls(stage)[0]
-    return [
-        replace(first, name="fidelity-all call 1"),
-        DeviceCall(
-            "fidelity-all call 2",
-            "nvidia-h200",
-            run.format(env="BUDGET=570 ", call="fidelity-all"),
-            (f"{stage}/c2",),
-            9.0,
-            600,
-            ("fidelity.json", "logs-callfidelity-all.txt", "console.txt"),
-        ),
-    ]
+    writes = ("fidelity.json", "logs-callfidelity-all.txt", "console.txt")
+    return _after_part_one(stage, "fidelity-all", 570, 9.0, 600, writes)
 
 
 def eager_pin_calls(stage: str = STAGE) -> list[DeviceCall]:
     """Issue 20, eager mode: part 1 (``device.sh 1``), then part 2, unpack and the eager engine
     alone, in passes unpinned and pinned to CPUs of its own (``eager-pin``,
     ``bench/gpu/eager_passes.py``)."""
-    run = "set -o pipefail; {env}bash bench/gpu/device.sh {call} 2>&1 | tee $OUT/console.txt"
-    first = one_gpu_calls(stage)[0]
-    return [
-        replace(first, name="eager-pin call 1"),
-        DeviceCall(
-            "eager-pin call 2",
-            "nvidia-h200",
-            run.format(env="BUDGET=560 ", call="eager-pin"),
-            (f"{stage}/c2",),
-            9.0,
-            600,
-            ("eager-passes.json", "logs-calleager-pin.txt", "console.txt"),
-        ),
-    ]
+    writes = ("eager-passes.json", "logs-calleager-pin.txt", "console.txt")
+    return _after_part_one(stage, "eager-pin", 560, 9.0, 600, writes)
 
 
 def split_sizes(total: int, parts: int) -> list[int]:

@@ -45,6 +45,7 @@ from bench.fidelity import (
     BATCHES,
     TTFT_LENGTHS,
     Driver,
+    itl_row,
     ms,
     pct,
     sim_plans,
@@ -88,16 +89,7 @@ class Pooled:
     def summary(self) -> dict[str, Any]:
         itl = {}
         for batch, gaps in self.gaps.items():
-            itl[str(batch)] = {
-                "p50_ms": ms(pct(gaps, 50)),
-                "p90_ms": ms(pct(gaps, 90)),
-                "mean_ms": ms(statistics.fmean(gaps)) if gaps else None,
-                "deciles_ms": [ms(pct(gaps, q)) for q in range(10, 100, 10)],
-                "gaps": len(gaps),
-                "context_tokens": PROMPT + 128,
-                "rounds": self.passes[batch],
-                "errors": [],
-            }
+            itl[str(batch)] = itl_row(gaps, PROMPT + 128, self.passes[batch], [])
         ttft = {
             str(length): {"ttft_ms": [ms(v) for v in values], "p50_ms": ms(pct(values, 50))}
             for length, values in self.ttft.items()
