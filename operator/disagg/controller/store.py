@@ -191,7 +191,11 @@ class Store:
         now = self.clock()
         if now - self._swept_at > WRITTEN_TTL_SECONDS:  # memories nobody read again
             self._swept_at = now
-            for stale in [k for k, w in self.written.items() if now - w.at >= WRITTEN_TTL_SECONDS]:
+            # A snapshot first: ``get`` pops from the event loop's thread and other reconcile
+            # threads remember meanwhile, and a dict must not change while it is iterated
+            # (``list`` of a dict's items is made in one step under the GIL).
+            memories = list(self.written.items())
+            for stale in [k for k, w in memories if now - w.at >= WRITTEN_TTL_SECONDS]:
                 self.written.pop(stale, None)
         if over == meta["resourceVersion"]:  # nothing changed: the cache is right already
             return
