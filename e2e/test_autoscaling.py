@@ -201,7 +201,10 @@ def test_a_load_step_queues_at_the_gateway_scales_prefill_holds_steady_and_scale
         deadline = time.monotonic() + 360
         while time.monotonic() < deadline:
             sample = tracer.sample()
-            if "prefill" not in decided and (sample.pool_replicas["prefill"] or 0) > 1:
+            # The HPA writes the scale first and then its status, in which desiredReplicas and
+            # the metrics it read come together: take the decision from that status, as a
+            # sample taken between the two writes pairs the new scale with the last sync's read.
+            if "prefill" not in decided and (sample.hpa_desired["prefill"] or 0) > 1:
                 decided["prefill"] = sample.t
                 at_decision = {
                     "gateway_queue": sample.gateway_queue["prefill"],

@@ -15,7 +15,7 @@ import pytest
 
 from e2e.operator_process import OperatorProcess
 from e2e.test_operator import DD, IP, a_disagg
-from testbed.cluster.kubectl import Kubectl
+from testbed.cluster.kubectl import Kubectl, WaitTimeout
 
 pytestmark = pytest.mark.e2e
 
@@ -167,7 +167,7 @@ def _stable_versions(kube: Kubectl) -> dict[str, str]:
 
 
 def test_an_operator_restart_writes_nothing(
-    operator: OperatorProcess, kube: Kubectl, cluster_kube: Kubectl
+    operator: OperatorProcess, kube: Kubectl, cluster_kube: Kubectl, namespace: str
 ) -> None:
     if not operator.proc:
         pytest.skip("the operator runs in the cluster (E2E_OPERATOR=pod)")
@@ -180,18 +180,30 @@ def test_an_operator_restart_writes_nothing(
             lambda o: o.get("status", {}).get("observedGeneration") == o["metadata"]["generation"],
             90,
         )
-    # Other tests' namespaces may still be terminating: their objects must not count here.
-    cluster_kube.wait_for(
-        lambda: (
-            not [
-                n
-                for n in cluster_kube.items("namespaces")
-                if n["status"].get("phase") == "Terminating"
-            ]
-        ),
-        120,
-        "no namespace terminating",
-    )
+
+    # Other tests' DisaggDeployments and pools would be resumed too and must not count here.  A
+    # namespace being deleted keeps them until the namespace controller's next pass, which
+    # waits out its pods' grace period (a worker's drain timeout), so allow for that.
+    def foreign() -> list[str]:
+        out = json.loads(cluster_kube.kubectl("get", f"{DD},{IP}", "-A", "-o", "json"))
+        return [
+            f"{o['kind']} {o['metadata']['namespace']}/{o['metadata']['name']}"
+            for o in out.get("items", [])
+            if o["metadata"]["namespace"] != namespace
+        ]
+
+    left: list[str] = []
+
+    def none_foreign() -> bool:
+        left[:] = foreign()
+        return not left
+
+    waited = time.monotonic()
+    try:
+        cluster_kube.wait_for(none_foreign, 400, "no other test's DisaggDeployment or pool left")
+    except WaitTimeout as err:
+        pytest.fail(f"{err}; still there: {left[:5]}")
+    print(f"other tests' objects gone after {time.monotonic() - waited:.1f} s")
     before = _stable_versions(kube)
     operator.restart()
     objects = 3 * 3  # each DisaggDeployment and its two pools
