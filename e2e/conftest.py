@@ -112,6 +112,16 @@ def namespace(cluster_kube: Kubectl, request: pytest.FixtureRequest) -> Iterator
     try:
         yield name
     finally:
+        # Kubernetes deletes a namespace's pods first and the rest only once they are gone, which
+        # it checks again after the longest grace period (a worker's drain timeout: minutes).
+        # Deleting our objects first keeps them from lingering into later tests meanwhile.
+        ns_kube.kubectl(
+            "delete",
+            "disaggdeployments.disagg.dev,inferencepools.disagg.dev",
+            "--all",
+            "--wait=false",
+            check=False,
+        )
         cluster_kube.delete("namespace", name, wait=False)
 
 
