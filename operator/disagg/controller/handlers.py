@@ -159,7 +159,11 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     async def startup(settings: kopf.OperatorSettings, **_: Any) -> None:
         settings.persistence.finalizer = LEGACY_FINALIZER
         settings.posting.enabled = False  # Events are ours (one per distinct failure)
-        settings.watching.server_timeout = 300
+        # Each watch is renewed when the API server ends it (its own random 30-60 min, which
+        # spreads renewals out); a dead stream is caught sooner by kopf's inactivity timeout on
+        # the API server's minute bookmarks.  Renewing every 5 min cost a request per watched
+        # kind each time: most of what the operator asked of the API server at rest.
+        settings.watching.server_timeout = None
         settings.persistence.diffbase_storage = NoDiffBase()
         await controller.start()
 
