@@ -52,8 +52,9 @@ def _forget(body: Mapping[str, Any], over: str | None) -> None:
 
 @dataclass
 class Outcome:
-    changed: list[str] = field(default_factory=list)
-    """``Kind/name`` of children that really changed (created, updated, deleted)."""
+    changed: list[tuple[str, str]] = field(default_factory=list)
+    """(kind, name) of what really changed: children created, updated or deleted, and the
+    object itself when its defaults were written."""
     failure: Failure | None = None
     conflict: bool = False
     """A precondition failed: reconcile again soon."""
@@ -120,7 +121,7 @@ def act_children(kube: Kube, o: Observed, plan: Plan, remember: Remember = _forg
                 API_VERSION, o.kind, o.namespace, o.name, body, field_manager=DEFAULTS_MANAGER
             )
             remember(patched, o.resource_version)
-            out.changed.append(f"{o.kind}/{o.name} (defaults)")
+            out.changed.append((o.kind, o.name))
         except (Conflict, NotFound):
             out.conflict = True
             return out
@@ -137,13 +138,13 @@ def act_children(kube: Kube, o: Observed, plan: Plan, remember: Remember = _forg
                         raise
                     out.conflict = True  # our own earlier create, not yet in the cache
                     return out
-                out.changed.append(write.ref)
+                out.changed.append(write.kind_name)
             else:
                 result = kube.apply(write.obj, resource_version=write.resource_version)
                 remember(result, write.resource_version)
                 new_rv = (result.get("metadata") or {}).get("resourceVersion")
                 if new_rv != write.resource_version:
-                    out.changed.append(write.ref)
+                    out.changed.append(write.kind_name)
         except Conflict:
             out.conflict = True
             return out
@@ -163,7 +164,7 @@ def act_children(kube: Kube, o: Observed, plan: Plan, remember: Remember = _forg
     for prune in plan.prunes:
         try:
             kube.delete(prune.api_version, prune.kind, prune.namespace, prune.name, uid=prune.uid)
-            out.changed.append(f"{prune.kind}/{prune.name}")
+            out.changed.append((prune.kind, prune.name))
         except Conflict:
             out.conflict = True
             return out

@@ -30,8 +30,12 @@ class Write:
     resource_version: str | None = None
 
     @property
+    def kind_name(self) -> tuple[str, str]:
+        return self.obj["kind"], self.obj["metadata"]["name"]
+
+    @property
     def ref(self) -> str:
-        return f"{self.obj['kind']}/{self.obj['metadata']['name']}"
+        return "/".join(self.kind_name)
 
 
 @dataclass(frozen=True)

@@ -253,8 +253,7 @@ class Controller:
         if outcome is not None and key[0] == DISAGG:
             # A pool this reconcile created or changed is reconciled now, from the object the
             # write answered with (the store remembers it), not when its watch event comes.
-            for ref in outcome.changed:
-                kind, _, name = ref.partition("/")
+            for kind, name in outcome.changed:
                 if kind == POOL:
                     self.enqueue(POOL, key[1], name)
         if plan is not None:
