@@ -55,7 +55,7 @@ class NoDiffBase(kopf.DiffBaseStorage):
     against the stored one) whether or not a create/update handler could need it; with
     only index and event handlers registered, nothing reads it.  Measured with py-spy while
     200 DisaggDeployments were created: that copy and diff were 9 % of the operator's CPU.
-    ``build_registry`` refuses to pair this with a change-detecting handler."""
+    A test (tests/test_kopf_registry.py) fails if a change-detecting handler is registered."""
 
     def build(self, *, body: Any, extra_fields: Any = None) -> Any:
         return {}
@@ -175,6 +175,4 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
     async def cleanup(**_: Any) -> None:
         await controller.stop()
 
-    if registry._changing.get_all_handlers() or registry._spawning.get_all_handlers():
-        raise RuntimeError("change-detecting handlers need kopf's diff base: drop NoDiffBase")
-    return registry
+    return registry  # tests/test_kopf_registry.py: no handler here may need kopf's diff base
