@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from disagg.gateway.routing.compat import kv_compatible
 from disagg.gateway.routing.contracts import Endpoint, RoutingRequest
 from disagg.gateway.routing.disagg import DisaggRouter
 from disagg.gateway.routing.prefix_index import PrefixIndex
-from disagg.gateway.routing.prompt import approximate_tokens, block_hashes, prompt_tokens
+from disagg.gateway.routing.prompt import (
+    approximate_tokens,
+    block_hashes,
+    prompt_blocks,
+    prompt_tokens,
+)
 from disagg.gateway.routing.registry import PluginSpec, build_profile
 from disagg.gateway.routing.selective import PrefixDecider
 
@@ -136,3 +143,33 @@ def test_prompt_tokens_and_chained_hashes() -> None:
     assert d[0] == a[0] and d[1] != a[1]
     with pytest.raises(ValueError):
         block_hashes([1], 0)
+
+
+_ODD_TEXT = "ab cd\u00e9\u4e2d!\t\n  _9.,;x\U0001f600\ud800 internationalization"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"prompt": "Hello, world! " * 40},
+        {"prompt": "x" * 200 + "   "},
+        {"prompt": "  leading and trailing  "},
+        {"prompt": ""},
+    ]
+    + [
+        {"prompt": "".join(random.Random(seed).choice(_ODD_TEXT) for _ in range(300))}
+        for seed in range(3)
+    ]
+    + [
+        {"prompt": ["one two three " * 20, "ignored"]},
+        {"prompt": list(range(50))},
+        {"prompt": [list(range(33)), [1]]},
+        {"prompt": 42},
+        {"messages": [{"role": "system", "content": "Be brief. " * 30}, {"role": "user"}]},
+    ],
+)
+@pytest.mark.parametrize("block_size", [1, 3, 16, 17])
+def test_prompt_blocks_are_the_tokens_blocks(body: dict[str, object], block_size: int) -> None:
+    """The request path's block-at-a-time hashing equals splitting into tokens first."""
+    tokens = prompt_tokens(body)
+    assert prompt_blocks(body, block_size) == (len(tokens), block_hashes(tokens, block_size))

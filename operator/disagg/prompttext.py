@@ -18,7 +18,9 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-_TOKEN_RE = re.compile(r"\s*(?:\w{1,8}|[^\w\s])|\s+")
+TOKEN_PATTERN = r"\s*(?:\w{1,8}|[^\w\s])|\s+"
+"""One token (the rule above), as a regular expression."""
+_TOKEN_RE = re.compile(TOKEN_PATTERN)
 
 
 def split_tokens(text: str) -> list[str]:

@@ -48,7 +48,7 @@ from disagg.gateway.prefill import PrefillLeg, PrefillSettings
 from disagg.gateway.replies import JSON, ClientGone, Reply, StreamReply
 from disagg.gateway.requests import BadRequest, Kind, error_body, parse_client_request
 from disagg.gateway.routing.contracts import RoutingRequest
-from disagg.gateway.routing.prompt import block_hashes, prompt_tokens
+from disagg.gateway.routing.prompt import prompt_blocks
 from disagg.gateway.routing.registry import build_router
 from disagg.gateway.telemetry import Telemetry
 from disagg.gateway.upstream import UpstreamClient, UpstreamError
@@ -321,14 +321,13 @@ class Gateway:
             client_request = parse_client_request(
                 raw, kind, self.config.max_body_bytes, self.config.model.vocab_size
             )
-            tokens = prompt_tokens(client_request.body)
             block_size = self.config.routing.block_size
+            tokens, hashes = prompt_blocks(client_request.body, block_size)
             keys, exact = (
                 self.precise.engine_blocks(client_request.body) if self.precise else ((), 0)
             )
-            hashes = block_hashes(tokens, block_size)
-            routing = RoutingRequest(route.request_id, len(tokens), hashes, block_size, keys, exact)
-            ticket = ticket_for(headers, client_request.body, len(tokens))
+            routing = RoutingRequest(route.request_id, tokens, hashes, block_size, keys, exact)
+            ticket = ticket_for(headers, client_request.body, tokens)
             ctx = RequestContext(client_request, routing, route, arrival, ticket=ticket)
             return await until_gone(self.flow.handle(ctx))
         except BadRequest as exc:

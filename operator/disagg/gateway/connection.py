@@ -111,6 +111,7 @@ class Connection(asyncio.Protocol):
         self._batch: list[bytes] = []
         self._feeding = False
         self._ended = False
+        self._whole = False  # the reader wants the whole answer: wake it once, at the end
 
     # -- asyncio.Protocol ----------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -162,6 +163,8 @@ class Connection(asyncio.Protocol):
             return
         self._chunks.append(body)
         self._buffered += len(body)
+        if self._whole:
+            return  # ``read_whole`` reads it all anyway: no pause, no wake per chunk
         if self._buffered > HIGH_WATER and not self._paused and self.transport is not None:
             self._paused = True
             self.transport.pause_reading()
@@ -292,6 +295,24 @@ class Connection(asyncio.Protocol):
                 await self._waiter
             finally:
                 self._waiter = None
+
+    async def read_whole(self) -> bytes:
+        """The whole answer (head and body), for which the task wakes once: when it is complete
+        or has failed -- not at the head and at every body chunk."""
+        self._whole = True
+        while not self.complete and self._error is None:
+            self._waiter = self._loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+        if self._error is not None:
+            raise self._error
+        chunks = self._chunks
+        body = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        chunks.clear()
+        self._buffered = 0
+        return body
 
     async def read_all(self) -> bytes:
         parts = []

@@ -40,6 +40,7 @@ from disagg.gateway.replies import JSON, Reply, StreamReply, retryable, upstream
 from disagg.gateway.requests import decode_body, encode
 from disagg.gateway.routing.compat import kv_compatible
 from disagg.gateway.routing.disagg import DisaggRouter
+from disagg.gateway.routing.frozen import fast_init
 from disagg.gateway.upstream import Stream, UpstreamClient, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ class DecodeSettings:
     handoff_budget_seconds: float
 
 
+@fast_init
 @dataclass(frozen=True)
 class Failed:
     """An attempt that did not commit; ``seen``: the worker received the request."""
@@ -60,6 +62,7 @@ class Failed:
     reply: Reply | None = None
 
 
+@fast_init
 @dataclass(frozen=True)
 class Opened:
     stream: Stream
@@ -90,7 +93,7 @@ class DecodeLeg:
         """Run the attempts.  Owns the admitted decode slot: releases it, or hands it to the
         relay with the stream."""
         handed_over = False
-        last: Reply = upstream_failure("no decode worker could serve the request")
+        last: Reply | None = None  # the answer of the last failed attempt, if it gave one
         try:
             budget, retried_locally, repeat = self.settings.attempts, False, None
             while budget > 0:
@@ -120,7 +123,7 @@ class DecodeLeg:
                     repeat = url  # a KV-load failure leaves the worker healthy
                     if not retried_locally:
                         retried_locally, budget = True, max(budget, 1)
-            return last
+            return last or upstream_failure("no decode worker could serve the request")
         finally:
             if not handed_over:
                 self.pool.release(ctx.ticket)

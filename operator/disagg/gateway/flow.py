@@ -92,13 +92,14 @@ class Flow:
             if owned:
                 self.decode_pool.release(ctx.ticket)
         self.metrics.decisions.labels(route.decision).inc()
-        log.info(
-            "request %s: %s prefill=%s decode=%s (%s) -> %s",
-            route.request_id,
-            route.decision,
-            route.prefill or "-",
-            route.decode or "-",
-            route.explain(),
-            reply.status if isinstance(reply, Reply) else "stream",
-        )
+        if log.isEnabledFor(logging.INFO):  # its arguments cost even when the line is dropped
+            log.info(
+                "request %s: %s prefill=%s decode=%s (%s) -> %s",
+                route.request_id,
+                route.decision,
+                route.prefill or "-",
+                route.decode or "-",
+                route.explain(),
+                reply.status if isinstance(reply, Reply) else "stream",
+            )
         return reply

@@ -25,6 +25,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeGuard
 
+from disagg.gateway.routing.frozen import fast_init
+
 MAX_ID = 2**31
 _INT_ONLY = {int}
 LOOPBACK = {"localhost", "127.0.0.1", "::1"}
@@ -38,6 +40,7 @@ class HandoffRules:
     data_parallel_size: int = 1
 
 
+@fast_init
 @dataclass(frozen=True)
 class PrefillSource:
     """The prefill worker that answered, as discovery knows it."""

@@ -84,6 +84,8 @@ class Pool:
         )
         self.admission.on_refused = self._export_rejection
         metrics.init_pool(name, role)
+        self._exported: tuple[int, int, float] = (0, 0, 0.0)
+        """The admission gauges' values as last set (``init_pool`` exports zeros)."""
         labels = (name, role)
         self._queue_depth = metrics.queue_depth.labels(*labels)
         self._inflight = metrics.inflight.labels(*labels)
@@ -129,7 +131,7 @@ class Pool:
         worker = self.workers.get(url)
         if worker is not None:
             worker.inflight += 1
-            self._export_worker(worker)
+            self._export_inflight(worker)
 
     def finish(self, url: str) -> None:
         worker = self.workers.get(url)
@@ -140,7 +142,7 @@ class Pool:
             # otherwise.  Without this, a scrape that caught our own request queued keeps a
             # phantom request on the worker for a whole interval after it finished.
             worker.waiting = max(0.0, worker.waiting - 1)
-            self._export_worker(worker)
+            self._export_inflight(worker)
 
     def mark(self, url: str, healthy: bool) -> None:
         worker = self.workers.get(url)
@@ -159,6 +161,14 @@ class Pool:
         gauges[0].set(worker.inflight)
         gauges[1].set(1 if worker.healthy else 0)
 
+    def _export_inflight(self, worker: Worker) -> None:
+        """The request path's export: only the in-flight count changed (health is exported
+        where it changes, ``mark``)."""
+        if worker.gauges is None:
+            self._export_worker(worker)
+        else:
+            worker.gauges[0].set(worker.inflight)
+
     # -- admission (``admission.Admission``) ----------------------------------------------------
     @property
     def admitted(self) -> int:
@@ -173,9 +183,18 @@ class Pool:
         self.admission.release(ticket)
 
     def _export_admission(self) -> None:
-        self._queue_depth.set(self.admission.queued)
-        self._inflight.set(self.admission.admitted)
-        self._busy_workers.set(self.admission.busy_workers)
+        # Called on every admission and release: a series is set only when its value moved
+        # (at low load the queue stays empty; the profile showed a dozen sets per request).
+        admission = self.admission
+        queued, admitted, busy = admission.queued, admission.admitted, admission.busy_workers
+        last_queued, last_admitted, last_busy = self._exported
+        if queued != last_queued:
+            self._queue_depth.set(queued)
+        if admitted != last_admitted:
+            self._inflight.set(admitted)
+        if busy != last_busy:
+            self._busy_workers.set(busy)
+        self._exported = (queued, admitted, busy)
 
     def _export_rejection(self) -> None:
         self.metrics.rejected.labels(self.name, self.role).inc()

@@ -25,8 +25,9 @@ from dataclasses import dataclass
 
 import anyio
 
-from disagg.gateway.metrics import GatewayMetrics
+from disagg.gateway.metrics import GatewayMetrics, Tally
 from disagg.gateway.requests import loads
+from disagg.gateway.routing.frozen import fast_init
 from disagg.gateway.upstream import Stream, UpstreamError
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,7 @@ def sse_error_frame(message: str) -> bytes:
     return b"data: " + json.dumps(frame).encode() + b"\n\n" + SSE_DONE
 
 
+@fast_init
 @dataclass(frozen=True)
 class RelayTiming:
     decision: str
@@ -121,7 +123,7 @@ class SSERelay:
         self.url = url
         self.timing = timing
         self.metrics = metrics
-        self._itl = metrics.itl
+        self._itl = Tally(metrics.itl)
         self._done: Callable[[], None] | None = done
         self._pending = b""
         self._seen_done = False
@@ -148,12 +150,12 @@ class SSERelay:
             if timing.prefill_done is not None:
                 self.metrics.kv_handoff_time.observe(now - timing.prefill_done)
         else:
-            self._itl.observe(now - last)
+            self._itl.add(now - last)
         events = out.count(b"\n\n")
         if b"\r" in out:
             events += out.count(b"\r\n\r\n")
         if events > 1:  # events that arrived together reach the client together: gaps of 0
-            self._itl.observe_many(0.0, events - 1)
+            self._itl.add(0.0, events - 1)
         self._last_event = now
         return out
 
@@ -172,6 +174,7 @@ class SSERelay:
         done, self._done = self._done, None
         if done is None:
             return
+        self._itl.flush()
         done()
         timing = self.timing
         self.metrics.request_duration.labels(timing.decision).observe(

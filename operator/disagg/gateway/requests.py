@@ -37,6 +37,8 @@ from typing import Any, Literal
 
 import msgspec
 
+from disagg.gateway.routing.frozen import fast_init
+
 Kind = Literal["completions", "chat"]
 
 
@@ -52,6 +54,7 @@ class BadRequest(Exception):
         self.code = code
 
 
+@fast_init
 @dataclass(frozen=True)
 class ClientRequest:
     kind: Kind

@@ -41,6 +41,7 @@ from disagg.gateway.connection import (
     ReadTimeout,
     split_url,
 )
+from disagg.gateway.routing.frozen import fast_init
 
 ErrorKind = Literal["connect", "timeout", "status", "protocol"]
 
@@ -82,6 +83,7 @@ def _translate(exc: httpx.HTTPError, url: str) -> UpstreamError:
 _WIRE_ERRORS = (ConnectFailed, ReadTimeout, BrokenAnswer, OSError)
 
 
+@fast_init
 @dataclass(frozen=True)
 class Response:
     status: int
@@ -174,8 +176,7 @@ class UpstreamClient:
             timer = loop.call_later(deadline, conn.fail_timeout, f"no answer in {deadline:g}s")
             try:
                 conn.send(method, target, headers, body)
-                await conn.head()
-                content = await conn.read_all()
+                content = await conn.read_whole()
             finally:
                 timer.cancel()
             return Response(conn.status, conn.headers, content)

@@ -17,7 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
+from disagg.gateway.routing.frozen import fast_init
 
+
+@fast_init
 @dataclass(frozen=True)
 class Endpoint:
     """One worker as the router sees it at decision time."""
@@ -40,6 +43,7 @@ class Endpoint:
     """Tensor-parallel size (pod label ``disagg.dev/tensor-parallel``); None when unknown."""
 
 
+@fast_init
 @dataclass(frozen=True)
 class RoutingRequest:
     """What the router knows about a request: its id and the prompt's chained block hashes."""
@@ -97,6 +101,7 @@ class WeightedScorer:
     name: str
 
 
+@fast_init
 @dataclass(frozen=True)
 class ProfileResult:
     picked: Endpoint

