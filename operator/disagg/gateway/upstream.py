@@ -206,7 +206,7 @@ class UpstreamClient:
             conn = await self._pool.acquire(origin)
             conn.send(b"POST", target, headers, body)
             conn.watch_idle(max(first_byte_seconds, self._idle))
-            await conn.head()
+            await conn.head_and_data()
         except _WIRE_ERRORS as exc:
             if conn is not None:
                 conn.close()
