@@ -24,12 +24,20 @@ from disagg.gateway.routing.prefix_index import PrefixIndex
 
 
 def rendezvous_winner(key: int, endpoints: Sequence[Endpoint]) -> str:
-    """The endpoint url with the highest hash of (key, url): stable as endpoints come and go."""
-
-    def weight(url: str) -> bytes:
-        return hashlib.blake2b(key.to_bytes(8, "big") + url.encode(), digest_size=8).digest()
-
-    return max((e.url for e in endpoints), key=weight)
+    """The endpoint url with the highest hash of (key, url): stable as endpoints come and go.
+    (On every request with an unseen prefix, so a plain loop: the first of equal weights wins,
+    as with ``max``.)"""
+    prefix = key.to_bytes(8, "big")
+    winner: str | None = None
+    best = b""
+    for endpoint in endpoints:
+        url = endpoint.url
+        weight = hashlib.blake2b(prefix + url.encode(), digest_size=8).digest()
+        if winner is None or weight > best:
+            winner, best = url, weight
+    if winner is None:
+        raise ValueError("rendezvous_winner() of no endpoints")
+    return winner
 
 
 class PrefixAffinityScorer:
