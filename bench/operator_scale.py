@@ -448,7 +448,7 @@ def run_one(
             deployments.stop()
         result["spec_change_to_child_p50_s"] = round(percentile(changes, 0.5), 3)
         result["spec_change_to_child_p99_s"] = round(percentile(changes, 0.99), 3)
-        result["rss_mib"], result["peak_rss_mib"] = (round(v, 1) for v in op.memory_mib())
+        result["rss_mib"], result["peak_rss_create_mib"] = (round(v, 1) for v in op.memory_mib())
         # Every change has reached its DisaggDeployment's status before the restart, so the
         # restart measures a resume of settled objects, not the tail of the changes.
         if not watcher.wait_all_ok(120):
@@ -491,7 +491,12 @@ def run_one(
             time.sleep(1.0)
         result["delete_to_children_gone_seconds"] = round(time.monotonic() - t0, 2)
         op.wait(lambda h: h and h.get("queued") == 0, 60, "queue empty after delete")
-        result["rss_after_delete_mib"] = round(op.memory_mib()[0], 1)
+        rss, peak = op.memory_mib()
+        result["rss_after_delete_mib"] = round(rss, 1)
+        # The restarted operator lists everything at once and then sees every object deleted:
+        # its peak counts as much as the first one's.
+        result["peak_rss_restart_mib"] = round(peak, 1)
+        result["peak_rss_mib"] = max(result["peak_rss_create_mib"], result["peak_rss_restart_mib"])
         op.stop()  # the floor is measured without any operator
         log(json.dumps(result))
         result["floor_create_seconds"] = floor(ns, n)
@@ -556,7 +561,9 @@ TARGETS = {
     "delete_to_children_gone_seconds": ("delete -> children gone (s)", ""),
     "cpu_seconds_create": ("operator CPU s (create)", ""),
     "reconciles_per_deployment": ("reconciles / DisaggDeployment (from the cache)", ""),
-    "peak_rss_mib": ("peak RSS (MiB)", "< 300"),
+    "peak_rss_mib": ("peak RSS of either operator process (MiB)", "< 286 (300 MB)"),
+    "peak_rss_create_mib": ("peak RSS, create to spec changes (MiB)", ""),
+    "peak_rss_restart_mib": ("peak RSS, restart to delete (MiB)", ""),
     "rss_after_delete_mib": ("RSS after delete (MiB)", ""),
     "floor_create_seconds": ("peer: the same objects created directly (s)", ""),
 }

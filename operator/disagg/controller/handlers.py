@@ -46,6 +46,8 @@ CHILD_KINDS: dict[str, tuple[str, str, str]] = {
     "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
 }
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
+#: Objects per page of kopf's start-up listing of a kind.
+LIST_PAGE = 500
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -165,6 +167,9 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         # kind each time: most of what the operator asked of the API server at rest.
         settings.watching.server_timeout = None
         settings.persistence.diffbase_storage = NoDiffBase()
+        # The start-up listing of each kind comes in pages: at N=500 a single list of every
+        # Deployment (managedFields and all) was parsed at once and the RSS never came back down.
+        settings.watching.chunk_size = LIST_PAGE
         await controller.start()
 
     @kopf.on.probe(id="controller", registry=registry)
