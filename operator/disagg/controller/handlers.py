@@ -46,10 +46,6 @@ CHILD_KINDS: dict[str, tuple[str, str, str]] = {
     "ScaledObject": ("keda.sh", "v1alpha1", "scaledobjects"),
 }
 MANAGED = {names.LABEL_MANAGED_BY: names.MANAGED_BY}
-#: Objects per page of kopf's start-up listing of a kind.
-LIST_PAGE = 500
-#: How long kopf keeps an object's idle worker (and the last body it saw).
-WORKER_IDLE_SECONDS = 0.5
 
 
 class NoDiffBase(kopf.DiffBaseStorage):
@@ -169,13 +165,6 @@ def build_registry(controller: Controller) -> kopf.OperatorRegistry:
         # kind each time: most of what the operator asked of the API server at rest.
         settings.watching.server_timeout = None
         settings.persistence.diffbase_storage = NoDiffBase()
-        # The start-up listing of each kind comes in pages rather than as one response of
-        # every Deployment (managedFields and all) in the cluster.
-        settings.watching.chunk_size = LIST_PAGE
-        # kopf keeps a worker per object alive, holding its last event's body, until it has
-        # idled this long (default 5 s).  Our handlers only slim the body into the cache, so a
-        # restart's listing or a mass delete held a full copy of thousands of objects at once.
-        settings.queueing.idle_timeout = WORKER_IDLE_SECONDS
         await controller.start()
 
     @kopf.on.probe(id="controller", registry=registry)
