@@ -178,12 +178,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._parsed_bytes += len(url)
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        # uvicorn's own ``on_header`` (lower-case name, Expect: 100-continue, append), inlined:
-        # one call per header field fewer
-        name = name.lower()
-        if name == b"expect" and value.lower() == b"100-continue":
-            self.expect_100_continue = True
-        self.headers.append((name, value))
+        super().on_header(name, value)
         self._parsed_bytes += len(name) + len(value) + 4
         too_many = len(self.headers) > self.max_headers
         if not too_many and self._parsed_bytes <= self.max_header_bytes:
