@@ -56,17 +56,21 @@ def block_hashes(tokens: Sequence[Token], block_size: int) -> tuple[int, ...]:
     for start in range(0, len(tokens) - block_size + 1, block_size):
         block = tokens[start : start + block_size]
         if text:
-            data = "".join(block)  # type: ignore[arg-type]
-            h = blake2b(parent, digest_size=8, person=b"text")
+            parent = _text_block(parent, "".join(block))  # type: ignore[arg-type]
         else:
             # One update per block: the same bytes as one update per token and separator (a
             # streaming hash), at a fraction of the calls.
             data = "\x1f".join(map(repr, block)) + "\x1f"
-            h = blake2b(parent, digest_size=8)
-        h.update(data.encode("utf-8", "surrogatepass"))
-        parent = h.digest()
+            parent = blake2b(parent + data.encode("utf-8", "surrogatepass"), digest_size=8).digest()
         hashes.append(int.from_bytes(parent, "big"))
     return tuple(hashes)
+
+
+def _text_block(parent: bytes, text: str) -> bytes:
+    """The chained hash of a block of text tokens (their concatenation) under ``parent``: the
+    one step ``block_hashes`` and ``prompt_blocks`` share, so that they cannot disagree."""
+    data = parent + text.encode("utf-8", "surrogatepass")
+    return blake2b(data, digest_size=8, person=b"text").digest()
 
 
 @functools.lru_cache(maxsize=8)
@@ -110,7 +114,6 @@ def prompt_blocks(body: Mapping[str, Any], block_size: int) -> tuple[int, tuple[
         if not block:  # one token after the last full block
             tail += 1
             continue
-        data = parent + block.encode("utf-8", "surrogatepass")
-        parent = blake2b(data, digest_size=8, person=b"text").digest()
+        parent = _text_block(parent, block)
         hashes.append(int.from_bytes(parent, "big"))
     return len(hashes) * block_size + tail, tuple(hashes)
