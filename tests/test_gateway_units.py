@@ -322,9 +322,16 @@ def test_metric_updates_expose_what_prometheus_client_would() -> None:
             histogram.labels("x").observe(value)
             counter.labels("x").inc(abs(value) if value == value else 1)
             gauge.labels("x").set(value)
-    for _ in range(3):
-        series[0][1].labels("x").observe(0.0)
-    series[1][1].labels("x").observe_many(0.0, 3)
+    # A relayed stream's gaps go through a tally, flushed in one go (events that arrived
+    # together count as gaps of 0); a series of their own, so that the sum is compared too.
+    gaps = (0.0, 0.0, 0.0, 0.002, 0.05, 3.0)
+    for gap in gaps:
+        series[0][1].labels("y").observe(gap)
+    tally = ours.Tally(series[1][1].labels("y"))
+    tally.add(0.0, 3)
+    for gap in gaps[3:]:
+        tally.add(gap)
+    tally.flush()
     assert generate_latest(series[1][0]) == generate_latest(series[0][0])
     with pytest.raises(ValueError):
         series[1][1].observe(1.0)  # a parent with labels, as the library says

@@ -90,15 +90,6 @@ class Histogram(_CachedLabels, prometheus_client.Histogram):  # type: ignore[mis
                 buckets[i].inc(count)
         self._sum.inc(total)
 
-    def observe_many(self, amount: float, times: int) -> None:
-        """``times`` observations of ``amount`` at once (events relayed together: gaps of 0)."""
-        if times == 1 or amount != amount or "_buckets" not in self.__dict__:
-            for _ in range(times):
-                self.observe(amount)
-            return
-        self._sum.inc(amount * times)
-        self._buckets[bisect_left(self._upper_bounds, amount)].inc(times)
-
 
 class Tally:
     """A histogram's observations gathered locally and added to it in one go (``flush``).
