@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from testbed.cluster.config import Settings
+from testbed.operator_process import free_port
 
 REPO = Path(__file__).resolve().parent.parent
 EXAMPLE = REPO / "examples" / "disaggdeployment-sim.yaml"
@@ -117,13 +118,6 @@ def wait_ready(tools: Tools, timeout: float = 600) -> dict[str, Any]:
                 f"{conds.get('Ready', {}).get('message', 'no status yet')}"
             )
         time.sleep(2)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 @contextlib.contextmanager
