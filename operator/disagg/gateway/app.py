@@ -72,6 +72,10 @@ def refusal(
     return Reply(status, error_body(message, type_, code, param), JSON, headers or {})
 
 
+def unauthorized() -> Reply:
+    return refusal(401, "invalid or missing API key", "authentication_error", "invalid_api_key")
+
+
 async def discard(outcome: Outcome) -> None:
     """Drop an answer nobody will read: a stream's worker connection is closed, its slot freed."""
     if not isinstance(outcome, StreamReply):
@@ -95,19 +99,6 @@ def _has_prefill_pool(config: GatewayConfig) -> bool:
     static = config.discovery.static
     kube = config.discovery.kubernetes
     return bool(kube and kube.prefill_selector) or bool(static and static.prefill)
-
-
-def error_response(
-    status: int,
-    message: str,
-    type_: str,
-    code: int | str,
-    param: str | None = None,
-    headers: dict[str, str] | None = None,
-) -> Response:
-    return Response(
-        error_body(message, type_, code, param), status, headers, media_type="application/json"
-    )
 
 
 class RelayResponse(StreamingResponse):
@@ -313,8 +304,7 @@ class Gateway:
         flow until the client disconnects (then raises ``ClientGone``).  Every failure becomes
         a ``Reply``: OpenAI-shaped, 4xx for the client's mistakes, 499 if it left."""
         if not self.authorized(headers):
-            return refusal(401, "invalid or missing API key", "authentication_error",
-                           "invalid_api_key")  # fmt: skip
+            return unauthorized()
         arrival = time.monotonic()
         try:
             raw = await read_body()
@@ -398,9 +388,7 @@ class Gateway:
 
     async def models(self, request: Request) -> Response:
         if not self.authorized(request.headers):
-            return error_response(
-                401, "invalid or missing API key", "authentication_error", "invalid_api_key"
-            )
+            return self._plain(unauthorized())
         endpoints = sorted(self.pools["decode"].endpoints(), key=lambda e: not e.healthy)
         for endpoint in endpoints:
             try:
@@ -409,7 +397,9 @@ class Gateway:
                 continue
             if answer.status == 200:
                 return Response(answer.body, 200, media_type="application/json")
-        return error_response(503, "no decode worker answered /v1/models", "upstream_error", 503)
+        return self._plain(
+            refusal(503, "no decode worker answered /v1/models", "upstream_error", 503)
+        )
 
     async def health(self, request: Request) -> Response:
         return Response(b"", 200)
@@ -423,11 +413,11 @@ class Gateway:
 
     async def kv_index_state(self, request: Request) -> Response:
         if not self.authorized(request.headers):
-            return error_response(
-                401, "invalid or missing API key", "authentication_error", "invalid_api_key"
-            )
+            return self._plain(unauthorized())
         if self.precise is None:
-            return error_response(404, "KV events are off (routing.kvEvents)", "not_found", 404)
+            return self._plain(
+                refusal(404, "KV events are off (routing.kvEvents)", "not_found", 404)
+            )
         return JSONResponse(self.precise.describe())
 
     async def metrics_endpoint(self, request: Request) -> Response:
@@ -438,8 +428,10 @@ class Gateway:
         status = exc.status_code if isinstance(exc, HTTPException) else 500
         detail = exc.detail if isinstance(exc, HTTPException) else "error"
         route = Route(f"disagg-{uuid.uuid4().hex}")
-        return error_response(status, f"{detail}: {request.method} {request.url.path}",
-                              "invalid_request_error", status, headers=route.headers())  # fmt: skip
+        message = f"{detail}: {request.method} {request.url.path}"
+        return self._plain(
+            refusal(status, message, "invalid_request_error", status, headers=route.headers())
+        )
 
     def app(self) -> ASGIApp:
         """Every route as ASGI.  ``server`` serves the two completion routes itself (``front``)
