@@ -22,9 +22,9 @@ The rules a plan follows:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from disagg.api.inferencepool import InferencePoolSpec
 from disagg.controller.children import ChildDiff
@@ -143,6 +143,37 @@ def base_status(o: Observed) -> tuple[Body, list[Condition]]:
         selector = names.selector_string(names.pool_selector(o.name))
         return {"selector": selector}, []
     return {}, []
+
+
+Spec = TypeVar("Spec", bound=BaseModel)
+
+
+def parse_spec(o: Observed, model: type[Spec], cfg: PlanConfig) -> Spec | Plan:
+    """The object's spec, or the plan that ends the reconcile before it starts: nothing for an
+    object being deleted (its children go with it), the failure for a spec that does not
+    validate (the API server's schema lets through what only the models check)."""
+    if o.obj["metadata"].get("deletionTimestamp"):
+        return Plan()
+    try:
+        return model.model_validate(o.obj.get("spec") or {})
+    except ValidationError as exc:
+        failure = Failure(Reason.INVALID_SPEC, invalid_spec_message(exc))
+        return failed(o, failure, base_status(o), cfg)
+
+
+def held_back(
+    o: Observed, violations: list[str], status: tuple[Body, list[Condition]], cfg: PlanConfig
+) -> Plan | None:
+    """The plan when nothing may be written: pod-template violations (named by the user's
+    fields), or a permanent failure of this generation not yet due for its slow retry."""
+    if violations:
+        failure = Failure(Reason.UNSAFE_POD_TEMPLATE, violation_message(violations))
+        return failed(o, failure, status, cfg)
+    if (memory := blocked_by_failure(o, cfg)) is not None:
+        plan = failed(o, memory.failure, status, cfg)
+        plan.requeue_after = memory.retry_at - cfg.clock
+        return plan
+    return None
 
 
 def blocked_by_failure(o: Observed, cfg: PlanConfig) -> FailureMemory | None:

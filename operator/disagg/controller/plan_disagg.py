@@ -15,8 +15,6 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pydantic import ValidationError
-
 from disagg.api.disaggdeployment import DisaggDeploymentSpec
 from disagg.api.inferencepool import InferencePoolSpec
 from disagg.api.versions import API_VERSION
@@ -28,19 +26,15 @@ from disagg.controller.conditions import (
     condition,
     find,
 )
-from disagg.controller.failures import Failure
 from disagg.controller.plan import (
-    base_status,
-    blocked_by_failure,
     conflicted,
     degraded_events,
-    failed,
-    invalid_spec_message,
+    held_back,
     kept_generation,
+    parse_spec,
     pod_template_violations,
     status_update,
     user_field,
-    violation_message,
 )
 from disagg.controller.plantypes import (
     GATEWAY_CHILD_KINDS,
@@ -120,13 +114,9 @@ def _caught_up(o: Observed, children: list[tuple[str, str]]) -> bool:
 
 def plan_disagg(o: Observed, cfg: PlanConfig) -> Plan:
     """The plan for one DisaggDeployment."""
-    if o.obj["metadata"].get("deletionTimestamp"):
-        return Plan()
-    base = base_status(o)
-    try:
-        spec = DisaggDeploymentSpec.model_validate(o.obj.get("spec") or {})
-    except ValidationError as exc:
-        return failed(o, Failure(Reason.INVALID_SPEC, invalid_spec_message(exc)), base, cfg)
+    spec = parse_spec(o, DisaggDeploymentSpec, cfg)
+    if isinstance(spec, Plan):
+        return spec
     owner = owner_reference(API_VERSION, "DisaggDeployment", o.name, o.uid)
     children = render_disaggdeployment_children(
         o.name, o.namespace, spec, owner=owner, gateway_cluster_role=cfg.gateway_cluster_role
@@ -193,13 +183,8 @@ def plan_disagg(o: Observed, cfg: PlanConfig) -> Plan:
             f"spec.gateway.image: {image!r} is not a trusted gateway image ({trusted}); the "
             "gateway holds the API key Secret and reads the namespace's pods"
         )
-    if violations:
-        failure = Failure(Reason.UNSAFE_POD_TEMPLATE, violation_message(violations))
-        return failed(o, failure, (fields, conds), cfg)
-    if (memory := blocked_by_failure(o, cfg)) is not None:
-        plan = failed(o, memory.failure, (fields, conds), cfg)
-        plan.requeue_after = memory.retry_at - cfg.clock
-        return plan
+    if (stop := held_back(o, violations, (fields, conds), cfg)) is not None:
+        return stop
     diff = diff_children(desired, o.live, o.uid, {names.LABEL_DEPLOYMENT: o.name})
     if diff.conflicts:
         return conflicted(o, diff, (fields, conds), cfg)

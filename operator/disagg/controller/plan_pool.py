@@ -15,23 +15,19 @@ from disagg.api.versions import API_VERSION
 from disagg.controller.children import controlled_by, diff_children
 from disagg.controller.children import prunes as find_prunes
 from disagg.controller.conditions import (
-    Reason,
     Type,
     find,
 )
-from disagg.controller.failures import Failure
 from disagg.controller.plan import (
     base_status,
-    blocked_by_failure,
     conflicted,
     degraded_events,
-    failed,
-    invalid_spec_message,
+    held_back,
+    parse_spec,
     pod_deletion_costs,
     pod_template_violations,
     status_update,
     user_field,
-    violation_message,
 )
 from disagg.controller.plantypes import (
     POOL_CHILD_KINDS,
@@ -55,13 +51,10 @@ from disagg.render.pool import (
 
 def plan_pool(o: Observed, cfg: PlanConfig) -> Plan:
     """The plan for one InferencePool."""
-    if o.obj["metadata"].get("deletionTimestamp"):
-        return Plan()
+    spec = parse_spec(o, InferencePoolSpec, cfg)
+    if isinstance(spec, Plan):
+        return spec
     base = base_status(o)
-    try:
-        spec = InferencePoolSpec.model_validate(o.obj.get("spec") or {})
-    except ValidationError as exc:
-        return failed(o, Failure(Reason.INVALID_SPEC, invalid_spec_message(exc)), base, cfg)
     labels = o.obj["metadata"].get("labels") or {}
     deployment = labels.get(names.LABEL_DEPLOYMENT)
     replicas, clamp_reason = requested_replicas(spec), None
@@ -104,15 +97,10 @@ def plan_pool(o: Observed, cfg: PlanConfig) -> Plan:
     if o.pool_metrics is not None:
         fields["queueDepth"] = _rounded(o.pool_metrics.queue_depth, 1)
         fields["kvCacheUsage"] = _rounded(o.pool_metrics.kv_cache_usage, 3)
-    violations = pod_template_violations(spec, children, o.namespace, cfg)
-    if violations:
-        found = [user_field(v, spec.pod_template, "spec") for v in violations]
-        failure = Failure(Reason.UNSAFE_POD_TEMPLATE, violation_message(found))
-        return failed(o, failure, (fields, conds), cfg)
-    if (memory := blocked_by_failure(o, cfg)) is not None:
-        plan = failed(o, memory.failure, (fields, conds), cfg)
-        plan.requeue_after = memory.retry_at - cfg.clock
-        return plan
+    found = pod_template_violations(spec, children, o.namespace, cfg)
+    violations = [user_field(v, spec.pod_template, "spec") for v in found]
+    if (stop := held_back(o, violations, (fields, conds), cfg)) is not None:
+        return stop
     diff = diff_children(children, o.live, o.uid, {names.LABEL_POOL: o.name})
     if diff.conflicts:
         return conflicted(o, diff, (fields, conds), cfg)
