@@ -2,6 +2,8 @@
 
     python bench/operator_scale.py --n 100 300 500      # writes docs/benchmarks-operator.json
 
+Runs of other N already in the results file are kept (a run replaces the one of its N).
+
 Needs the local cluster up (``make cluster-up``) and no other operator running against it
 (hold the e2e lock).  Pools and gateways run at 0 replicas, so no pod is scheduled: this
 measures the operator and the API server, nothing else.
@@ -618,6 +620,19 @@ def report(results: list[dict[str, Any]], doc: Path, plot: Path) -> None:
     fig.savefig(plot, dpi=110)
 
 
+def merge_runs(path: Path, new: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs already in ``path`` with this invocation's replacing those of the same N, by N:
+    ``--n 500`` after ``--n 100 300`` leaves one table of all three."""
+    kept: dict[int, dict[str, Any]] = {}
+    if path.exists():
+        try:
+            kept = {run["n"]: run for run in json.loads(path.read_text())["runs"]}
+        except (ValueError, KeyError, TypeError) as exc:
+            raise SystemExit(f"{path}: not a results file of this benchmark ({exc})") from None
+    kept.update({run["n"]: run for run in new})
+    return [kept[n] for n in sorted(kept)]
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, nargs="+", default=[100, 300, 500])
@@ -647,8 +662,9 @@ def main() -> int:
         for n in args.n:
             results.append(run_one(n, args.workers, identity, logs, args.rest_seconds))
             log(json.dumps(results[-1]))
-    args.out.write_text(json.dumps({"runs": results}, indent=2) + "\n")
-    report(results, REPO / "docs" / "benchmarks.md", REPO / "docs" / "benchmarks-operator.png")
+            merged = merge_runs(args.out, results)  # written after each N: a crash keeps them
+            args.out.write_text(json.dumps({"runs": merged}, indent=2) + "\n")
+    report(merged, REPO / "docs" / "benchmarks.md", REPO / "docs" / "benchmarks-operator.png")
     print(json.dumps(results, indent=2))
     return 0
 
