@@ -21,6 +21,7 @@ from bench.gpu import (
     eager_passes,
     eager_report,
     engines,
+    fidelity_fit,
     fidelity_report,
     plans,
     report,
@@ -240,7 +241,7 @@ def synthetic_fidelity() -> dict[str, Any]:
 
 def test_calibration_fits_some_points_and_is_checked_on_the_others() -> None:
     results = synthetic_fidelity()
-    cal, table = fidelity_report.calibrate(results, "NVIDIA H200")
+    cal, table = fidelity_fit.calibrate(results, "NVIDIA H200")
     assert cal.gpu == "h200"
     assert {r["role"] for r in table} == {"fit", "check"}
     fitted = {(r["figure"], r["engine"], r["point"]) for r in table if r["role"] == "fit"}
@@ -250,7 +251,7 @@ def test_calibration_fits_some_points_and_is_checked_on_the_others() -> None:
     p50 = [r for r in table if "p90" not in r["figure"]]
     assert max(abs(r["error_calibrated"]) for r in p50) < 0.01
     assert max(abs(r["error_default"]) for r in p50) > 0.5  # eager: the defaults know no launches
-    doc = fidelity_report.calibration_json(cal, table)
+    doc = fidelity_fit.calibration_json(cal, table)
     assert doc["schema"] == "disagg.dev/calibration/v1" and doc["gpu"] == "h200"
 
 
@@ -321,7 +322,7 @@ def test_the_eager_refit_moves_only_the_eager_constant_and_recovers_it() -> None
     base = Efficiency(compute=0.8, attention=0.4, memory=0.85, step_overhead_s=1e-3,
                       sequence_overhead_s=1e-5, eager_layer_launch_s=3e-4,
                       request_overhead_s=8e-3, request_token_overhead_s=3e-6)  # fmt: skip
-    fitted, labels = fidelity_report.refit_eager(results, base)
+    fitted, labels = fidelity_fit.refit_eager(results, base)
     assert fitted.eager_layer_launch_s == pytest.approx(7e-4, rel=0.01)
     assert replace(fitted, eager_layer_launch_s=0.0) == replace(base, eager_layer_launch_s=0.0)
     assert labels and all(" | eager | " in label for label in labels)

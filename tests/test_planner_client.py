@@ -9,7 +9,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 import pytest
-from bench.gpu import fidelity_report, link_fit
+from bench.gpu import fidelity_fit, link_fit
 
 from disagg.planner.calibration import fit_client_efficiency, load_calibration
 from disagg.planner.catalog import get_model
@@ -80,7 +80,7 @@ def test_the_h200_preset_is_the_committed_calibration() -> None:
 
 def test_the_committed_calibration_is_what_the_report_fits_and_meets_the_graph_targets() -> None:
     results = json.loads((RUN / "fidelity.json").read_text())
-    cal, table = fidelity_report.calibrate(results)
+    cal, table = fidelity_fit.calibrate(results)
     assert asdict(cal.efficiency) == asdict(H200_VLLM_0_26)
     graphs = [r for r in table if r["engine"] != "eager"]
     assert graphs and all(abs(r["error_calibrated"]) <= r["target"] for r in graphs)
@@ -92,8 +92,8 @@ def test_the_committed_calibration_is_what_the_report_fits_and_meets_the_graph_t
 
 def test_a_later_run_checks_the_earlier_fit_point_by_point_without_refitting() -> None:
     results = json.loads((RUN / "fidelity.json").read_text())
-    _, fitted_here = fidelity_report.calibrate(results)
-    cal, checked = fidelity_report.calibrate(results, fitted=H200_VLLM_0_26)
+    _, fitted_here = fidelity_fit.calibrate(results)
+    cal, checked = fidelity_fit.calibrate(results, fitted=H200_VLLM_0_26)
     assert cal.efficiency == H200_VLLM_0_26
     assert {r["role"] for r in checked} == {"check"}
     assert [r["predicted_calibrated_ms"] for r in checked] == [

@@ -16,7 +16,7 @@ measures them -- are measured in alternating passes:
   (:mod:`bench.gpu.affinity`).
 
 Then the eager constant of the timing model (``eager_layer_launch_s``) is refitted on the pinned
-passes' ``FIT`` points (``bench/gpu/fidelity_report.py``: the same fit the report makes, every
+passes' ``FIT`` points (``bench/gpu/fidelity_fit.py``: the same fit the report makes, every
 other constant kept as ``disagg.planner.measured`` has it), and the eager simulator, started from
 the same rendering with that fit, is measured the same way, pinned (``sim_refit``): the simulator
 after calibration, at its client, on this machine.  Then one short pass of each placement with
@@ -52,7 +52,7 @@ from bench.fidelity import (
     stream,
     streams_in_processes,
 )
-from bench.gpu import affinity, engines, fidelity_report
+from bench.gpu import affinity, engines, fidelity_fit
 from bench.gpu.plans import timing_engines
 from bench.gpu.record import Results
 
@@ -141,7 +141,7 @@ async def warm_up(driver: Driver, base: str) -> None:
 def refit(real: dict[str, Any]) -> dict[str, Any]:
     """The eager constant fitted on ``real``'s eager ``FIT`` points (the report's fit, from
     the preset the simulator uses), as a calibration file."""
-    fitted, labels = fidelity_report.refit_eager({"real": real}, H200_VLLM_0_26)
+    fitted, labels = fidelity_fit.refit_eager({"real": real}, H200_VLLM_0_26)
     cal = Calibration("h200", fitted, "eager refit on this machine")
     return calibration_document(cal, fitted_on=labels)
 

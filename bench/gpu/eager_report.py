@@ -14,7 +14,7 @@ no preemption of the engine core, while a fixed pure-Python loop's time moves by
 vCPUs' own speed varies, which the guest can neither see nor pin away.  A distribution fitted to
 that would not be stable from pass to pass or run to run, so the simulator keeps one
 deterministic eager step.  The eager constant refitted on the pinned passes in the same call
-(:func:`bench.gpu.fidelity_report.refit_eager`) and the simulator measured with it
+(:func:`bench.gpu.fidelity_fit.refit_eager`) and the simulator measured with it
 (``sim_refit``) are shown as evidence that the constant is not what misses.
 """
 

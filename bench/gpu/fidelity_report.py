@@ -1,66 +1,21 @@
-"""docs/fidelity.md, its plot and the H200 calibration, from a fidelity results JSON.
+"""docs/fidelity.md and its plot, from a fidelity results JSON and its calibration.
 
-Pure functions from the results (``bench/fidelity.py``) to rows, a calibration and Markdown; the
-plot is the only part that needs matplotlib.  The figures compared, real against simulated, are
-the issue's: TTFT p50 per prompt length, ITL p50/p90 per batch size and context, the interference
-stall, in CUDA-graph and eager mode, and the P/D handoff.  Error = simulated / real - 1.
-
-The calibration is fitted on part of the real points and checked on the others (``FIT``,
-``CHECK``): ``disagg.planner.calibration.fit_client_efficiency`` on TTFT, ITL p50 and the
-interference stall, in CUDA-graph and eager mode, each predicted the way a client sees it
-(``disagg.planner.client``).  It is written in the format of ``docs/calibration-h100.json``
-(extended: the client-side fields, every point with its figure, and the link profile).
+Pure functions from the results (``bench/fidelity.py``) to rows and Markdown; the plot is the
+only part that needs matplotlib.  The figures compared, real against simulated, are the issue's:
+TTFT p50 per prompt length, ITL p50/p90 per batch size and context, the interference stall, in
+CUDA-graph and eager mode, and the P/D handoff.  Error = simulated / real - 1.  The calibration
+itself (the points it is fitted and checked on, the fit) is ``fidelity_fit``.
 """
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from bench.gpu import link_fit
+from bench.gpu.fidelity_fit import TARGETS, dig, median_of
 
-from disagg.planner.calibration import Calibration, calibration_document, fit_client_efficiency
-from disagg.planner.catalog import get_model
-from disagg.planner.client import ClientPoint
-from disagg.planner.hardware import get_gpu
-from disagg.planner.roofline import DEFAULT_EFFICIENCY, Efficiency
-
-#: Points the calibration is fitted on, and the ones it is checked on (never fitted): TTFT and
-#: ITL p50 in both modes (``graphs``: CUDA graphs, vLLM's default; ``eager``), the ITL of
-#: 4096-token streams, the interference stall.  The p90 rows are all checks.
-FIT = {
-    "ttft": ("512", "2048", "8192"),
-    "itl": ("1", "16", "64"),
-    "itl_long": ("16",),
-    "stall": ("graphs",),
-}
-CHECK = {
-    "ttft": ("1024", "4096"),
-    "itl": ("8", "32"),
-    "itl_long": ("1", "8"),
-    "stall": ("chunk2048",),
-}
-MODES = ("graphs", "eager")
-#: The step budget of each interference engine: vLLM's default on a >= 70 GiB GPU, and 2048.
-BUDGETS = {"graphs": 8192, "chunk2048": 2048}
-RUNNING_STREAMS = 8
-#: The issue's targets, as |error| bounds.
-TARGETS = {"ttft": 0.10, "itl p50": 0.10, "itl p90": 0.15, "stall": 0.15}
-
-
-def _get(data: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(data, dict) or key not in data:
-            return None
-        data = data[key]
-    return data
-
-
-def _median(values: list[Any] | None) -> float | None:
-    clean = [v for v in values or [] if isinstance(v, int | float)]
-    return statistics.median(clean) if clean else None
+from disagg.planner.roofline import Efficiency
 
 
 def rows(
@@ -76,10 +31,10 @@ def rows(
             "engine": engine,
             "point": point,
             "target": target,
-            "real": _get(real, *path),
+            "real": dig(real, *path),
         }
         for side in sides:
-            value = _get(results.get(side) or {}, *path)
+            value = dig(results.get(side) or {}, *path)
             row[side] = value
             if isinstance(value, int | float) and isinstance(row["real"], int | float):
                 row[f"{side}_error"] = value / row["real"] - 1 if row["real"] else None
@@ -116,7 +71,7 @@ def rows(
             ("P/D: prefill leg ms", "p_ms"),
         ):
             row_values = {
-                s: _median(_get(results.get(s) or {}, "handoff", "p8/d8", length, key))
+                s: median_of(dig(results.get(s) or {}, "handoff", "p8/d8", length, key))
                 for s in ("real", *sides)
             }
             row = {
@@ -144,129 +99,7 @@ def rows(
     return out
 
 
-def client_points(
-    results: dict[str, Any], which: dict[str, tuple[str, ...]], quantile: str = "p50"
-) -> list[ClientPoint]:
-    """The real side's figures named by ``which`` as the fit's points (ITL at ``quantile``)."""
-    real = results.get("real") or {}
-    points = []
-    for mode in MODES:
-        for length in which.get("ttft", ()) if quantile == "p50" else ():
-            value = _get(real, "ttft", mode, length, "p50_ms")
-            if value:
-                label = f"TTFT p50 | {mode} | {length} tokens"
-                points.append(
-                    ClientPoint(
-                        "ttft", int(length), value / 1e3, eager=mode == "eager", label=label
-                    )
-                )
-        for batch in which.get("itl", ()):
-            cell = _get(real, "itl", mode, batch) or {}
-            if cell.get(f"{quantile}_ms"):
-                points.append(ClientPoint(
-                    "itl", int(batch), cell[f"{quantile}_ms"] / 1e3, eager=mode == "eager",
-                    context=float(cell.get("context_tokens") or 256),
-                    label=f"ITL {quantile} | {mode} | batch {batch}",
-                ))  # fmt: skip
-    for batch in which.get("itl_long", ()):
-        cell = _get(real, "itl_long", "graphs", batch) or {}
-        if cell.get(f"{quantile}_ms"):
-            points.append(ClientPoint(
-                "itl", int(batch), cell[f"{quantile}_ms"] / 1e3,
-                context=float(cell.get("context_tokens") or 4224),
-                label=f"ITL {quantile}, 4096-token prompts | graphs | batch {batch}",
-            ))  # fmt: skip
-    for engine in which.get("stall", ()) if quantile == "p50" else ():
-        cell = _get(real, "interference", engine) or {}
-        if not cell.get("stall_p50_ms"):
-            continue
-        # The running streams' context when the long prompt arrives: 128 prompt tokens and
-        # ~0.8 s of decoding at the baseline ITL (bench/fidelity.py's interference()).
-        itl = _median([r.get("baseline_itl_p50_ms") for r in cell.get("rounds", [])]) or 5.0
-        points.append(ClientPoint(
-            "stall", 8192, cell["stall_p50_ms"] / 1e3, budget=BUDGETS[engine],
-            running=RUNNING_STREAMS, context=128 + 800 / itl,
-            label=f"interference stall | {engine} | budget {BUDGETS[engine]}",
-        ))  # fmt: skip
-    return points
-
-
-def _rounded(eff: Efficiency) -> Efficiency:
-    """Four significant digits: what docs/calibration-h200.json and the preset both hold."""
-    return Efficiency(**{k: float(f"{v:.4g}") for k, v in asdict(eff).items()})
-
-
-def calibrate(
-    results: dict[str, Any], device: str = "", fitted: Efficiency | None = None
-) -> tuple[Calibration, list[dict[str, Any]]]:
-    """Fit on ``FIT``; every point of ``FIT`` and ``CHECK`` (and the p90s) with the roofline's
-    defaults and with the fit, each against the real engine at its client.  With ``fitted``
-    (a fit made on an earlier run), nothing is fitted: every point of ``results`` checks it."""
-    model, gpu = get_model("llama-3.1-8b"), get_gpu("h200")
-    earlier = fitted is not None
-    if fitted is None:
-        fitted = _rounded(fit_client_efficiency(model, gpu, client_points(results, FIT)))
-    table = []
-    for role, which, quantile in (
-        ("fit", FIT, "p50"), ("check", CHECK, "p50"), ("check", FIT, "p90"), ("check", CHECK, "p90")
-    ):  # fmt: skip
-        role = "check" if earlier else role
-        for point in client_points(results, which, quantile):
-            before = point.predict(model, gpu, DEFAULT_EFFICIENCY)
-            after = point.predict(model, gpu, fitted)
-            figure, engine, where = point.label.split(" | ")
-            table.append({
-                "role": role, "figure": figure, "engine": engine, "point": where,
-                "kind": point.figure, "tokens": point.tokens, "context": point.context,
-                "measured_ms": point.seconds * 1e3,
-                "predicted_default_ms": before * 1e3,
-                "predicted_calibrated_ms": after * 1e3,
-                "error_default": before / point.seconds - 1,
-                "error_calibrated": after / point.seconds - 1,
-                "target": TARGETS["itl p90" if "p90" in figure else
-                                  "itl p50" if point.figure == "itl" else point.figure],
-            })  # fmt: skip
-    return Calibration("h200", fitted, device), table
-
-
-#: What the eager refit may move: the eager kernel launches alone (every other constant is
-#: graph mode's, fitted on graph-mode points, and no eager figure informs them better).
-EAGER_PARAMS = (("eager_layer_launch_s", 0.0, 2e-3),)
-
-
-def refit_eager(results: dict[str, Any], base: Efficiency) -> tuple[Efficiency, list[str]]:
-    """``base`` with its eager constant fitted on ``results``' eager ``FIT`` points (TTFT p50
-    and ITL p50); returns it and the labels of the points it was fitted on."""
-    real = {k: {"eager": v["eager"]} for k, v in (results.get("real") or {}).items()
-            if k in ("ttft", "itl") and isinstance(v, dict) and "eager" in v}  # fmt: skip
-    points = client_points({"real": real}, FIT)
-    if not points:
-        raise ValueError("no eager points to fit")
-    model, gpu = get_model("llama-3.1-8b"), get_gpu("h200")
-    fitted = fit_client_efficiency(model, gpu, points, base, EAGER_PARAMS)
-    return _rounded(replace(fitted, layer_overhead_s=base.layer_overhead_s)), [
-        p.label for p in points
-    ]
-
-
-def calibration_json(
-    cal: Calibration, table: list[dict[str, Any]], link: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    return calibration_document(
-        cal,
-        benchmark={
-            "what": "whole vLLM 0.26.0 engine at its client (bench/fidelity.py), "
-            "fitted by disagg.planner.calibration.fit_client_efficiency",
-            "model_shape": "llama-3.1-8b",
-            "fit": FIT,
-            "check": CHECK,
-        },
-        link_ucx_tcp_emulation=link or {},
-        points=table,
-    )
-
-
-def _cell(value: Any, error: Any = None) -> str:
+def cell_text(value: Any, error: Any = None) -> str:
     if not isinstance(value, int | float):
         return "n/a"
     text = f"{value:.2f}" if value < 100 else f"{value:.0f}"
@@ -318,8 +151,8 @@ def markdown(
     for r in table:
         lines.append(
             f"| {r['role']} | {r['figure']} | {r['engine']} | {r['point']} | "
-            f"{_cell(r['measured_ms'])} | {_cell(r['predicted_default_ms'])} | "
-            f"{r['error_default'] * 100:+.0f}% | {_cell(r['predicted_calibrated_ms'])} | "
+            f"{cell_text(r['measured_ms'])} | {cell_text(r['predicted_default_ms'])} | "
+            f"{r['error_default'] * 100:+.0f}% | {cell_text(r['predicted_calibrated_ms'])} | "
             f"{r['error_calibrated'] * 100:+.0f}% | ±{r['target'] * 100:.0f}% | "
             f"{_mark(r['error_calibrated'], r['target'])} |"
         )
@@ -347,8 +180,8 @@ def markdown(
             "| prompt tokens | measured ms | profile ms | error |",
             "|---:|---:|---:|---:|",
             *(
-                f"| {c['tokens']} (check) | {_cell(c['measured_ms'])} | "
-                f"{_cell(c['predicted_ms'])} | {c['error'] * 100:+.0f}% |"
+                f"| {c['tokens']} (check) | {cell_text(c['measured_ms'])} | "
+                f"{cell_text(c['predicted_ms'])} | {c['error'] * 100:+.0f}% |"
                 for c in link.get("checks", [])
             ),
         ]
@@ -374,10 +207,10 @@ def markdown(
     ]
     for row in rows(results, tuple(sides)):
         bound = TARGETS.get(row["target"] or "")
-        cells = [_cell(row.get(s), row.get(f"{s}_error")) for s in sides]
+        cells = [cell_text(row.get(s), row.get(f"{s}_error")) for s in sides]
         lines.append(
             f"| {row['figure']} | {row['engine']} | {row['point']} | "
-            f"{_cell(row['real'])} | {' | '.join(cells)} | "
+            f"{cell_text(row['real'])} | {' | '.join(cells)} | "
             f"{'±' + format(bound * 100, '.0f') + '%' if bound else '-'} |"
         )
     lines += spread_lines(results)
@@ -387,17 +220,17 @@ def markdown(
 def spread_lines(results: dict[str, Any]) -> list[str]:
     """The real engines' ITL pass by pass, where a point was measured in several passes."""
     out = []
-    for engine, cells in (_get(results, "real", "itl") or {}).items():
+    for engine, cells in (dig(results, "real", "itl") or {}).items():
         for batch, cell in (cells or {}).items():
             passes = (cell or {}).get("rounds") or []
             if len(passes) < 2:
                 continue
-            p50s = ", ".join(_cell(p.get("p50_ms")) for p in passes)
-            p90s = ", ".join(_cell(p.get("p90_ms")) for p in passes)
+            p50s = ", ".join(cell_text(p.get("p50_ms")) for p in passes)
+            p90s = ", ".join(cell_text(p.get("p90_ms")) for p in passes)
             loads = ", ".join(f"{p.get('loadavg_1m', 0):.1f}" for p in passes)
-            deciles = " / ".join(_cell(d) for d in cell.get("deciles_ms") or [])
+            deciles = " / ".join(cell_text(d) for d in cell.get("deciles_ms") or [])
             out.append(
-                f"| {engine} | {batch} | {p50s} | {p90s} | {_cell(cell.get('p50_ms'))} | "
+                f"| {engine} | {batch} | {p50s} | {p90s} | {cell_text(cell.get('p50_ms'))} | "
                 f"{deciles} | {loads} |"
             )
     if not out:
@@ -427,10 +260,10 @@ def plot(results: dict[str, Any], path: Path) -> None:
     sides = [s for s in ("real", "sim", "sim_calibrated") if s in results]
     for side in sides:
         lengths = [512, 1024, 2048, 4096, 8192]
-        ttft = [_get(results[side], "ttft", "graphs", str(n), "p50_ms") for n in lengths]
+        ttft = [dig(results[side], "ttft", "graphs", str(n), "p50_ms") for n in lengths]
         left.plot(lengths, ttft, marker="o", label=side)
         batches = [1, 8, 16, 32, 64]
-        itl = [_get(results[side], "itl", "graphs", str(b), "p50_ms") for b in batches]
+        itl = [dig(results[side], "itl", "graphs", str(b), "p50_ms") for b in batches]
         right.plot(batches, itl, marker="o", label=side)
     left.set(
         xscale="log",

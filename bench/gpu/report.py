@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from bench.gpu import eager_report, fidelity_report, link_fit
+from bench.gpu import eager_report, fidelity_fit, fidelity_report, link_fit
 from bench.gpu.sections import REAL_VLLM_BEGIN, REAL_VLLM_END
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -226,12 +226,12 @@ def benchmarks_section(run: Path) -> str:
         for length, row in handoff.items():
             nixl = row.get("nixl") or {}
             per = nixl.get("bytes", 0) / nixl["transfers"] / 2**20 if nixl.get("transfers") else 0
-            median = fidelity_report._median
+            median = fidelity_fit.median_of
             lines.append(
-                f"| {length} | {fidelity_report._cell(median(row['p_ms']))} | "
-                f"{fidelity_report._cell(median(row['d_ttft_ms']))} | "
-                f"{fidelity_report._cell(median(row['d_local_ttft_ms']))} | "
-                f"{fidelity_report._cell(nixl.get('xfer_ms_mean'))} | {per:.0f} |"
+                f"| {length} | {fidelity_report.cell_text(median(row['p_ms']))} | "
+                f"{fidelity_report.cell_text(median(row['d_ttft_ms']))} | "
+                f"{fidelity_report.cell_text(median(row['d_local_ttft_ms']))} | "
+                f"{fidelity_report.cell_text(nixl.get('xfer_ms_mean'))} | {per:.0f} |"
             )
     if two:
         lines += ["", "### Two H200s: prefill and decode on separate GPUs (issue 19)", ""]
@@ -279,7 +279,7 @@ def write_fidelity(
     probe = load(run, "call1.json")
     source = fit_run or run
     fit_results = load(source, "fidelity.json")
-    cal, table = fidelity_report.calibrate(
+    cal, table = fidelity_fit.calibrate(
         fit_results, str(load(source, "call1.json").get("gpus", ""))
     )
     link = link_fit.link_fit(fit_results)
@@ -287,10 +287,10 @@ def write_fidelity(
     before = results
     if passes:  # the eager engine's own run: its pinned passes are the real eager figures
         results = eager_report.overlay(results, passes)
-    document = fidelity_report.calibration_json(cal, table, link)
+    document = fidelity_fit.calibration_json(cal, table, link)
     (docs / "calibration-h200.json").write_text(json.dumps(document, indent=2) + "\n")
     if fit_run is not None:
-        _, table = fidelity_report.calibrate(results, fitted=cal.efficiency)
+        _, table = fidelity_fit.calibrate(results, fitted=cal.efficiency)
     command = f"python -m bench.gpu.report --run {shown(run)}"
     command += f" --fit-run {shown(fit_run)}" if fit_run is not None else ""
     command += f" --eager-run {shown(eager_run)}" if eager_run is not None else ""

@@ -6,7 +6,7 @@ so the planner and the simulator time it as bytes over ``link_gbps`` (:func:`tra
 nothing like a fabric -- the lent GPU VM's UCX has no RDMA device and moves KV between two
 processes by TCP emulation over loopback -- and modelling them as a slow fabric would hide what
 they are.  Those get a named profile of their own, fitted from NIXL's own transfer times
-(``bench/gpu/fidelity_report.py``): a fixed latency per transfer plus bytes at a measured
+(``bench/gpu/link_fit.py``): a fixed latency per transfer plus bytes at a measured
 bandwidth, whatever ``link_gbps`` says.
 """
 

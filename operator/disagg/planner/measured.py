@@ -2,7 +2,7 @@
 
 A preset's spec sheet (:mod:`disagg.planner.hardware`) says what the card could do; what a real
 engine does on it is a measurement.  Where we have one -- a whole vLLM engine timed at its client
-and fitted by ``bench/gpu/fidelity_report.py`` -- it lives here, as a literal, so that
+and fitted by ``bench/gpu/fidelity_fit.py`` -- it lives here, as a literal, so that
 ``disagg plan --gpu h200`` and ``disagg sim --sim-gpu h200`` use it without a calibration file;
 a test checks it against the committed ``docs/calibration-<gpu>.json`` it was copied from.  A GPU
 without a measurement keeps the roofline's rules of thumb (:data:`DEFAULT_EFFICIENCY`), and an
