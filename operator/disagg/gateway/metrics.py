@@ -6,6 +6,19 @@ the decision counter to report whether disaggregation is effective.  docs/gatewa
 Latencies are measured as the client sees them (from request arrival at the gateway).  Per-worker
 series carry a ``worker`` label and are removed when discovery drops the worker, so a scaled-down
 pod does not linger as a flat line.
+
+The request path updates these series a few dozen times per request, and the gateway needed no
+more CPU per request than a Rust router (issue 16), so updates cost as little as the exposition
+allows (the text on ``/metrics`` is exactly prometheus-client's):
+
+* **No lock per update.**  One gateway process is one asyncio thread, and nothing else in it
+  updates these series (the KV-event subscriber's are its own, in its own tasks), so a value here
+  is a plain float (``_Plain``) where prometheus-client takes a mutex per ``inc``/``set``.  With
+  several processes (``workers``) values live in shared files and keep the library's class.
+* **Read, not pushed.**  Gauges that mirror state the gateway holds anyway (in flight per worker
+  and per pool, queued, busy workers, health) are read when scraped (``GatewayMetrics.read``)
+  instead of being set at every change -- four to a dozen sets per request before.  With shared
+  files a scrape cannot call into the other processes, so there the owners still set them.
 """
 
 from __future__ import annotations
@@ -13,13 +26,59 @@ from __future__ import annotations
 import contextlib
 import os
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import Any
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest, values
 
 #: Why a KV hand-off was abandoned (the ``reason`` label of ``kv_handoff_failures``).
 HANDOFF_FAILURES = ("invalid_params", "lease_budget", "load_failed")
+
+
+#: Whether values live in per-process files (``PROMETHEUS_MULTIPROC_DIR`` when the library was
+#: imported: ``workers``); then every value is the library's and every gauge is set by its owner.
+SHARED_FILES: bool = values.ValueClass._multiprocess
+
+
+class _Plain:
+    """A metric's value as a float without a lock (the library's ``MutexValue`` less its mutex)."""
+
+    __slots__ = ("_exemplar", "_value")
+
+    def __init__(self) -> None:
+        self._value = 0.0
+        self._exemplar: Any = None
+
+    def inc(self, amount: float) -> None:
+        self._value += amount
+
+    def set(self, value: float, timestamp: float | None = None) -> None:
+        self._value = value
+
+    def set_exemplar(self, exemplar: Any) -> None:
+        self._exemplar = exemplar
+
+    def get(self) -> float:
+        return self._value
+
+    def get_exemplar(self) -> Any:
+        return self._exemplar
+
+
+class _Reading:
+    """A gauge's value read from the gateway's own state when scraped; it has no ``set``."""
+
+    __slots__ = ("read",)
+
+    def __init__(self, read: Callable[[], float]) -> None:
+        self.read = read
+
+    def get(self) -> float:
+        return float(self.read())
+
+    def get_exemplar(self) -> None:
+        return None
 
 
 class _CachedLabels:
@@ -46,11 +105,16 @@ class _CachedLabels:
 # The request path updates a few dozen series per request (a histogram observation per relayed
 # event).  prometheus-client checks on every update that the object is a child (two calls) and
 # walks a histogram's buckets in Python; the overrides below do the same update with a C bisect and
-# one call into the value (its lock and, with ``workers``, its shared file, as before).  A parent
-# with labels has no value: its calls go to the library, which raises as before.
+# one call into the value (a ``_Plain`` float, or with ``workers`` the library's shared file).  A
+# parent with labels has no value: its calls go to the library, which raises as before.
 
 
 class Counter(_CachedLabels, prometheus_client.Counter):  # type: ignore[misc]
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        if not SHARED_FILES:
+            self._value = _Plain()
+
     def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
         value = self.__dict__.get("_value")
         if value is None or exemplar or amount < 0:
@@ -60,6 +124,11 @@ class Counter(_CachedLabels, prometheus_client.Counter):  # type: ignore[misc]
 
 
 class Gauge(_CachedLabels, prometheus_client.Gauge):  # type: ignore[misc]
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        if not SHARED_FILES:
+            self._value = _Plain()
+
     def set(self, value: float) -> None:
         current = self.__dict__.get("_value")
         if current is None or self._is_most_recent:
@@ -69,6 +138,12 @@ class Gauge(_CachedLabels, prometheus_client.Gauge):  # type: ignore[misc]
 
 
 class Histogram(_CachedLabels, prometheus_client.Histogram):  # type: ignore[misc]
+    def _metric_init(self) -> None:
+        super()._metric_init()
+        if not SHARED_FILES:
+            self._sum = _Plain()
+            self._buckets = [_Plain() for _ in self._upper_bounds]
+
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
         try:
             buckets = self._buckets
@@ -175,6 +250,9 @@ _ITL_BUCKETS = (
 class GatewayMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
+        self.reads_gauges = not SHARED_FILES
+        """Whether gauges mirroring the gateway's state are read when scraped (``read``), or --
+        values in shared files -- set by their owner on every change."""
         r = self.registry
         self.queue_depth = Gauge(
             "disagg_gateway_queue_depth",
@@ -306,6 +384,12 @@ class GatewayMetrics:
             multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
             return bytes(generate_latest(registry))
         return bytes(generate_latest(self.registry))
+
+    def read(self, gauge: Gauge, read: Callable[[], float]) -> None:
+        """Export ``gauge`` (a child) as ``read()`` at each scrape (only if ``reads_gauges``)."""
+        if not self.reads_gauges:
+            raise RuntimeError("with shared files a gauge is set, never read when scraped")
+        gauge._value = _Reading(read)
 
     def init_pool(self, pool: str, role: str) -> None:
         """Export zeros for a pool before its first request (HPAs need the series)."""

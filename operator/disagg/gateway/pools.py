@@ -6,6 +6,11 @@ snapshots.  Admission (``admission.Admission``: limits from the engines' capacit
 bounded wait, 429 beyond) bounds the work the gateway puts on a pool; its wait is the
 ``disagg_gateway_queue_depth`` the prefill HPA scales on, and ``disagg_gateway_busy_workers``
 says how many workers' worth of work is admitted.
+
+Those gauges, and each worker's in-flight and health ones, mirror counts kept here; they are read
+when ``/metrics`` is scraped (``GatewayMetrics.read``), so admitting, starting and finishing a
+request touches no metric.  Only with several processes (``workers``: values in shared files,
+which a scrape from another process reads) are they set where the counts change.
 """
 
 from __future__ import annotations
@@ -32,8 +37,8 @@ class Worker:
     engine_ids: set[str] = field(default_factory=set)
     """NIXL engine ids seen in this worker's ``kv_transfer_params`` since it (re)started."""
     gauges: tuple[Any, Any] | None = field(default=None, compare=False, repr=False)
-    """Its in-flight and health series (looked up once: ``labels`` costs a lock and a
-    lookup, and the request path sets them several times per request)."""
+    """Its in-flight and health series, looked up once: where they are set on every change
+    (``workers``: see ``Pool``), the request path sets them several times per request."""
 
     def endpoint(self) -> Endpoint:
         return Endpoint(
@@ -79,18 +84,26 @@ class Pool:
         self.max_wait_seconds = max_wait_seconds
         self.metrics = metrics
         self.workers: dict[str, Worker] = {}
-        self.admission = Admission(
-            name, role, queue, max_wait_seconds, _COSTS[role], self._export_admission, gateways
+        self.admission = admission = Admission(
+            name, role, queue, max_wait_seconds, _COSTS[role], gateways=gateways
         )
-        self.admission.on_refused = self._export_rejection
+        admission.on_refused = self._export_rejection
         metrics.init_pool(name, role)
-        self._exported: tuple[int, int, float] = (0, 0, 0.0)
-        """The admission gauges' values as last set (``init_pool`` exports zeros)."""
         labels = (name, role)
         self._queue_depth = metrics.queue_depth.labels(*labels)
         self._inflight = metrics.inflight.labels(*labels)
         self._busy_workers = metrics.busy_workers.labels(*labels)
         self._queue_wait = metrics.queue_wait.labels(*labels)
+        self._sets_gauges = not metrics.reads_gauges
+        """True with shared files: the gauges are set on every change, not read when scraped."""
+        if self._sets_gauges:
+            admission.on_change = self._export_admission
+        else:
+            metrics.read(self._queue_depth, lambda: admission.queued)
+            metrics.read(self._inflight, lambda: admission.admitted)
+            metrics.read(self._busy_workers, lambda: admission.busy_workers)
+        self._exported: tuple[int, int, float] = (0, 0, 0.0)
+        """The admission gauges' values as last set (``init_pool`` exports zeros)."""
 
     # -- membership -------------------------------------------------------------------------
     def sync(self, infos: list[WorkerInfo]) -> list[str]:
@@ -131,7 +144,8 @@ class Pool:
         worker = self.workers.get(url)
         if worker is not None:
             worker.inflight += 1
-            self._export_inflight(worker)
+            if self._sets_gauges:
+                self._export_inflight(worker)
 
     def finish(self, url: str) -> None:
         worker = self.workers.get(url)
@@ -142,15 +156,18 @@ class Pool:
             # otherwise.  Without this, a scrape that caught our own request queued keeps a
             # phantom request on the worker for a whole interval after it finished.
             worker.waiting = max(0.0, worker.waiting - 1)
-            self._export_inflight(worker)
+            if self._sets_gauges:
+                self._export_inflight(worker)
 
     def mark(self, url: str, healthy: bool) -> None:
         worker = self.workers.get(url)
         if worker is not None and worker.healthy != healthy:
             worker.healthy = healthy
-            self._export_worker(worker)
+            if self._sets_gauges:
+                self._export_worker(worker)
 
     def _export_worker(self, worker: Worker) -> None:
+        """A new worker's series (read when scraped), or -- shared files -- its health change."""
         gauges = worker.gauges
         if gauges is None:
             labels = (self.name, self.role, worker.url)
@@ -158,6 +175,10 @@ class Pool:
                 self.metrics.worker_inflight.labels(*labels),
                 self.metrics.worker_healthy.labels(*labels),
             )
+            if not self._sets_gauges:
+                self.metrics.read(gauges[0], lambda: worker.inflight)
+                self.metrics.read(gauges[1], lambda: 1 if worker.healthy else 0)
+                return
         gauges[0].set(worker.inflight)
         gauges[1].set(1 if worker.healthy else 0)
 
