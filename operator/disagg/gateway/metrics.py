@@ -86,27 +86,34 @@ class _CachedLabels:
     profile showed on the request path (several calls per request); a child, once made, is
     reused until ``remove``/``clear``."""
 
+    _plain = False
+    """True for a child whose values are ``_Plain`` floats: its updates need no call into them."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._children_cache: dict[tuple[Any, ...], Any] = {}
+
     def labels(self, *values: Any) -> Any:
-        cache: dict[tuple[Any, ...], Any] = self.__dict__.setdefault("_children_cache", {})
-        child = cache.get(values)
+        child = self._children_cache.get(values)
         if child is None:
-            child = cache[values] = super().labels(*values)  # type: ignore[misc]
+            child = self._children_cache[values] = super().labels(*values)  # type: ignore[misc]
         return child
 
     def remove(self, *values: Any) -> None:
-        self.__dict__.get("_children_cache", {}).clear()
+        self._children_cache.clear()
         super().remove(*values)  # type: ignore[misc]
 
     def clear(self) -> None:
-        self.__dict__.get("_children_cache", {}).clear()
+        self._children_cache.clear()
         super().clear()  # type: ignore[misc]
 
 
 # The request path updates a few dozen series per request (a histogram observation per relayed
 # event).  prometheus-client checks on every update that the object is a child (two calls) and
-# walks a histogram's buckets in Python; the overrides below do the same update with a C bisect and
-# one call into the value (a ``_Plain`` float, or with ``workers`` the library's shared file).  A
-# parent with labels has no value: its calls go to the library, which raises as before.
+# walks a histogram's buckets in Python; the overrides below do the same update with a C bisect,
+# adding to a ``_Plain`` float in place, or with ``workers`` through one call into the library's
+# shared-file value.  A parent with labels has no value: its calls go to the library, which raises
+# as before.
 
 
 class Counter(_CachedLabels, prometheus_client.Counter):  # type: ignore[misc]
@@ -114,8 +121,12 @@ class Counter(_CachedLabels, prometheus_client.Counter):  # type: ignore[misc]
         super()._metric_init()
         if not SHARED_FILES:
             self._value = _Plain()
+            self._plain = True
 
     def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
+        if self._plain and amount >= 0 and not exemplar:
+            self._value._value += amount
+            return
         value = self.__dict__.get("_value")
         if value is None or exemplar or amount < 0:
             super().inc(amount, exemplar)
@@ -143,8 +154,14 @@ class Histogram(_CachedLabels, prometheus_client.Histogram):  # type: ignore[mis
         if not SHARED_FILES:
             self._sum = _Plain()
             self._buckets = [_Plain() for _ in self._upper_bounds]
+            self._plain = True
 
     def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
+        # The first bucket whose upper bound is >= amount (the library's ``amount <= bound``).
+        if self._plain and amount == amount and not exemplar:  # not NaN
+            self._sum._value += amount
+            self._buckets[bisect_left(self._upper_bounds, amount)]._value += 1.0
+            return
         try:
             buckets = self._buckets
         except AttributeError:  # a parent: the library says why it cannot
@@ -153,7 +170,6 @@ class Histogram(_CachedLabels, prometheus_client.Histogram):  # type: ignore[mis
             super().observe(amount, exemplar)
             return
         self._sum.inc(amount)
-        # The first bucket whose upper bound is >= amount (the library's ``amount <= bound``).
         buckets[bisect_left(self._upper_bounds, amount)].inc(1)
 
     def add_counts(self, counts: list[int], total: float) -> None:
