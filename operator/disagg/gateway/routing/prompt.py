@@ -12,9 +12,16 @@ Prompts given as token ids are used as they are.  Chat messages are flattened wi
 
 The request path calls ``prompt_blocks``, which gives the same count and hashes as
 ``block_hashes(prompt_tokens(body))`` without a string per token: one regular-expression match
-per *block* of tokens (the token rule repeated ``block_size`` times, each token atomic so that
-the repetition cannot re-split a token), then the few tokens after the last full block.  For
-the benchmark's 1.6 kB prompts that is 100 instead of 115 us, and 200 fewer objects.
+per *block* of tokens, then the few tokens after the last full block.  The block pattern spells
+the token rule with possessive quantifiers, so that the repetition cannot re-split a token: a
+token is a word token (whitespace, then a word or another character) except the text's trailing
+whitespace, which can only be its last token, so a block is ``block_size - 1`` word tokens and
+then a word token or that trailing whitespace.  Nothing in it can give back a character, so it
+splits exactly as ``TOKEN_PATTERN`` does (the tests compare the two on odd text), with a third
+less work for the engine than an atomic group per token.  Each block's hash starts from a copy
+of one personalised ``blake2b`` (a new one's keyword arguments cost a third of the hash).  For
+the benchmark's 1.6 kB prompts that is 39 us (50 with an atomic group per token, 115 with a
+string per token).
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from collections.abc import Mapping, Sequence
 from hashlib import blake2b
 from typing import Any
 
-from disagg.prompttext import TOKEN_PATTERN, render_chat, split_tokens
+from disagg.prompttext import render_chat, split_tokens
 
 Token = str | int
 
@@ -66,18 +73,29 @@ def block_hashes(tokens: Sequence[Token], block_size: int) -> tuple[int, ...]:
     return tuple(hashes)
 
 
+_TEXT_HASH = blake2b(digest_size=8, person=b"text")
+"""The empty hash every text block's hash is copied from (never updated itself)."""
+
+
 def _text_block(parent: bytes, text: str) -> bytes:
     """The chained hash of a block of text tokens (their concatenation) under ``parent``: the
     one step ``block_hashes`` and ``prompt_blocks`` share, so that they cannot disagree."""
-    data = parent + text.encode("utf-8", "surrogatepass")
-    return blake2b(data, digest_size=8, person=b"text").digest()
+    hasher = _TEXT_HASH.copy()
+    hasher.update(parent + text.encode("utf-8", "surrogatepass"))
+    return hasher.digest()
+
+
+#: ``disagg.prompttext.TOKEN_PATTERN`` in the two shapes a block needs (the module docstring
+#: says why): a token ending in a word or another character, and the trailing whitespace.
+_WORD_TOKEN = r"\s*+(?:\w{1,8}+|[^\w\s])"
+_TRAILING_SPACE = r"\s++"
 
 
 @functools.lru_cache(maxsize=8)
 def _blocks_pattern(block_size: int) -> re.Pattern[str]:
     """A full block of tokens (group 1), or else one token (the tail after the last block)."""
-    token = f"(?>{TOKEN_PATTERN})"
-    return re.compile(f"((?:{token}){{{block_size}}})|{token}")
+    block = f"(?:{_WORD_TOKEN}){{{block_size - 1}}}(?:{_WORD_TOKEN}|{_TRAILING_SPACE})"
+    return re.compile(f"({block})|{_WORD_TOKEN}|{_TRAILING_SPACE}")
 
 
 def _prompt_text(body: Mapping[str, Any]) -> str | list[int]:
@@ -107,13 +125,12 @@ def prompt_blocks(body: Mapping[str, Any], block_size: int) -> tuple[int, tuple[
     text = _prompt_text(body)
     if not isinstance(text, str):
         return len(text), block_hashes(text, block_size)
+    matches = _blocks_pattern(block_size).findall(text)
+    # The full blocks come first: a lone token matches only where fewer than a block are left.
+    tail = matches.count("")
     hashes: list[int] = []
     parent = b"\x00" * 8
-    tail = 0
-    for block in _blocks_pattern(block_size).findall(text):
-        if not block:  # one token after the last full block
-            tail += 1
-            continue
+    for block in matches[: len(matches) - tail]:
         parent = _text_block(parent, block)
         hashes.append(int.from_bytes(parent, "big"))
     return len(hashes) * block_size + tail, tuple(hashes)
