@@ -125,20 +125,21 @@ class Profile:
         exclude: frozenset[str] = frozenset(),
     ) -> ProfileResult:
         """Pick an endpoint; ``exclude`` holds urls already tried for this request."""
-        candidates = [e for e in endpoints if e.url not in exclude]
+        candidates = [e for e in endpoints if e.url not in exclude] if exclude else list(endpoints)
         for flt in self.filters:
             if not candidates:
                 break
             candidates = flt.filter(request, candidates)
         if not candidates:
             raise NoEndpointError(f"{self.name}: no endpoint left after filters and exclusions")
-        totals = {e.url: 0.0 for e in candidates}
+        totals = dict.fromkeys([e.url for e in candidates], 0.0)
         for ws in self.scorers:
             scores = ws.scorer.score(request, candidates)
-            for url in totals:
+            weight = ws.weight
+            for url, total in totals.items():  # values change, keys do not
                 value = scores.get(url)
                 if value is None or not 0.0 <= value <= 1.0:
                     raise RoutingError(f"scorer {ws.name} returned {value!r} for {url} (need 0..1)")
-                totals[url] += ws.weight * value
+                totals[url] = total + weight * value
         picked = self.picker.pick([(e, totals[e.url]) for e in candidates])
         return ProfileResult(picked=picked, totals=totals)

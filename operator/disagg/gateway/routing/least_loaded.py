@@ -24,7 +24,8 @@ class LeastLoadedScorer:
         return endpoint.inflight + self.waiting_weight * max(0.0, endpoint.waiting)
 
     def score(self, request: RoutingRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
-        loads = {e.url: self.load(e) for e in endpoints}
+        weight = self.waiting_weight  # ``load`` inlined: it runs per endpoint per request
+        loads = {e.url: e.inflight + weight * max(0.0, e.waiting) for e in endpoints}
         if not loads:
             return {}
         low, high = min(loads.values()), max(loads.values())

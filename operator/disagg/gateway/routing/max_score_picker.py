@@ -20,6 +20,6 @@ class MaxScorePicker:
     def pick(self, totals: Sequence[tuple[Endpoint, float]]) -> Endpoint:
         if not totals:
             raise NoEndpointError("nothing to pick from")
-        best = max(score for _, score in totals)
-        tied = [e for e, score in totals if score >= best - 1e-9]
+        floor = max([score for _, score in totals]) - 1e-9
+        tied = [e for e, score in totals if score >= floor]
         return tied[0] if len(tied) == 1 else self._rng.choice(tied)

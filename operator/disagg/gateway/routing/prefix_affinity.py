@@ -22,6 +22,9 @@ from collections.abc import Sequence
 from disagg.gateway.routing.contracts import Endpoint, RoutingRequest
 from disagg.gateway.routing.prefix_index import PrefixIndex
 
+_WEIGHT_HASH = hashlib.blake2b(digest_size=8)
+"""The empty hash each weight's is copied from (cheaper than a new one's keyword arguments)."""
+
 
 def rendezvous_winner(key: int, endpoints: Sequence[Endpoint]) -> str:
     """The endpoint url with the highest hash of (key, url): stable as endpoints come and go.
@@ -32,7 +35,9 @@ def rendezvous_winner(key: int, endpoints: Sequence[Endpoint]) -> str:
     best = b""
     for endpoint in endpoints:
         url = endpoint.url
-        weight = hashlib.blake2b(prefix + url.encode(), digest_size=8).digest()
+        hasher = _WEIGHT_HASH.copy()
+        hasher.update(prefix + url.encode())
+        weight = hasher.digest()
         if winner is None or weight > best:
             winner, best = url, weight
     if winner is None:
@@ -48,12 +53,12 @@ class PrefixAffinityScorer:
         self.hint = hint
 
     def score(self, request: RoutingRequest, endpoints: Sequence[Endpoint]) -> dict[str, float]:
-        total = len(request.block_hashes)
+        hashes = request.block_hashes
+        total = len(hashes)
         if total == 0:
             return {e.url: 0.0 for e in endpoints}
-        scores = {
-            e.url: self.index.matched_blocks(e.url, request.block_hashes) / total for e in endpoints
-        }
+        matched = self.index.matched_blocks
+        scores = {e.url: matched(e.url, hashes) / total for e in endpoints}
         if self.hint and endpoints and not any(scores.values()):
-            scores[rendezvous_winner(request.block_hashes[0], endpoints)] = self.hint
+            scores[rendezvous_winner(hashes[0], endpoints)] = self.hint
         return scores

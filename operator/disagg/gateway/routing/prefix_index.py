@@ -24,11 +24,14 @@ class PrefixIndex:
 
     def record(self, url: str, hashes: Sequence[int]) -> None:
         """Remember that ``url`` now holds these blocks (most recent last)."""
-        blocks = self._blocks.setdefault(url, OrderedDict())
+        blocks = self._blocks.get(url)
+        if blocks is None:
+            blocks = self._blocks[url] = OrderedDict()
+        move = blocks.move_to_end  # bound once: a prompt has dozens of blocks
         for h in hashes:
             blocks[h] = None
-            blocks.move_to_end(h)
-        while len(blocks) > self.capacity_blocks:
+            move(h)
+        for _ in range(len(blocks) - self.capacity_blocks):
             blocks.popitem(last=False)
 
     def matched_blocks(self, url: str, hashes: Sequence[int]) -> int:
