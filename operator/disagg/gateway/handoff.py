@@ -60,6 +60,8 @@ def _int(value: Any) -> TypeGuard[int]:
 
 
 def _same_host(given: str, expected: str) -> bool:
+    if given == expected:  # the usual answer, without normalising either
+        return True
     given, expected = given.strip("[]").lower(), expected.strip("[]").lower()
     if given == expected:
         return True
@@ -72,8 +74,10 @@ def _same_host(given: str, expected: str) -> bool:
 
 
 def _block_groups(value: Any) -> list[list[int]]:
-    groups = value if isinstance(value, list) and value and isinstance(value[0], list) else [value]
-    if not isinstance(value, list) or not value or len(groups) > 16:
+    if not isinstance(value, list) or not value:
+        raise InvalidParams("remote_block_ids must be a non-empty list (of lists) of block ids")
+    groups = value if isinstance(value[0], list) else [value]
+    if len(groups) > 16:
         raise InvalidParams("remote_block_ids must be a non-empty list (of lists) of block ids")
     for group in groups:
         if not isinstance(group, list) or not group:

@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass
 
 from disagg.gateway.context import RequestContext
+from disagg.gateway.discovery import WorkerInfo
 from disagg.gateway.handoff import HandoffRules, InvalidParams, PrefillSource, check_kv_params
 from disagg.gateway.metrics import GatewayMetrics
 from disagg.gateway.pools import Pool
@@ -48,6 +49,7 @@ class PrefillLeg:
         self.pool = pool
         self.metrics = metrics
         self.settings = settings
+        self._sources: dict[str, tuple[WorkerInfo, PrefillSource]] = {}
 
     async def run(self, ctx: RequestContext) -> Reply | None:
         """Set ``ctx.kv_params`` (validated) or make the route a fallback; a client-error
@@ -103,13 +105,7 @@ class PrefillLeg:
             self.metrics.upstream_errors.labels("prefill", "protocol").inc()
             return False
         worker = self.pool.workers.get(url)
-        info = worker.info if worker is not None else None
-        source = PrefillSource(
-            url,
-            info.host if info else url.split("://", 1)[-1].rsplit(":", 1)[0],
-            info.side_channel_port if info else None,
-            info.tensor_parallel if info else None,
-        )
+        source = self._source(url, worker.info if worker is not None else None)
         ctx.route.prefill = url
         try:
             params = check_kv_params(answer, source, self.settings.rules, self.pool.owner_of_engine)
@@ -127,6 +123,21 @@ class PrefillLeg:
         ctx.prefill_done = time.monotonic()
         ctx.prefill_endpoint = worker.endpoint() if worker is not None else None
         return True
+
+    def _source(self, url: str, info: WorkerInfo | None) -> PrefillSource:
+        """The answering worker as discovery knows it: kept while its ``WorkerInfo`` is the
+        same object (``Pool.sync`` replaces it when it changes), so the host is parsed from
+        the url once per worker, not once per request."""
+        if info is None:
+            return PrefillSource(url, url.split("://", 1)[-1].rsplit(":", 1)[0])
+        kept = self._sources.get(url)
+        if kept is not None and kept[0] is info:
+            return kept[1]
+        if len(self._sources) > 2 * len(self.pool.workers):  # workers that went away
+            self._sources.clear()
+        source = PrefillSource(url, info.host, info.side_channel_port, info.tensor_parallel)
+        self._sources[url] = (info, source)
+        return source
 
     def _failed(self, url: str, exc: UpstreamError) -> None:
         log.warning("prefill worker %s failed (%s): %s", url, exc.kind, exc)
