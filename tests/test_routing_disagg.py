@@ -173,3 +173,15 @@ def test_prompt_blocks_are_the_tokens_blocks(body: dict[str, object], block_size
     """The request path's block-at-a-time hashing equals splitting into tokens first."""
     tokens = prompt_tokens(body)
     assert prompt_blocks(body, block_size) == (len(tokens), block_hashes(tokens, block_size))
+
+
+@pytest.mark.parametrize("block_size", [1, 3, 16])
+def test_prompt_blocks_of_every_ascii_character(block_size: int) -> None:
+    """ASCII prompts take their own character classes; every ASCII character (controls and
+    the separators 0x1c-0x1f included) must split as the token rule does."""
+    alphabet = [chr(c) for c in range(128)] + ["internationalization", "  ", "word"]
+    rng = random.Random(block_size)
+    for _ in range(300):
+        body = {"prompt": "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 120)))}
+        tokens = prompt_tokens(body)
+        assert prompt_blocks(body, block_size) == (len(tokens), block_hashes(tokens, block_size))
