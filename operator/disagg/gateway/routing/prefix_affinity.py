@@ -30,6 +30,8 @@ def rendezvous_winner(key: int, endpoints: Sequence[Endpoint]) -> str:
     """The endpoint url with the highest hash of (key, url): stable as endpoints come and go.
     (On every request with an unseen prefix, so a plain loop: the first of equal weights wins,
     as with ``max``.)"""
+    if len(endpoints) == 1:  # the one candidate wins whatever its weight (a pool of one)
+        return endpoints[0].url
     prefix = key.to_bytes(8, "big")
     winner: str | None = None
     best = b""
