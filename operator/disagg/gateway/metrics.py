@@ -7,212 +7,26 @@ Latencies are measured as the client sees them (from request arrival at the gate
 series carry a ``worker`` label and are removed when discovery drops the worker, so a scaled-down
 pod does not linger as a flat line.
 
-The request path updates these series a few dozen times per request, and the gateway needed no
-more CPU per request than a Rust router (issue 16), so updates cost as little as the exposition
-allows (the text on ``/metrics`` is exactly prometheus-client's):
-
-* **No lock per update.**  One gateway process is one asyncio thread, and nothing else in it
-  updates these series (the KV-event subscriber's are its own, in its own tasks), so a value here
-  is a plain float (``_Plain``) where prometheus-client takes a mutex per ``inc``/``set``.  With
-  several processes (``workers``) values live in shared files and keep the library's class.
-* **Read, not pushed.**  Gauges that mirror state the gateway holds anyway (in flight per worker
-  and per pool, queued, busy workers, health) are read when scraped (``GatewayMetrics.read``)
-  instead of being set at every change -- four to a dozen sets per request before.  With shared
-  files a scrape cannot call into the other processes, so there the owners still set them.
+The series are ``series``' cheap-to-update kinds of prometheus-client's.  Gauges that mirror state
+the gateway holds anyway (in flight per worker and per pool, queued, busy workers, health) are
+read when scraped (``read``) instead of being set at every change -- four to a dozen sets per
+request before (issue 16); with several processes (``workers``) their owners still set them.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from bisect import bisect_left
 from collections.abc import Callable
-from typing import Any
 
-import prometheus_client
-from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest, values
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
+
+from disagg.gateway.series import SHARED_FILES, Counter, Gauge, Histogram, Reading, Tally
+
+__all__ = ["HANDOFF_FAILURES", "Counter", "GatewayMetrics", "Gauge", "Histogram", "Tally"]
 
 #: Why a KV hand-off was abandoned (the ``reason`` label of ``kv_handoff_failures``).
 HANDOFF_FAILURES = ("invalid_params", "lease_budget", "load_failed")
-
-
-#: Whether values live in per-process files (``PROMETHEUS_MULTIPROC_DIR`` when the library was
-#: imported: ``workers``); then every value is the library's and every gauge is set by its owner.
-SHARED_FILES: bool = values.ValueClass._multiprocess
-
-
-class _Plain:
-    """A metric's value as a float without a lock (the library's ``MutexValue`` less its mutex)."""
-
-    __slots__ = ("_exemplar", "_value")
-
-    def __init__(self) -> None:
-        self._value = 0.0
-        self._exemplar: Any = None
-
-    def inc(self, amount: float) -> None:
-        self._value += amount
-
-    def set(self, value: float, timestamp: float | None = None) -> None:
-        self._value = value
-
-    def set_exemplar(self, exemplar: Any) -> None:
-        self._exemplar = exemplar
-
-    def get(self) -> float:
-        return self._value
-
-    def get_exemplar(self) -> Any:
-        return self._exemplar
-
-
-class _Reading:
-    """A gauge's value read from the gateway's own state when scraped; it has no ``set``."""
-
-    __slots__ = ("read",)
-
-    def __init__(self, read: Callable[[], float]) -> None:
-        self.read = read
-
-    def get(self) -> float:
-        return float(self.read())
-
-    def get_exemplar(self) -> None:
-        return None
-
-
-class _CachedLabels:
-    """``labels()`` from a dict: prometheus-client validates and locks on every call, which the
-    profile showed on the request path (several calls per request); a child, once made, is
-    reused until ``remove``/``clear``."""
-
-    _plain = False
-    """True for a child whose values are ``_Plain`` floats: its updates need no call into them."""
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._children_cache: dict[tuple[Any, ...], Any] = {}
-
-    def labels(self, *values: Any) -> Any:
-        child = self._children_cache.get(values)
-        if child is None:
-            child = self._children_cache[values] = super().labels(*values)  # type: ignore[misc]
-        return child
-
-    def remove(self, *values: Any) -> None:
-        self._children_cache.clear()
-        super().remove(*values)  # type: ignore[misc]
-
-    def clear(self) -> None:
-        self._children_cache.clear()
-        super().clear()  # type: ignore[misc]
-
-
-# The request path updates a few dozen series per request (a histogram observation per relayed
-# event).  prometheus-client checks on every update that the object is a child (two calls) and
-# walks a histogram's buckets in Python; the overrides below do the same update with a C bisect,
-# adding to a ``_Plain`` float in place, or with ``workers`` through one call into the library's
-# shared-file value.  A parent with labels has no value: its calls go to the library, which raises
-# as before.
-
-
-class Counter(_CachedLabels, prometheus_client.Counter):  # type: ignore[misc]
-    def _metric_init(self) -> None:
-        super()._metric_init()
-        if not SHARED_FILES:
-            self._value = _Plain()
-            self._plain = True
-
-    def inc(self, amount: float = 1, exemplar: dict[str, str] | None = None) -> None:
-        if self._plain and amount >= 0 and not exemplar:
-            self._value._value += amount
-            return
-        value = self.__dict__.get("_value")
-        if value is None or exemplar or amount < 0:
-            super().inc(amount, exemplar)
-            return
-        value.inc(amount)
-
-
-class Gauge(_CachedLabels, prometheus_client.Gauge):  # type: ignore[misc]
-    def _metric_init(self) -> None:
-        super()._metric_init()
-        if not SHARED_FILES:
-            self._value = _Plain()
-
-    def set(self, value: float) -> None:
-        current = self.__dict__.get("_value")
-        if current is None or self._is_most_recent:
-            super().set(value)
-            return
-        current.set(float(value))
-
-
-class Histogram(_CachedLabels, prometheus_client.Histogram):  # type: ignore[misc]
-    def _metric_init(self) -> None:
-        super()._metric_init()
-        if not SHARED_FILES:
-            self._sum = _Plain()
-            self._buckets = [_Plain() for _ in self._upper_bounds]
-            self._plain = True
-
-    def observe(self, amount: float, exemplar: dict[str, str] | None = None) -> None:
-        # The first bucket whose upper bound is >= amount (the library's ``amount <= bound``).
-        if self._plain and amount == amount and not exemplar:  # not NaN
-            self._sum._value += amount
-            self._buckets[bisect_left(self._upper_bounds, amount)]._value += 1.0
-            return
-        try:
-            buckets = self._buckets
-        except AttributeError:  # a parent: the library says why it cannot
-            buckets = None
-        if buckets is None or exemplar or amount != amount:  # ... an exemplar, NaN
-            super().observe(amount, exemplar)
-            return
-        self._sum.inc(amount)
-        buckets[bisect_left(self._upper_bounds, amount)].inc(1)
-
-    def add_counts(self, counts: list[int], total: float) -> None:
-        """Observations gathered elsewhere (``Tally``): ``counts[i]`` in bucket ``i``, summing
-        to ``total``."""
-        buckets = self._buckets
-        for i, count in enumerate(counts):
-            if count:
-                buckets[i].inc(count)
-        self._sum.inc(total)
-
-
-class Tally:
-    """A histogram's observations gathered locally and added to it in one go (``flush``).
-
-    A relayed stream observes an inter-token gap per event, each a call, a bucket search and two
-    locked updates; a tally makes that a bucket search and a list increment, and ``flush``
-    (at the end of the stream, and every ``FLUSH_EVERY`` events of a long one) adds the counts.
-    A scrape mid-stream misses at most that many gaps of the stream."""
-
-    FLUSH_EVERY = 64
-    __slots__ = ("bounds", "counts", "histogram", "pending", "total")
-
-    def __init__(self, histogram: Histogram) -> None:
-        self.histogram = histogram
-        self.bounds: list[float] = histogram._upper_bounds
-        self.counts = [0] * len(self.bounds)
-        self.total = 0.0
-        self.pending = 0
-
-    def add(self, amount: float, times: int = 1) -> None:
-        self.counts[bisect_left(self.bounds, amount)] += times
-        self.total += amount * times
-        self.pending += times
-        if self.pending >= self.FLUSH_EVERY:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.histogram.add_counts(self.counts, self.total)
-            self.counts = [0] * len(self.bounds)
-            self.total = 0.0
-            self.pending = 0
 
 
 # ``*_created`` series double the exposition for no use to an HPA or a dashboard.
@@ -405,7 +219,7 @@ class GatewayMetrics:
         """Export ``gauge`` (a child) as ``read()`` at each scrape (only if ``reads_gauges``)."""
         if not self.reads_gauges:
             raise RuntimeError("with shared files a gauge is set, never read when scraped")
-        gauge._value = _Reading(read)
+        gauge._value = Reading(read)
 
     def init_pool(self, pool: str, role: str) -> None:
         """Export zeros for a pool before its first request (HPAs need the series)."""
