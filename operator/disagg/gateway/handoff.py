@@ -90,7 +90,9 @@ def _block_groups(value: Any) -> list[list[int]]:
 
 def _prompt_tokens(answer: Mapping[str, Any], params: Mapping[str, Any]) -> int:
     usage = answer.get("usage")
-    counted = usage.get("prompt_tokens") if isinstance(usage, Mapping) else None
+    # ``dict`` first: it is what JSON gives, and the check against the ABC costs a call into
+    # ``ABCMeta.__instancecheck__`` (a quarter of a per cent of the gateway's CPU).
+    counted = usage.get("prompt_tokens") if isinstance(usage, (dict, Mapping)) else None
     claimed = params.get("remote_num_tokens")
     if claimed is not None and (not _int(claimed) or claimed < 1):
         raise InvalidParams("remote_num_tokens must be a positive integer")
