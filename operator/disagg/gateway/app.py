@@ -82,7 +82,6 @@ async def discard(outcome: Outcome) -> None:
         return
     if outcome.source is not None:  # never iterated: the relay's end is run here
         outcome.source.relay.finish()
-        await _close(outcome.source.chunks)
         outcome.source.stream.release()
         return
     await _close(outcome.chunks)

@@ -24,8 +24,10 @@ being read (TCP pushes back on the worker) until the client has taken them.
 **Piping.** Once a stream is committed to a client, ``attach`` hands its body to two callbacks
 instead of the buffer: whatever one ``data_received`` parsed reaches ``on_data`` as one bytes
 object (tokens that arrived together leave together), and the end of the answer -- or its
-failure -- reaches ``on_end`` once.  No future, task or coroutine runs per token; the reader
-applies back-pressure with ``pause``/``resume``.
+failure -- reaches ``on_end`` once, with the bytes parsed in the same read (a worker's last
+event and the body's end usually arrive together, and the client then gets them in one write,
+not two).  No future, task or coroutine runs per token; the reader applies back-pressure with
+``pause``/``resume``.
 
 **Pooling.** Connections are reused per ``(scheme, host, port)``, most recently used first, so
 surplus ones age out: an idle connection older than the keep-alive expiry is closed instead of
@@ -42,7 +44,7 @@ import asyncio
 import ssl
 import time
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
@@ -113,7 +115,7 @@ class Connection(asyncio.Protocol):
         self._idle_timer: asyncio.TimerHandle | None = None
         self._has_length = False
         self._on_data: Callable[[bytes], None] | None = None
-        self._on_end: Callable[[Exception | None], None] | None = None
+        self._on_end: Callable[[bytes, Exception | None], None] | None = None
         self._batch: list[bytes] = []
         self._feeding = False
         self._ended = False
@@ -247,7 +249,9 @@ class Connection(asyncio.Protocol):
             waiter.set_result(None)
 
     def attach(
-        self, on_data: Callable[[bytes], None], on_end: Callable[[Exception | None], None]
+        self,
+        on_data: Callable[[bytes], None],
+        on_end: Callable[[bytes, Exception | None], None],
     ) -> None:
         """Hand the rest of the body to callbacks (what is buffered, at once); see *Piping*."""
         self._batch = list(self._chunks)
@@ -262,13 +266,15 @@ class Connection(asyncio.Protocol):
         on_data, on_end = self._on_data, self._on_end
         assert on_data is not None and on_end is not None
         batch = self._batch
+        data = b""
         if batch:
             data = batch[0] if len(batch) == 1 else b"".join(batch)
             batch.clear()
-            on_data(data)
         if not self._ended and (self.complete or self._error is not None):
             self._ended = True
-            on_end(self._error)
+            on_end(data, self._error)  # the last bytes go with the end: one write, not two
+        elif data:
+            on_data(data)
 
     def pause(self) -> None:
         """Stop reading from the worker (TCP pushes back on it) until ``resume``."""
@@ -391,8 +397,3 @@ class ConnectionPool:
             for conn in conns:
                 conn.close()
         self._idle.clear()
-
-
-async def body_chunks(conn: Connection) -> AsyncIterator[bytes]:
-    while (chunk := await conn.next_chunk()) is not None:
-        yield chunk

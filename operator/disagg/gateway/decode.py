@@ -21,10 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
-
-import anyio
 
 from disagg.gateway.context import RequestContext
 from disagg.gateway.metrics import GatewayMetrics
@@ -66,7 +63,6 @@ class Failed:
 @dataclass(frozen=True)
 class Opened:
     stream: Stream
-    chunks: AsyncIterator[bytes]
     head: bytes
 
 
@@ -221,21 +217,19 @@ class DecodeLeg:
                     self.metrics.upstream_errors.labels("decode", "status").inc()
                     return Failed(seen=True, reply=reply)
                 return reply
-            chunks = stream.chunks()
-            head, failure = await read_until_committed(chunks)
+            head, failure = await read_until_committed(stream)
             if failure is not None:
                 log.warning("decode worker %s ended its stream with no output (%s)", url, failure)
                 self.metrics.upstream_errors.labels("decode", "empty").inc()
                 return Failed(seen=True)
             committed = True
-            return Opened(stream, chunks, head)
+            return Opened(stream, head)
         except UpstreamError as exc:
             return self._failed(url, exc)
         finally:
             if not committed:
                 if stream is not None:
-                    with anyio.CancelScope(shield=True):
-                        await stream.aclose()
+                    stream.release()
                 self.pool.finish(url)
 
     def _relay(self, ctx: RequestContext, url: str, opened: Opened) -> StreamReply:
@@ -248,5 +242,5 @@ class DecodeLeg:
         handoff_start = ctx.prefill_done if ctx.kv_params is not None else None
         timing = RelayTiming(ctx.route.decision, ctx.arrival, handoff_start)
         relay = SSERelay(url, timing, self.metrics, done)
-        source = RelaySource(opened.stream, opened.chunks, opened.head, relay)
+        source = RelaySource(opened.stream, opened.head, relay)
         return StreamReply(relay_stream(source), source=source)

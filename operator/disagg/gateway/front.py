@@ -189,9 +189,6 @@ class Exchange:
         first = source.relay.feed(source.head)
         self.transport.write(b"".join((head, b"transfer-encoding: chunked\r\n\r\n", _chunk(first))))
         self.cycle.response_started = True
-        await _close(source.chunks)  # the worker body is piped from here, not iterated
-        if self._source is None:  # the client left meanwhile
-            return
         source.stream.pipe(self._on_data, self._on_end)
         if self._source is not None and self.conn.flow.write_paused:
             source.stream.pause()
@@ -210,12 +207,14 @@ class Exchange:
         if out:
             self.transport.write(b"".join((b"%x\r\n" % len(out), out, b"\r\n")))
 
-    def _on_end(self, error: UpstreamError | None) -> None:
+    def _on_end(self, tail: bytes, error: UpstreamError | None) -> None:
         source = self._source
         if source is None:
             return
         self._source = None
-        self.transport.write(_chunk(source.relay.end(error)) + _END)
+        relay = source.relay
+        last = relay.feed(tail) if tail else b""
+        self.transport.write(b"".join((_chunk(last), _chunk(relay.end(error)), _END)))
         source.relay.finish()
         source.stream.release()
         self._complete()
@@ -235,12 +234,6 @@ class Exchange:
     def _resolve(self) -> None:
         if self._finished is not None and not self._finished.done():
             self._finished.set_result(None)
-
-
-async def _close(chunks: Any) -> None:
-    close = getattr(chunks, "aclose", None)
-    if close is not None:
-        await close()
 
 
 class Front:

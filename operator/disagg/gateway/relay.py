@@ -23,8 +23,6 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-import anyio
-
 from disagg.gateway.metrics import GatewayMetrics, Tally
 from disagg.gateway.requests import loads
 from disagg.gateway.routing.frozen import fast_init
@@ -62,7 +60,7 @@ def _carries_output(event: object) -> bool:
     return False
 
 
-async def read_until_committed(chunks: AsyncIterator[bytes]) -> tuple[bytes, str | None]:
+async def read_until_committed(stream: Stream) -> tuple[bytes, str | None]:
     """Read until an event carries output: ``(held bytes, None)``; or ``(b"", why)`` when the
     stream ended without any (``why``: ``empty`` or ``error`` -- a failed decode to retry)."""
     pending = b""
@@ -88,10 +86,10 @@ async def read_until_committed(chunks: AsyncIterator[bytes]) -> tuple[bytes, str
         parsed = cut
         if len(pending) > PRE_COMMIT_LIMIT:
             return pending, None
-        try:
-            pending += await chunks.__anext__()
-        except StopAsyncIteration:
+        chunk = await stream.next_chunk()
+        if chunk is None:
             return b"", "empty"
+        pending += chunk
 
 
 def sse_error_frame(message: str) -> bytes:
@@ -191,8 +189,7 @@ class RelaySource:
     output (``head``), and the relay that forwards the rest."""
 
     stream: Stream
-    chunks: AsyncIterator[bytes]
-    """The stream's body as an iterator (already started: ``read_until_committed`` read it)."""
+    """Already read up to ``head`` (``read_until_committed``)."""
     head: bytes
     relay: SSERelay
 
@@ -205,7 +202,7 @@ async def relay_stream(source: RelaySource) -> AsyncIterator[bytes]:
         if out:
             yield out
         try:
-            async for data in source.chunks:
+            while (data := await source.stream.next_chunk()) is not None:
                 out = relay.feed(data)
                 if out:
                     yield out
@@ -216,5 +213,4 @@ async def relay_stream(source: RelaySource) -> AsyncIterator[bytes]:
             yield tail
     finally:
         relay.finish()
-        with anyio.CancelScope(shield=True):
-            await source.stream.aclose()
+        source.stream.release()

@@ -102,23 +102,26 @@ class Stream:
         self.status = conn.status
         self.headers: Mapping[str, str] = conn.headers
 
-    async def chunks(self) -> AsyncIterator[bytes]:
-        """The body bytes as the worker sent them (de-chunked, never decoded or re-framed)."""
-        conn = self._conn
+    async def next_chunk(self) -> bytes | None:
+        """The next body bytes as the worker sent them (de-chunked, never decoded or re-framed);
+        None at the end.  A method, not an async generator: asyncio registers every generator
+        that starts (a hook and a weak set entry) and closing one is another coroutine."""
         try:
-            while (chunk := await conn.next_chunk()) is not None:
-                yield chunk
+            return await self._conn.next_chunk()
         except _WIRE_ERRORS as exc:
             raise _translate_wire(exc, self._url) from exc
 
     def pipe(
-        self, on_data: Callable[[bytes], None], on_end: Callable[[UpstreamError | None], None]
+        self,
+        on_data: Callable[[bytes], None],
+        on_end: Callable[[bytes, UpstreamError | None], None],
     ) -> None:
         """The rest of the body to callbacks, without a coroutine per chunk: ``on_data`` gets
-        what arrived together, ``on_end`` runs once, with the error if the answer broke."""
+        what arrived together, ``on_end`` runs once, with the bytes that arrived with the end
+        (so that they can leave in one write) and the error if the answer broke."""
 
-        def end(exc: Exception | None) -> None:
-            on_end(None if exc is None else _translate_wire(exc, self._url))
+        def end(tail: bytes, exc: Exception | None) -> None:
+            on_end(tail, None if exc is None else _translate_wire(exc, self._url))
 
         self._conn.attach(on_data, end)
 
@@ -134,12 +137,8 @@ class Stream:
         except _WIRE_ERRORS as exc:
             raise _translate_wire(exc, self._url) from exc
 
-    async def aclose(self) -> None:
-        """Return the connection to the pool if the body was read, else close it."""
-        self._pool.release(self._conn)
-
     def release(self) -> None:
-        """``aclose`` for a caller that cannot wait (it never does)."""
+        """Return the connection to the pool if the body was read, else close it."""
         self._pool.release(self._conn)
 
 
