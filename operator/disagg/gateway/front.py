@@ -53,6 +53,20 @@ def _chunk(data: bytes) -> bytes:
     return b"".join((b"%x\r\n" % len(data), data, b"\r\n")) if data else b""
 
 
+_defaults: tuple[list[tuple[bytes, bytes]], bytes] = ([], b"")
+
+
+def _default_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """uvicorn's default headers (``date``, ``server``) as lines, joined once per list: uvicorn
+    replaces the list when the date changes, once a second, not per request."""
+    global _defaults
+    cached, lines = _defaults
+    if headers is not cached:
+        lines = b"".join(b"%s: %s\r\n" % field for field in headers)
+        _defaults = (headers, lines)
+    return lines
+
+
 class ClientConnection(Protocol):
     """What is used of the client's connection (``server.LimitedProtocol``)."""
 
@@ -143,9 +157,7 @@ class Exchange:
     # -- the answer -----------------------------------------------------------------------------
     def _head(self, status: int, content_type: str, extra: dict[str, str], route: Route) -> bytes:
         """Status line and headers; ``keep_alive`` ends false if a header asks to close."""
-        lines = [STATUS_LINE[status]]
-        for raw_name, raw_value in self.conn.server_state.default_headers:
-            lines += [raw_name, b": ", raw_value, b"\r\n"]
+        lines = [STATUS_LINE[status], _default_lines(self.conn.server_state.default_headers)]
         if content_type.startswith("text/") and "charset=" not in content_type:
             content_type += "; charset=utf-8"  # as Starlette's responses say it
         lines += [b"content-type: ", content_type.encode("latin-1"), b"\r\n"]
