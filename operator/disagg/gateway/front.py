@@ -160,17 +160,28 @@ class Exchange:
         lines = [STATUS_LINE[status], _default_lines(self.conn.server_state.default_headers)]
         if content_type.startswith("text/") and "charset=" not in content_type:
             content_type += "; charset=utf-8"  # as Starlette's responses say it
+        fields = route.headers()
+        has_connection = False
+        if extra:  # the answer's own headers first; of a name given twice, the first counts
+            merged: dict[str, str] = {}
+            present = set()
+            for name, value in (*extra.items(), *fields.items()):
+                key = name.lower()
+                if key in present:
+                    continue
+                present.add(key)
+                merged[name] = value
+                if key == "connection":
+                    has_connection = True
+                    if "close" in value.lower():
+                        self.cycle.keep_alive = False
+            fields = merged
+        # Without ``extra`` there is nothing to merge: the route's names are distinct and never
+        # ``connection``.  One str, encoded once, not a bytes object per name and value.
+        text = "".join([f"{name}: {value}\r\n" for name, value in fields.items()])
         lines += [b"content-type: ", content_type.encode("latin-1"), b"\r\n"]
-        present = set()
-        for name, value in (*extra.items(), *route.headers().items()):
-            key = name.lower()
-            if key in present:
-                continue
-            present.add(key)
-            if key == "connection" and "close" in value.lower():
-                self.cycle.keep_alive = False
-            lines += [name.encode("latin-1"), b": ", value.encode("latin-1"), b"\r\n"]
-        if not self.cycle.keep_alive and "connection" not in present:
+        lines.append(text.encode("latin-1"))
+        if not self.cycle.keep_alive and not has_connection:
             lines.append(b"connection: close\r\n")
         return b"".join(lines)
 

@@ -86,6 +86,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self._header_timer: asyncio.TimerHandle | None = None
         self._headers_began = 0.0
         self._timing_headers = True  # a request's headers are due (from its first byte)
+        self._idle_since: float | None = None  # when the last response ended, if idle since
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -94,6 +95,9 @@ class LimitedProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
+        if self.timeout_keep_alive_task is not None:
+            self.timeout_keep_alive_task.cancel()
+            self.timeout_keep_alive_task = None
         super().connection_lost(exc)
         if self.watcher is not None:
             self.watcher.client_gone()
@@ -204,10 +208,42 @@ class LimitedProtocol(HttpToolsProtocol):
         if not self._discarding and not self.transport.is_closing():
             super().on_message_complete()
 
+    # The keep-alive timer is lazy too.  uvicorn arms one per response and cancels it when the
+    # next request's bytes arrive; here a response's end stamps the time, the next bytes clear
+    # the stamp, and the connection's one timer closes it only if the stamp is as old as the
+    # timeout (else it re-arms for the rest, or lapses until the next response's end).
     def on_response_complete(self) -> None:
-        super().on_response_complete()
+        """uvicorn's, with the lazy keep-alive timer."""
+        self.server_state.total_requests += 1
         self._in_headers = True  # the next request on this connection starts its headers
         self._header_bytes = 0
+        if self.transport.is_closing():
+            return
+        self._idle_since = None
+        self.flow.resume_reading()
+        if self.pipeline:  # the next pipelined request starts now
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+            return
+        self._idle_since = self.loop.time()
+        if self.timeout_keep_alive_task is None:
+            self.timeout_keep_alive_task = self.loop.call_later(
+                self.timeout_keep_alive, self._keep_alive_lapsed
+            )
+
+    def _unset_keepalive_if_required(self) -> None:
+        self._idle_since = None  # the timer stays: it sees the cleared stamp when it fires
+
+    def _keep_alive_lapsed(self) -> None:
+        self.timeout_keep_alive_task = None
+        since = self._idle_since
+        if since is None or self.transport.is_closing():
+            return  # busy again: the next response's end re-arms it
+        left = since + self.timeout_keep_alive - self.loop.time()
+        if left > 0:
+            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_lapsed)
+        else:
+            self.timeout_keep_alive_handler()
 
 
 def protocol_for(config: GatewayConfig, front: Front | None = None) -> type[LimitedProtocol]:
