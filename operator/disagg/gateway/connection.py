@@ -227,6 +227,10 @@ class Connection(asyncio.Protocol):
             self._idle_timer.cancel()
             self._idle_timer = None
 
+    def fail_after(self, seconds: float) -> asyncio.TimerHandle:
+        """Fail the exchange unless its answer is in within ``seconds`` (cancel the handle)."""
+        return self._loop.call_later(seconds, self.fail_timeout, f"no answer in {seconds:g}s")
+
     def fail_timeout(self, why: str) -> None:
         self._fail(ReadTimeout(why))
         self.close()

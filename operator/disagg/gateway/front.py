@@ -70,6 +70,7 @@ def _default_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
 class ClientConnection(Protocol):
     """What is used of the client's connection (``server.LimitedProtocol``)."""
 
+    loop: asyncio.AbstractEventLoop
     transport: asyncio.Transport
     flow: FlowControl
     server_state: ServerState
@@ -138,7 +139,7 @@ class Exchange:
         if self.gone:
             work.close()
             raise ClientGone
-        task = self._task = asyncio.current_task()
+        task = self._task = asyncio.current_task(self.conn.loop)
         assert task is not None
         try:
             outcome = await work
@@ -207,7 +208,7 @@ class Exchange:
         source = reply.source
         assert source is not None  # the decode leg sets it
         self._source = source
-        self._finished = asyncio.get_running_loop().create_future()
+        self._finished = self.conn.loop.create_future()
         head = self._head(200, reply.content_type, reply.headers, route)
         first = source.relay.feed(source.head)
         self.transport.write(b"".join((head, b"transfer-encoding: chunked\r\n\r\n", _chunk(first))))

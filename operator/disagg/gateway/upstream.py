@@ -22,7 +22,6 @@ relayed byte for byte and workers are asked not to compress.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from collections.abc import AsyncIterator, Callable, Mapping
@@ -168,11 +167,10 @@ class UpstreamClient:
         self, method: bytes, url: str, body: bytes, headers: Mapping[str, str], deadline: float
     ) -> Response:
         origin, target = self._split(url)
-        loop = asyncio.get_running_loop()
         conn: Connection | None = None
         try:
             conn = await self._pool.acquire(origin, min(self._connect, deadline))
-            timer = loop.call_later(deadline, conn.fail_timeout, f"no answer in {deadline:g}s")
+            timer = conn.fail_after(deadline)
             try:
                 conn.send(method, target, headers, body)
                 content = await conn.read_whole()
