@@ -229,7 +229,10 @@ class Connection(asyncio.Protocol):
 
     def fail_after(self, seconds: float) -> asyncio.TimerHandle:
         """Fail the exchange unless its answer is in within ``seconds`` (cancel the handle)."""
-        return self._loop.call_later(seconds, self.fail_timeout, f"no answer in {seconds:g}s")
+        return self._loop.call_later(seconds, self._deadline_passed, seconds)
+
+    def _deadline_passed(self, seconds: float) -> None:
+        self.fail_timeout(f"no answer in {seconds:g}s")  # worded only when it happens
 
     def fail_timeout(self, why: str) -> None:
         self._fail(ReadTimeout(why))
