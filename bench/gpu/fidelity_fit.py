@@ -15,7 +15,12 @@ import statistics
 from dataclasses import asdict, replace
 from typing import Any
 
-from disagg.planner.calibration import Calibration, calibration_document, fit_client_efficiency
+from disagg.planner.calibration import (
+    Calibration,
+    calibration_document,
+    compared,
+    fit_client_efficiency,
+)
 from disagg.planner.catalog import get_model
 from disagg.planner.client import ClientPoint
 from disagg.planner.hardware import get_gpu
@@ -131,11 +136,7 @@ def calibrate(
             table.append({
                 "role": role, "figure": figure, "engine": engine, "point": where,
                 "kind": point.figure, "tokens": point.tokens, "context": point.context,
-                "measured_ms": point.seconds * 1e3,
-                "predicted_default_ms": before * 1e3,
-                "predicted_calibrated_ms": after * 1e3,
-                "error_default": before / point.seconds - 1,
-                "error_calibrated": after / point.seconds - 1,
+                **compared(point.seconds, before, after),
                 "target": TARGETS["itl p90" if "p90" in figure else
                                   "itl p50" if point.figure == "itl" else point.figure],
             })  # fmt: skip
