@@ -268,3 +268,64 @@ def _sim_metric(sim: Proc, labels: str) -> float:
         for line in text.splitlines()
         if line.startswith("vllm:request_success_total{") and labels in line
     )
+
+
+def _answers(data: bytes) -> list[tuple[int, bytes]]:
+    """The HTTP/1.1 answers in ``data``, in order: (status, body)."""
+    import httptools
+
+    answers: list[tuple[int, bytes]] = []
+
+    class Collect:
+        body = b""
+
+        def on_body(self, chunk: bytes) -> None:
+            self.body += chunk
+
+        def on_message_complete(self) -> None:
+            answers.append((parser.get_status_code(), self.body))
+            self.body = b""
+
+    parser = httptools.HttpResponseParser(Collect())
+    parser.feed_data(data)
+    return answers
+
+
+def _post(target: bytes, body: bytes, version: bytes = b"1.1", extra: bytes = b"") -> bytes:
+    head = b"POST %s HTTP/%s\r\nHost: x\r\n%s" % (target, version, extra)
+    return head + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body
+
+
+@pytest.mark.parametrize(
+    "target", [b"/v1/completions", b"/v1/completions?tag=1", b"/v1/%63ompletions"]
+)
+def test_every_wire_form_of_a_completion_request_is_answered(gateway: Proc, target: bytes) -> None:
+    """Pipelined requests (completions, a chat, a health check) are answered in order on one
+    connection, whatever form the target takes; HTTP/1.0 is answered and closed."""
+    whole = json.dumps(OK).encode()
+    chat = json.dumps(CHAT | {"max_tokens": 2}).encode()
+    pipelined = (_post(target, whole) + _post(b"/v1/chat/completions", chat)
+                 + b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+                 + _post(target, whole, extra=b"Connection: close\r\n"))  # fmt: skip
+    with _raw(gateway, pipelined) as sock:
+        answers = _answers(_read_all(sock))
+    assert [status for status, _ in answers] == [200, 200, 200, 200]
+    assert json.loads(answers[0][1])["object"] == "text_completion"
+    assert json.loads(answers[1][1])["object"] == "chat.completion"
+    assert json.loads(answers[3][1])["object"] == "text_completion"
+    with _raw(gateway, _post(target, whole, version=b"1.0")) as sock:
+        answer = _read_all(sock)  # the gateway closes after answering HTTP/1.0
+    assert answer.startswith(b"HTTP/1.1 200 ") and b"text_completion" in answer
+
+
+def test_expect_100_continue_gets_a_go_ahead_before_the_body(gateway: Proc) -> None:
+    body = json.dumps(OK).encode()
+    head = _post(b"/v1/completions", b"", extra=b"Expect: 100-continue\r\n")
+    head = head.replace(b"Content-Length: 0", b"Content-Length: %d" % len(body))
+    with _raw(gateway, head) as sock:
+        assert sock.recv(65536).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        answer = b""
+        while not (answers := _answers(answer)):
+            answer += sock.recv(65536)
+    assert answers[0][0] == 200 and json.loads(answers[0][1])["object"] == "text_completion"
