@@ -18,16 +18,17 @@ the direct path's pXX in the same repeat at the same concurrency.
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 from tests.gateway_procs import Proc
 
 from disagg.gateway.requests import decode_body, prefill_body
+from leanclient import ClientError, LeanClient
 from loadgen import percentile, words
 
 MODEL = "m"
@@ -70,23 +71,19 @@ def cpu_seconds(pid: int) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-async def _stream(client: httpx.AsyncClient, url: str, payload: dict[str, Any]) -> int:
+async def _stream(client: LeanClient, url: str, payload: dict[str, Any]) -> int:
     """Send one streamed request, read it to the end; the number of token events (-1: failed)."""
-    events = 0
-    async with client.stream("POST", url, json=payload) as response:
-        if response.status_code != 200:
-            await response.aread()
-            return -1
-        async for chunk in response.aiter_bytes():
-            events += chunk.count(b"data: {")
-    return events
+    status, answer = await client.post(url, json.dumps(payload).encode())
+    return answer.count(b"data: {") if status == 200 else -1
 
 
-async def _direct(
-    client: httpx.AsyncClient, prefill: str, decode: str, payload: dict[str, Any]
-) -> int:
-    first = await client.post(prefill + "/v1/completions", json=prefill_body(payload))
-    params = first.json()["kv_transfer_params"]
+async def _direct(client: LeanClient, prefill: str, decode: str, payload: dict[str, Any]) -> int:
+    status, answer = await client.post(
+        prefill + "/v1/completions", json.dumps(prefill_body(payload)).encode()
+    )
+    if status != 200:
+        return -1
+    params = json.loads(answer)["kv_transfer_params"]
     return await _stream(client, decode + "/v1/completions", decode_body(payload, params))
 
 
@@ -102,7 +99,6 @@ class Phase:
 
 
 async def run_phase(
-    client: httpx.AsyncClient,
     send: Any,
     rng: random.Random,
     concurrency: int,
@@ -117,7 +113,7 @@ async def run_phase(
             start = time.perf_counter()
             try:
                 events = await send(body(rng))
-            except (httpx.HTTPError, KeyError, ValueError):
+            except (ClientError, TimeoutError, KeyError, ValueError):
                 events = -1
             if events < 0:
                 phase.errors += 1
@@ -175,10 +171,9 @@ async def measure(
     concurrency: tuple[int, ...] = CONCURRENCY,
 ) -> list[Row]:
     rng = random.Random(11)
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
-    timeout = httpx.Timeout(120.0)
     rows: dict[tuple[str, int], Row] = {}
-    async with httpx.AsyncClient(limits=limits, timeout=timeout, trust_env=False) as client:
+    client = LeanClient(timeout_seconds=120.0)
+    try:
         senders: dict[str, tuple[Any, int | None]] = {
             "direct": (lambda b: _direct(client, prefill, decode, b), None)
         }
@@ -187,12 +182,12 @@ async def measure(
             senders[name] = (lambda b, url=url: _stream(client, url, b), proc.popen.pid)
         # warm-up: connections, caches, first-call paths
         for send, _ in senders.values():
-            await run_phase(client, send, rng, 8, 1.0, None)
+            await run_phase(send, rng, 8, 1.0, None)
         for rep in range(repeats):
             for c in concurrency:
                 done: dict[str, Phase] = {}
                 for name, (send, pid) in senders.items():
-                    done[name] = await run_phase(client, send, rng, c, seconds, pid)
+                    done[name] = await run_phase(send, rng, c, seconds, pid)
                     row = rows.setdefault((name, c), Row(name, c))
                     row.phases.append(done[name])
                 base = done["direct"]
@@ -213,4 +208,6 @@ async def measure(
                     ),
                     flush=True,
                 )
+    finally:
+        client.close()
     return list(rows.values())

@@ -301,9 +301,11 @@ def write_report(
         "tokens. Our gateway ran with `--min-uncached-prompt-tokens 0` so that it, too,",
         "disaggregates every request, with its admission limits raised to vllm-router's",
         f"`--max-concurrent-requests 1024`, {env.get('gateway_workers', 1)} gateway process(es).",
-        "The load generator is one Python",
-        "process on the same 2 cores: at 256 streams it, not the routers, sets the pace, and the",
-        "direct path's client does both legs -- compare the routers with each other there.",
+        "The load generator is one Python process on the same 2 cores with a lean HTTP client",
+        "(`bench/leanclient.py`: httptools, one write per request, one wake-up per answer; with",
+        "httpx every phase had run at 35-100 req/s whatever its streams, the client setting the",
+        "pace). Past a few streams the three Python sims on those cores set the pace; the",
+        "direct path's client does both legs itself -- compare the routers with each other there.",
         "",
     ]
     lines += markdown_table(overhead_rows(overhead))
