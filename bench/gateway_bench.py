@@ -8,7 +8,8 @@ Two parts, one run (``python bench/gateway_bench.py``; about 4 minutes on 2 core
    itself, a zero-cost proxy), our gateway, vllm-router.  Added latency = router latency -
    direct latency at the same concurrency in the same repeat; requests per CPU-second of the
    router process (/proc) = per core; CPU per 1,000 streamed tokens.  The sweep runs
-   ``--overhead-repeats`` times (3) and every figure is shown with its spread.
+   ``--overhead-repeats`` times (5: on a shared 2-core machine one phase's figures can move by
+   10-15% from repeat to repeat) and every figure is shown with its spread.
 2. Routing quality.  Four sims at real speed (Llama-3.1-8B on H100, the sim's defaults), one
    seeded workload -- chat requests sharing a few long system prompts (Poisson arrivals) plus
    bursts of long unique prompts -- replayed against (a) all four sims aggregated behind our
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         "--phase-seconds", type=float, default=4.0, help="closed loop per path and concurrency"
     )
     parser.add_argument(
-        "--overhead-repeats", type=int, default=3, help="sweeps of the overhead part"
+        "--overhead-repeats", type=int, default=5, help="sweeps of the overhead part"
     )
     parser.add_argument(
         "--concurrency", type=int, nargs="+", default=list(CONCURRENCY), help="streams"

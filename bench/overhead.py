@@ -9,7 +9,8 @@ clients each send one request after another for a few seconds (a closed loop) th
 * *ours* and *vllm-router*: the same two legs done by the router.
 
 Phases run path after path, concurrency after concurrency, and the whole sweep ``repeats``
-times, so a slow spell of the shared machine hits every path alike.  Per phase: the latency of
+times, so a slow spell of the shared machine hits every path alike; each repeat starts with
+another path, so that none always runs in the wake of the same one.  Per phase: the latency of
 every request (sent to last byte), the requests and streamed tokens completed, and the CPU
 time the router process used (from /proc, all threads).  *Added* pXX = a router's pXX minus
 the direct path's pXX in the same repeat at the same concurrency.
@@ -183,10 +184,15 @@ async def measure(
         # warm-up: connections, caches, first-call paths
         for send, _ in senders.values():
             await run_phase(send, rng, 8, 1.0, None)
+        names = list(senders)
         for rep in range(repeats):
+            # Each repeat starts with another path: a phase runs in the wake of the one before
+            # it (the sims' state, the machine's), and no path should always follow the same.
+            order = names[rep % len(names) :] + names[: rep % len(names)]
             for c in concurrency:
                 done: dict[str, Phase] = {}
-                for name, (send, pid) in senders.items():
+                for name in order:
+                    send, pid = senders[name]
                     done[name] = await run_phase(send, rng, c, seconds, pid)
                     row = rows.setdefault((name, c), Row(name, c))
                     row.phases.append(done[name])
