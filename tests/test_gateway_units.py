@@ -420,3 +420,54 @@ async def test_decode_pool_charges_prompt_and_output_against_its_kv_budget() -> 
         await pool.admit(Ticket(prompt_tokens=300, max_tokens=200))
     await pool.admit(Ticket(prompt_tokens=300, max_tokens=100))  # exactly fills the budget
     assert pool.admission.admitted_tokens == 1000 and pool.admitted == 2
+
+
+# -- lazy deadlines ------------------------------------------------------------------------------
+
+
+async def test_a_lazy_deadline_expires_once_a_timeout_after_its_last_start() -> None:
+    from disagg.gateway.deadline import LazyDeadline
+
+    loop = asyncio.get_running_loop()
+    fired: list[float] = []
+    done = loop.create_future()
+
+    def expired() -> None:
+        fired.append(loop.time())
+        done.set_result(None)
+
+    deadline = LazyDeadline(loop, 0.2, expired)
+    deadline.start()
+    await asyncio.sleep(0.1)
+    deadline.start()  # restarted: the first timer re-arms for the rest instead of firing
+    restarted = loop.time()
+    await asyncio.wait_for(done, 5)
+    assert fired[0] >= restarted + 0.2
+    await asyncio.sleep(0.3)
+    assert len(fired) == 1  # once: it lapses until the next start
+
+
+async def test_a_stopped_lazy_deadline_never_expires_and_starts_again() -> None:
+    from disagg.gateway.deadline import LazyDeadline
+
+    loop = asyncio.get_running_loop()
+    fired: list[float] = []
+    again = loop.create_future()
+
+    def expired() -> None:
+        fired.append(loop.time())
+        again.set_result(None)
+
+    deadline = LazyDeadline(loop, 0.1, expired)
+    deadline.start()
+    deadline.stop()
+    await asyncio.sleep(0.3)
+    assert fired == []
+    deadline.start()
+    deadline.cancel()
+    await asyncio.sleep(0.3)
+    assert fired == []
+    deadline.start()  # a stop or cancel is not for good: the next start arms it again
+    began = loop.time()
+    await asyncio.wait_for(again, 5)
+    assert fired[0] >= began + 0.1

@@ -9,8 +9,9 @@ leave in one ``write``, responses are parsed by httptools (the C parser uvicorn 
 the client side of the gateway), and a body is handed on as the bytes the parser produced.
 
 **Timers.** A deadline (non-streaming legs) is one ``call_at`` per exchange.  The idle-read
-timeout of a stream is *lazy*: received data only stamps the time; one timer per idle period
-checks the stamp and re-arms itself for the remainder -- no timer work per token.
+timeout of a stream is lazy (``deadline.LazyDeadline``): received data only stamps the time;
+one timer per idle period checks the stamp and re-arms itself for the remainder -- no timer
+work per token.
 
 **Wake-ups.** Workers write an answer's head and body apart, and at one request in flight every
 wake-up of the gateway is a context switch with cold caches -- the largest cost per request
@@ -48,6 +49,8 @@ from collections.abc import Callable, Mapping
 from urllib.parse import urlsplit
 
 import httptools
+
+from disagg.gateway.deadline import LazyDeadline
 
 HIGH_WATER = 256 * 1024
 """Unread stream bytes past which the connection stops reading from the worker."""
@@ -95,6 +98,8 @@ class Connection(asyncio.Protocol):
         self.idle_since = 0.0
         self._parser = httptools.HttpResponseParser(self)
         self._loop = asyncio.get_running_loop()
+        self._quiet = LazyDeadline(self._loop, 0.0, self._too_quiet)
+        """A stream's idle-read timeout (``watch_idle``): each read moves ``since`` forward."""
         self._reset()
 
     def _reset(self) -> None:
@@ -110,9 +115,6 @@ class Connection(asyncio.Protocol):
         self._error: Exception | None = None
         self._names: list[bytes] = []
         self._values: list[bytes] = []
-        self._last_data = 0.0
-        self._idle = 0.0
-        self._idle_timer: asyncio.TimerHandle | None = None
         self._has_length = False
         self._on_data: Callable[[bytes], None] | None = None
         self._on_end: Callable[[bytes, Exception | None], None] | None = None
@@ -127,7 +129,9 @@ class Connection(asyncio.Protocol):
         self.transport = transport  # type: ignore[assignment]  # uvloop's is not a subclass
 
     def data_received(self, data: bytes) -> None:
-        self._last_data = self._loop.time()
+        quiet = self._quiet
+        if quiet.since is not None:
+            quiet.since = self._loop.time()
         self._feeding = True
         try:
             self._parser.feed_data(data)
@@ -208,24 +212,16 @@ class Connection(asyncio.Protocol):
 
     def watch_idle(self, seconds: float) -> None:
         """Fail the exchange if no bytes arrive for ``seconds`` (checked lazily)."""
-        self._idle = seconds
-        self._last_data = self._loop.time()
-        self._idle_timer = self._loop.call_later(seconds, self._check_idle)
+        self._quiet.cancel()  # a timer left from an exchange before would fire too early
+        self._quiet.seconds = seconds
+        self._quiet.start()
 
-    def _check_idle(self) -> None:
-        self._idle_timer = None
-        if self.complete or self.closed:
-            return
-        quiet = self._loop.time() - self._last_data
-        if quiet >= self._idle:
-            self.fail_timeout(f"no data for {self._idle:g}s")
-        else:
-            self._idle_timer = self._loop.call_later(self._idle - quiet, self._check_idle)
+    def _too_quiet(self) -> None:
+        if not self.complete and not self.closed:
+            self.fail_timeout(f"no data for {self._quiet.seconds:g}s")
 
     def _cancel_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
+        self._quiet.cancel()
 
     def fail_after(self, seconds: float) -> asyncio.TimerHandle:
         """Fail the exchange unless its answer is in within ``seconds`` (cancel the handle)."""

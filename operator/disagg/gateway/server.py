@@ -34,6 +34,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 
 from disagg.gateway.app import Gateway
 from disagg.gateway.config import GatewayConfig
+from disagg.gateway.deadline import LazyDeadline
 from disagg.gateway.front import HOT_PATHS, HOT_TARGETS, Cycle, Exchange, Front, HotRequest
 from disagg.gateway.requests import Kind
 from disagg.gateway.workers import REUSE_PORT_ENV
@@ -85,21 +86,21 @@ class LimitedProtocol(HttpToolsProtocol):
         self._parsed_bytes = 0  # the request line and header fields parsed so far
         self._in_headers = True
         self._discarding = False
-        self._header_timer: asyncio.TimerHandle | None = None
-        self._headers_began = 0.0
-        self._timing_headers = True  # a request's headers are due (from its first byte)
-        self._idle_since: float | None = None  # when the last response ended, if idle since
+        # Both timers are lazy (``deadline``): a request's start, a response's end and the next
+        # request's bytes only stamp or clear a time -- no timer is made and cancelled per
+        # request (uvicorn's keep-alive timer was, and the profile showed it).
+        self._headers_due = LazyDeadline(self.loop, self.header_read_seconds, self._headers_late)
+        """From a connection's start or a request's first byte until its headers are in."""
+        self._keep_alive = LazyDeadline(self.loop, self.timeout_keep_alive, self._idle_too_long)
+        """From a response's end until the next request's bytes (uvicorn's keep-alive)."""
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._headers_began = self.loop.time()
-        self._arm(self.header_read_seconds)
+        self._headers_due.start()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        if self.timeout_keep_alive_task is not None:
-            self.timeout_keep_alive_task.cancel()
-            self.timeout_keep_alive_task = None
+        self._headers_due.cancel()
+        self._keep_alive.cancel()
         super().connection_lost(exc)
         if self.watcher is not None:
             self.watcher.client_gone()
@@ -133,35 +134,21 @@ class LimitedProtocol(HttpToolsProtocol):
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
-    # The header timer is lazy: a request's start only stamps the time, and the one timer of
-    # the connection, when it fires, closes it or re-arms for what is left -- no timer is
-    # created and cancelled per request (the profile showed them).
-    def _arm(self, seconds: float) -> None:
-        loop = asyncio.get_running_loop()
-        self._header_timer = loop.call_later(seconds, self._headers_too_slow)
+    def _headers_late(self) -> None:
+        if not self.transport.is_closing():
+            log.info("closing a connection whose headers did not arrive in time")
+            self.transport.close()
 
-    def _disarm(self) -> None:
-        if self._header_timer is not None:
-            self._header_timer.cancel()
-            self._header_timer = None
-
-    def _headers_too_slow(self) -> None:
-        self._header_timer = None
-        if not self._timing_headers or self.transport.is_closing():
-            return  # re-armed when the next request starts
-        left = self._headers_began + self.header_read_seconds - self.loop.time()
-        if left > 0:
-            self._arm(left)
-            return
-        log.info("closing a connection whose headers did not arrive in time")
-        self.transport.close()
+    def _idle_too_long(self) -> None:
+        if not self.transport.is_closing():
+            self.timeout_keep_alive_handler()
 
     def _refuse(self, why: str) -> None:
         """Answer 431 and close *lingering*: a socket closed while the client is still sending
         resets the connection and can destroy the answer in flight, so the gateway half-closes,
         discards what still arrives for a moment, then closes."""
         log.info("refused a request: headers too large (%s)", why)
-        self._disarm()
+        self._headers_due.cancel()
         self._discarding = True
         self.transport.write(_too_large_response(why))
         if self.transport.can_write_eof():
@@ -186,10 +173,7 @@ class LimitedProtocol(HttpToolsProtocol):
         self.headers = []
         self._in_headers = True
         self._header_bytes = self._parsed_bytes = 0
-        self._headers_began = self.loop.time()
-        self._timing_headers = True
-        if self._header_timer is None:
-            self._arm(self.header_read_seconds)
+        self._headers_due.start()
 
     def on_url(self, url: bytes) -> None:
         super().on_url(url)
@@ -211,7 +195,8 @@ class LimitedProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         if self._discarding or self.transport.is_closing():
             return
-        self._in_headers = self._timing_headers = False
+        self._in_headers = False
+        self._headers_due.stop()
         parser = self.parser
         kind = HOT_TARGETS.get(self.url)
         if (
@@ -257,10 +242,6 @@ class LimitedProtocol(HttpToolsProtocol):
         if not self._discarding and not self.transport.is_closing():
             super().on_message_complete()
 
-    # The keep-alive timer is lazy too.  uvicorn arms one per response and cancels it when the
-    # next request's bytes arrive; here a response's end stamps the time, the next bytes clear
-    # the stamp, and the connection's one timer closes it only if the stamp is as old as the
-    # timeout (else it re-arms for the rest, or lapses until the next response's end).
     def on_response_complete(self) -> None:
         """uvicorn's, with the lazy keep-alive timer."""
         self.server_state.total_requests += 1
@@ -268,31 +249,16 @@ class LimitedProtocol(HttpToolsProtocol):
         self._header_bytes = 0
         if self.transport.is_closing():
             return
-        self._idle_since = None
+        self._keep_alive.stop()
         self.flow.resume_reading()
         if self.pipeline:  # the next pipelined request starts now
             cycle, app = self.pipeline.pop()
             self._start_asgi_task(cycle, app)
             return
-        self._idle_since = self.loop.time()
-        if self.timeout_keep_alive_task is None:
-            self.timeout_keep_alive_task = self.loop.call_later(
-                self.timeout_keep_alive, self._keep_alive_lapsed
-            )
+        self._keep_alive.start()
 
     def _unset_keepalive_if_required(self) -> None:
-        self._idle_since = None  # the timer stays: it sees the cleared stamp when it fires
-
-    def _keep_alive_lapsed(self) -> None:
-        self.timeout_keep_alive_task = None
-        since = self._idle_since
-        if since is None or self.transport.is_closing():
-            return  # busy again: the next response's end re-arms it
-        left = since + self.timeout_keep_alive - self.loop.time()
-        if left > 0:
-            self.timeout_keep_alive_task = self.loop.call_later(left, self._keep_alive_lapsed)
-        else:
-            self.timeout_keep_alive_handler()
+        self._keep_alive.stop()  # the next request's bytes arrived
 
 
 def protocol_for(config: GatewayConfig, front: Front | None = None) -> type[LimitedProtocol]:
