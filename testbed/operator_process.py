@@ -22,10 +22,21 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 
 
+_GIVEN: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free on 127.0.0.1 now, and never one this process was given before: the kernel
+    may offer a just-released port again, so two ports asked for one after the other (health,
+    metrics) could come out equal.  The test bed's own copy of ``disagg.sim.process.free_port``
+    (it imports nothing of the product)."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = int(sock.getsockname()[1])
+        if port not in _GIVEN:
+            _GIVEN.add(port)
+            return port
 
 
 @dataclass

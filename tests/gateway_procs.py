@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -20,24 +19,9 @@ from typing import Any
 
 import httpx
 
+from disagg.sim.process import free_port as free_port  # re-exported: tests and benches use it
+
 REPO = Path(__file__).resolve().parent.parent
-
-
-_GIVEN: set[int] = set()
-"""Ports ``free_port`` handed out in this process: the kernel may offer a just-released port
-again, and a sim's HTTP and side-channel ports, asked for one after the other, once came out
-equal (the second bind failed with "address already in use")."""
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 now, and never one this process was given before."""
-    while True:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port: int = sock.getsockname()[1]
-        if port not in _GIVEN:
-            _GIVEN.add(port)
-            return port
 
 
 class Proc:

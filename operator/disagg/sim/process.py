@@ -23,11 +23,21 @@ from types import TracebackType
 
 import httpx
 
+_GIVEN: set[tuple[str, int]] = set()
+"""Ports ``free_port`` handed out in this process: the kernel may offer a just-released port
+again, so two ports asked for one after the other (a KV publisher's and its replay's) can come
+out equal -- a sim's HTTP and side-channel ports once did in CI, and the second bind failed."""
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    """A port free on ``host`` now, and never one this process was given before."""
+    while True:
+        with socket.socket() as sock:
+            sock.bind((host, 0))
+            port = int(sock.getsockname()[1])
+        if (host, port) not in _GIVEN:
+            _GIVEN.add((host, port))
+            return port
 
 
 class SimProcess:
