@@ -20,12 +20,6 @@ client that disconnects cancels the flow before the answer (``ClientGone``, coun
 mid-stream, closes the worker connection (the worker aborts the request) and frees the slot.
 
 The answers are the app's (``Gateway.answer``): same validation, errors, headers and metrics.
-
-**No ASGI scope.** A request whose target is exactly one of the two paths (the usual case) never
-gets uvicorn's scope and ``RequestResponseCycle``: ``server`` keeps its state in a ``HotRequest``
--- the attributes uvicorn's protocol reads and sets on a cycle (body, disconnect, keep-alive,
-response done), nothing else.  A target that needs decoding (a query, ``%`` escapes), HTTP/1.0 or
-an upgrade takes uvicorn's way and still arrives here, with its cycle.
 """
 
 from __future__ import annotations
@@ -33,7 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from uvicorn.protocols.http.flow_control import FlowControl
@@ -51,8 +45,6 @@ log = logging.getLogger(__name__)
 
 HOT_PATHS: dict[str, Kind] = {"/v1/completions": "completions", "/v1/chat/completions": "chat"}
 """The routes served here (POST only)."""
-HOT_TARGETS: dict[bytes, Kind] = {path.encode("ascii"): kind for path, kind in HOT_PATHS.items()}
-"""The same routes as raw request targets: those that need no decoding to be recognised."""
 _END = b"0\r\n\r\n"
 
 
@@ -75,85 +67,6 @@ def _default_lines(headers: list[tuple[bytes, bytes]]) -> bytes:
     return lines
 
 
-class BodyEvent:
-    """What uvicorn's protocol and ``Exchange.read_body`` use of an ``asyncio.Event`` (``set``,
-    ``clear``, ``wait``), with no waiter list: one reader at most, and no future unless it has
-    to wait."""
-
-    __slots__ = ("_set", "_waiter")
-
-    def __init__(self) -> None:
-        self._set = False
-        self._waiter: asyncio.Future[None] | None = None
-
-    def set(self) -> None:
-        self._set = True
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def clear(self) -> None:
-        self._set = False
-
-    async def wait(self) -> None:
-        if self._set:
-            return
-        self._waiter = asyncio.get_running_loop().create_future()
-        try:
-            await self._waiter
-        finally:
-            self._waiter = None
-
-
-class HotRequest:
-    """A completion request's state on its connection, in place of uvicorn's
-    ``RequestResponseCycle``: what uvicorn's protocol reads and sets on the current cycle
-    (``body``, ``more_body``, ``disconnected``, ``keep_alive``, ``response_complete``,
-    ``message_event``, ``on_response``) and what ``Exchange`` uses, without the ASGI scope."""
-
-    __slots__ = (
-        "body",
-        "disconnected",
-        "headers",
-        "keep_alive",
-        "kind",
-        "message_event",
-        "more_body",
-        "on_response",
-        "path",
-        "response_complete",
-        "response_started",
-        "waiting_for_100_continue",
-    )
-
-    def __init__(
-        self,
-        kind: Kind,
-        path: str,
-        headers: list[tuple[bytes, bytes]],
-        keep_alive: bool,
-        expect_100_continue: bool,
-        on_response: Callable[[], None],
-    ) -> None:
-        self.kind = kind
-        self.path = path
-        self.headers = headers
-        """Lower-case names, as received."""
-        self.keep_alive = keep_alive
-        self.waiting_for_100_continue = expect_100_continue
-        self.on_response = on_response
-        self.message_event = BodyEvent()
-        self.body = bytearray()
-        self.more_body = True
-        self.disconnected = False
-        self.response_started = False
-        self.response_complete = False
-
-
-Cycle = RequestResponseCycle | HotRequest
-"""A request on the wire: uvicorn's (a target that took its way) or the gateway's."""
-
-
 class ClientConnection(Protocol):
     """What is used of the client's connection (``server.LimitedProtocol``)."""
 
@@ -168,7 +81,7 @@ class Exchange:
     """One request served here: what the connection tells it (``client_gone``,
     ``pause_writing``, ``resume_writing``) and what it writes back."""
 
-    def __init__(self, conn: ClientConnection, cycle: Cycle) -> None:
+    def __init__(self, conn: ClientConnection, cycle: RequestResponseCycle) -> None:
         self.conn = conn
         self.cycle = cycle
         self.transport = conn.transport
@@ -364,20 +277,13 @@ class Front:
             self._counters[(path, status)] = counter
         counter.inc()
 
-    async def serve(
-        self,
-        conn: ClientConnection,
-        cycle: Cycle,
-        kind: Kind,
-        path: str,
-        fields: list[tuple[bytes, bytes]],
-    ) -> None:
-        """Answer one request; ``fields`` are its headers (lower-case names)."""
+    async def serve(self, conn: ClientConnection, cycle: RequestResponseCycle, kind: Kind) -> None:
         exchange = Exchange(conn, cycle)
         conn.watcher = exchange
+        path = cycle.scope["path"]
         route = Route(f"disagg-{os.urandom(16).hex()}")
         try:
-            # Of a name given twice, the first counts.
+            fields = list(cycle.scope["headers"])  # lower-case names; the first of a name counts
             headers = {n.decode("latin-1"): v.decode("latin-1") for n, v in reversed(fields)}
             declared = headers.get("content-length")
             outcome = await self.gateway.answer(

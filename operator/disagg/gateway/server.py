@@ -24,7 +24,6 @@ import logging
 import os
 import socket
 import uuid
-from collections.abc import Coroutine
 from types import FrameType
 from typing import Any
 
@@ -35,8 +34,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResp
 from disagg.gateway.app import Gateway
 from disagg.gateway.config import GatewayConfig
 from disagg.gateway.deadline import LazyDeadline
-from disagg.gateway.front import HOT_PATHS, HOT_TARGETS, Cycle, Exchange, Front, HotRequest
-from disagg.gateway.requests import Kind
+from disagg.gateway.front import HOT_PATHS, Exchange, Front
 from disagg.gateway.workers import REUSE_PORT_ENV
 
 log = logging.getLogger(__name__)
@@ -115,22 +113,14 @@ class LimitedProtocol(HttpToolsProtocol):
         if self.watcher is not None:
             self.watcher.resume_writing()
 
-    def _start_asgi_task(self, cycle: Cycle, app: ASGI3Application) -> None:
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         front = self.front
-        if type(cycle) is HotRequest:
-            assert front is not None  # only made with a front
-            self._serve(front.serve(self, cycle, cycle.kind, cycle.path, cycle.headers))
-            return
-        assert isinstance(cycle, RequestResponseCycle)
         scope = cycle.scope
         kind = HOT_PATHS.get(scope["path"]) if scope["method"] == "POST" else None
         if kind is None or front is None or app is not self.app:  # not ours, or uvicorn's 503
             super()._start_asgi_task(cycle, app)
             return
-        self._serve(front.serve(self, cycle, kind, scope["path"], list(scope["headers"])))
-
-    def _serve(self, work: Coroutine[Any, Any, None]) -> None:
-        task = self.loop.create_task(work)
+        task = self.loop.create_task(front.serve(self, cycle, kind))
         task.add_done_callback(self.tasks.discard)
         self.tasks.add(task)
 
@@ -165,12 +155,8 @@ class LimitedProtocol(HttpToolsProtocol):
             if self._header_bytes > self.max_header_bytes:
                 self._refuse(f"more than {self.max_header_bytes} bytes")
 
-    # uvicorn builds a request's ASGI scope when its message begins; a completion request never
-    # needs one (``front``), so it is built only once the headers show that it is needed.
     def on_message_begin(self) -> None:
-        self.url = b""
-        self.expect_100_continue = False
-        self.headers = []
+        super().on_message_begin()
         self._in_headers = True
         self._header_bytes = self._parsed_bytes = 0
         self._headers_due.start()
@@ -197,42 +183,7 @@ class LimitedProtocol(HttpToolsProtocol):
             return
         self._in_headers = False
         self._headers_due.stop()
-        parser = self.parser
-        kind = HOT_TARGETS.get(self.url)
-        if (
-            kind is not None
-            and self.front is not None
-            and parser.get_method() == b"POST"
-            and parser.get_http_version() == "1.1"
-            and not parser.should_upgrade()
-            and self.limit_concurrency is None
-        ):
-            self._hot_request(kind)
-            return
-        # uvicorn's way: its scope (what its ``on_message_begin`` makes), then its cycle.
-        url, headers, expect = self.url, self.headers, self.expect_100_continue
-        super().on_message_begin()
-        self.url, self.expect_100_continue = url, expect
-        self.headers = self.scope["headers"] = headers
         super().on_headers_complete()
-
-    def _hot_request(self, kind: Kind) -> None:
-        """What uvicorn's ``on_headers_complete`` does, with a ``HotRequest`` for its cycle."""
-        request = HotRequest(
-            kind,
-            self.url.decode("ascii"),
-            self.headers,
-            self.parser.should_keep_alive(),
-            self.expect_100_continue,
-            self.on_response_complete,
-        )
-        existing = self.cycle
-        self.cycle = request  # type: ignore[assignment]  # what uvicorn uses of one, it has
-        if existing is None or existing.response_complete:
-            self._start_asgi_task(request, self.app)
-        else:  # pipelined: it starts when the answer before it is complete
-            self.flow.pause_reading()
-            self.pipeline.appendleft((request, self.app))  # type: ignore[arg-type]
 
     def on_body(self, body: bytes) -> None:
         if not self._discarding and not self.transport.is_closing():
