@@ -425,49 +425,51 @@ async def test_decode_pool_charges_prompt_and_output_against_its_kv_budget() -> 
 # -- lazy deadlines ------------------------------------------------------------------------------
 
 
+class _Expiries:
+    """A deadline's ``expired`` callback that notes when it ran; ``first`` resolves at the first."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.at: list[float] = []
+        self.first: asyncio.Future[None] = loop.create_future()
+
+    def __call__(self) -> None:
+        self.at.append(self.loop.time())
+        if not self.first.done():
+            self.first.set_result(None)
+
+
 async def test_a_lazy_deadline_expires_once_a_timeout_after_its_last_start() -> None:
     from disagg.gateway.deadline import LazyDeadline
 
     loop = asyncio.get_running_loop()
-    fired: list[float] = []
-    done = loop.create_future()
-
-    def expired() -> None:
-        fired.append(loop.time())
-        done.set_result(None)
-
-    deadline = LazyDeadline(loop, 0.2, expired)
+    fired = _Expiries(loop)
+    deadline = LazyDeadline(loop, 0.2, fired)
     deadline.start()
     await asyncio.sleep(0.1)
     deadline.start()  # restarted: the first timer re-arms for the rest instead of firing
     restarted = loop.time()
-    await asyncio.wait_for(done, 5)
-    assert fired[0] >= restarted + 0.2
+    await asyncio.wait_for(fired.first, 5)
+    assert fired.at[0] >= restarted + 0.2
     await asyncio.sleep(0.3)
-    assert len(fired) == 1  # once: it lapses until the next start
+    assert len(fired.at) == 1  # once: it lapses until the next start
 
 
 async def test_a_stopped_lazy_deadline_never_expires_and_starts_again() -> None:
     from disagg.gateway.deadline import LazyDeadline
 
     loop = asyncio.get_running_loop()
-    fired: list[float] = []
-    again = loop.create_future()
-
-    def expired() -> None:
-        fired.append(loop.time())
-        again.set_result(None)
-
-    deadline = LazyDeadline(loop, 0.1, expired)
+    fired = _Expiries(loop)
+    deadline = LazyDeadline(loop, 0.1, fired)
     deadline.start()
     deadline.stop()
     await asyncio.sleep(0.3)
-    assert fired == []
+    assert fired.at == []
     deadline.start()
     deadline.cancel()
     await asyncio.sleep(0.3)
-    assert fired == []
+    assert fired.at == []
     deadline.start()  # a stop or cancel is not for good: the next start arms it again
     began = loop.time()
-    await asyncio.wait_for(again, 5)
-    assert fired[0] >= began + 0.1
+    await asyncio.wait_for(fired.first, 5)
+    assert fired.at[0] >= began + 0.1
