@@ -18,12 +18,7 @@ from pathlib import Path
 import pytest
 
 from disagg.controller.metrics import QUERIES, PrometheusClient, read_snapshot
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from disagg.sim.process import free_port
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +28,7 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         pytest.skip("no prometheus binary (Debian package `prometheus`)")
     work: Path = tmp_path_factory.mktemp("prom")
     (work / "p.yml").write_text("global: {scrape_interval: 1m}\n")
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     proc = subprocess.Popen(
         [
@@ -82,7 +77,7 @@ def test_with_no_traffic_the_snapshot_is_idle_not_unavailable(prometheus: str) -
 
 def test_an_unreachable_prometheus_costs_one_short_timeout_and_no_retries() -> None:
     started = time.monotonic()
-    snapshot = read_snapshot(PrometheusClient(f"http://127.0.0.1:{_free_port()}", 0.5), {})
+    snapshot = read_snapshot(PrometheusClient(f"http://127.0.0.1:{free_port()}", 0.5), {})
     assert not snapshot.ok and snapshot.pool("ns", "p") is None
     assert time.monotonic() - started < 2.0  # 5 refused queries, none retried
 
