@@ -9,7 +9,9 @@ Two parts, one run (``python bench/gateway_bench.py``; about 7 minutes on 2 core
    direct latency at the same concurrency in the same repeat; requests per CPU-second of the
    router process (/proc) = per core; CPU per 1,000 streamed tokens.  The sweep runs
    ``--overhead-repeats`` times (5: on a shared 2-core machine one phase's figures can move by
-   10-15% from repeat to repeat) and every figure is shown with its spread.
+   10-15% from repeat to repeat) and every figure is shown with its spread.  At 1 stream the
+   paths are interleaved request by request (``overhead.run_interleaved``); above 64 streams
+   the phases run longer (``--busy-phase-seconds``).
 2. Routing quality.  Four sims at real speed (Llama-3.1-8B on H100, the sim's defaults), one
    seeded workload -- chat requests sharing a few long system prompts (Poisson arrivals) plus
    bursts of long unique prompts -- replayed against (a) all four sims aggregated behind our
@@ -44,7 +46,7 @@ import httpx  # noqa: E402
 from tests.gateway_procs import Proc, clear, free_port, start_gateway, start_sims  # noqa: E402
 
 from loadgen import Result, Workload, percentile, run_workload  # noqa: E402
-from overhead import CONCURRENCY, Row, cpu_seconds, measure  # noqa: E402
+from overhead import BUSY, CONCURRENCY, Row, cpu_seconds, measure  # noqa: E402
 
 MODEL = "m"
 
@@ -260,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
         "--phase-seconds", type=float, default=4.0, help="closed loop per path and concurrency"
     )
     parser.add_argument(
+        "--busy-phase-seconds",
+        type=float,
+        default=10.0,
+        help=f"closed loop per path above {BUSY} streams, where one round of requests takes"
+        " seconds and a short phase would be mostly its ramp-up and drain",
+    )
+    parser.add_argument(
         "--overhead-repeats", type=int, default=5, help="sweeps of the overhead part"
     )
     parser.add_argument(
@@ -282,6 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(),
         "vllm_router": vllm_router_version(binary) if binary else "absent",
         "overhead_repeats": args.overhead_repeats,
+        "phase_seconds": args.phase_seconds,
+        "busy_phase_seconds": args.busy_phase_seconds,
         "gateway_workers": args.gateway_workers,
     }
     print(f"environment: {env}", flush=True)
@@ -316,8 +327,10 @@ def main(argv: list[str] | None = None) -> int:
                 pre,
                 dec[0],
                 args.overhead_repeats,
-                args.phase_seconds,
-                tuple(args.concurrency),
+                {
+                    c: args.busy_phase_seconds if c > BUSY else args.phase_seconds
+                    for c in args.concurrency
+                },
             )
         )
     finally:
@@ -373,7 +386,10 @@ def main(argv: list[str] | None = None) -> int:
 def print_overhead(rows: list[Row]) -> None:
     from report import goals, overhead_rows, text_table
 
-    print("\nOverhead (P/D, streamed, ~400-token prompt, 32 tokens; median (min-max) of repeats)")
+    print(
+        "\nOverhead (P/D, streamed, ~400-token prompt, 32 tokens; latencies over all repeats,"
+        " other figures the median; (min-max) of the repeats)"
+    )
     print(text_table(overhead_rows(rows)), flush=True)
     print(goals(rows), flush=True)
 

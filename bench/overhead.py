@@ -8,12 +8,17 @@ clients each send one request after another for a few seconds (a closed loop) th
   proxy that costs nothing, the latency floor;
 * *ours* and *vllm-router*: the same two legs done by the router.
 
-Phases run path after path, concurrency after concurrency, and the whole sweep ``repeats``
-times, so a slow spell of the shared machine hits every path alike; each repeat starts with
-another path, so that none always runs in the wake of the same one.  Per phase: the latency of
-every request (sent to last byte), the requests and streamed tokens completed, and the CPU
-time the router process used (from /proc, all threads).  *Added* pXX = a router's pXX minus
-the direct path's pXX in the same repeat at the same concurrency.
+At 32 and 256 streams, phases run path after path, and the whole sweep ``repeats`` times, so
+a slow spell of the shared machine hits every path alike; each repeat starts with another path,
+so that none always runs in the wake of the same one.  At 1 stream the paths are *interleaved*
+instead: one loop sends each request through the next path of a freshly shuffled order, so
+every path sees the machine of the same seconds -- with a few hundred requests per phase, a
+path's p99 is its few slowest requests, and in phases of their own those had come from
+whatever else the machine did then (the added p99 moved by +-8 ms from repeat to repeat).
+Per phase: the latency of every request (sent to last byte), the requests and streamed tokens
+completed, and the CPU time the router process used (from /proc, all threads; interleaved: while
+its own requests were in flight).  *Added* pXX = a router's pXX minus the direct path's
+pXX in the same repeat at the same concurrency.
 """
 
 from __future__ import annotations
@@ -36,6 +41,9 @@ MODEL = "m"
 TOKENS = 32
 """Output tokens per request (streamed: one SSE event each)."""
 CONCURRENCY = (1, 32, 256)
+BUSY = 64
+"""Above this many streams a round of requests takes seconds (the sims are saturated): such
+phases run longer, so that their ramp-up and drain are a small part of them."""
 
 
 def body(rng: random.Random) -> dict[str, Any]:
@@ -59,17 +67,33 @@ def _descendants(pid: int) -> list[int]:
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process and its live descendants (all threads), from /proc:
     a gateway run with ``--workers N`` is a supervisor and N serving processes."""
-    import os
-    from pathlib import Path
+    return RunClock(pid).seconds()
 
-    total = 0
-    for proc in (pid, *_descendants(pid)):
-        try:
-            fields = Path(f"/proc/{proc}/stat").read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        total += int(fields[11]) + int(fields[12])
-    return total / os.sysconf("SC_CLK_TCK")
+
+class RunClock:
+    """The CPU time a process tree has run, to the nanosecond: the sum of its threads'
+    ``schedstat`` (what ``/proc/PID/stat`` reports in 10 ms ticks).  The processes are found
+    once; their threads at every reading."""
+
+    def __init__(self, pid: int) -> None:
+        self.procs = [pid, *_descendants(pid)]
+
+    def seconds(self) -> float:
+        import os
+
+        total = 0
+        for proc in self.procs:
+            try:
+                threads = os.listdir(f"/proc/{proc}/task")
+            except OSError:
+                continue
+            for thread in threads:
+                try:
+                    with open(f"/proc/{proc}/task/{thread}/schedstat", "rb") as f:
+                        total += int(f.read().split(None, 1)[0])
+                except (OSError, ValueError, IndexError):
+                    continue  # the thread ended meanwhile
+        return total / 1e9
 
 
 async def _stream(client: LeanClient, url: str, payload: dict[str, Any]) -> int:
@@ -122,13 +146,51 @@ async def run_phase(
             phase.latencies.append(time.perf_counter() - start)
             phase.tokens += events
 
-    cpu0 = cpu_seconds(pid) if pid else 0.0
+    clock = RunClock(pid) if pid else None
+    cpu0 = clock.seconds() if clock else 0.0
     t0 = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     phase.wall = time.perf_counter() - t0
-    if pid:
-        phase.cpu = cpu_seconds(pid) - cpu0
+    if clock:
+        phase.cpu = clock.seconds() - cpu0
     return phase
+
+
+async def run_interleaved(
+    paths: dict[str, tuple[Any, int | None]], rng: random.Random, seconds: float
+) -> dict[str, Phase]:
+    """One stream, each request through the next path of a shuffled order, for ``seconds`` per
+    path.  A phase's ``wall`` and ``cpu`` are summed over its own requests: the time they took
+    (its rate as if alone) and the CPU its router used meanwhile -- as in a phase of its own,
+    and not the idle spells while the other paths had the stream."""
+    phases = {name: Phase() for name in paths}
+    clocks = {name: RunClock(pid) for name, (_, pid) in paths.items() if pid}
+    for name in clocks:
+        phases[name].cpu = 0.0
+    order = list(paths)
+    deadline = time.perf_counter() + seconds * len(order)
+    while time.perf_counter() < deadline:
+        rng.shuffle(order)
+        for name in order:
+            send, _ = paths[name]
+            phase = phases[name]
+            clock = clocks.get(name)
+            cpu0 = clock.seconds() if clock else 0.0
+            start = time.perf_counter()
+            try:
+                events = await send(body(rng))
+            except (ClientError, TimeoutError, KeyError, ValueError):
+                events = -1
+            took = time.perf_counter() - start
+            if clock:
+                phase.cpu += clock.seconds() - cpu0
+            phase.wall += took
+            if events < 0:
+                phase.errors += 1
+                continue
+            phase.latencies.append(took)
+            phase.tokens += events
+    return phases
 
 
 @dataclass
@@ -140,9 +202,17 @@ class Row:
     phases: list[Phase] = field(default_factory=list)
     added_p50: list[float] = field(default_factory=list)
     added_p99: list[float] = field(default_factory=list)
+    pooled_added: dict[int, float] = field(default_factory=dict)
+    """Added p50/p99 over every repeat's requests together (a router's pooled pXX minus the
+    direct path's): at 1 stream a p99 of a thousand-odd requests, not the median of a few
+    p99s of a few hundred, each its phase's three or four slowest."""
 
     def p(self, q: float) -> list[float]:
         return [percentile(ph.latencies, q) for ph in self.phases]
+
+    def pooled(self, q: float) -> float:
+        """The pXX latency of every repeat's requests together."""
+        return percentile([x for ph in self.phases for x in ph.latencies], q)
 
     def rps(self) -> list[float]:
         return [len(ph.latencies) / ph.wall for ph in self.phases if ph.wall > 0]
@@ -168,9 +238,9 @@ async def measure(
     prefill: str,
     decode: str,
     repeats: int,
-    seconds: float,
-    concurrency: tuple[int, ...] = CONCURRENCY,
+    seconds: dict[int, float],
 ) -> list[Row]:
+    """``seconds``: the phase length at each concurrency (in the order they run)."""
     rng = random.Random(11)
     rows: dict[tuple[str, int], Row] = {}
     client = LeanClient(timeout_seconds=120.0)
@@ -189,13 +259,16 @@ async def measure(
             # Each repeat starts with another path: a phase runs in the wake of the one before
             # it (the sims' state, the machine's), and no path should always follow the same.
             order = names[rep % len(names) :] + names[: rep % len(names)]
-            for c in concurrency:
+            for c, length in seconds.items():
                 done: dict[str, Phase] = {}
+                if c == 1:
+                    done = await run_interleaved(senders, rng, length)
+                else:
+                    for name in order:
+                        send, pid = senders[name]
+                        done[name] = await run_phase(send, rng, c, length, pid)
                 for name in order:
-                    send, pid = senders[name]
-                    done[name] = await run_phase(send, rng, c, seconds, pid)
-                    row = rows.setdefault((name, c), Row(name, c))
-                    row.phases.append(done[name])
+                    rows.setdefault((name, c), Row(name, c)).phases.append(done[name])
                 base = done["direct"]
                 for name, phase in done.items():
                     row = rows[(name, c)]
@@ -216,4 +289,8 @@ async def measure(
                 )
     finally:
         client.close()
+    for (name, c), path in rows.items():
+        direct = rows[("direct", c)]
+        if name != "direct":
+            path.pooled_added = {q: path.pooled(q) - direct.pooled(q) for q in (50, 99)}
     return list(rows.values())

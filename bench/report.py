@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import statistics
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -57,25 +58,27 @@ def _median(values: list[float]) -> float:
 
 
 def _figures_overhead(o: Any) -> list[float]:
-    """Medians over the repeats: p50, p99, added p50, added p99, req/s, per core, CPU/1k tok."""
+    """Latencies pooled over the repeats (p50, p99, added p50, added p99), then medians over
+    the repeats: req/s, per core, CPU/1k tokens."""
     return [
-        _median(o.p(50)),
-        _median(o.p(99)),
-        _median(o.added_p50),
-        _median(o.added_p99),
+        o.pooled(50),
+        o.pooled(99),
+        o.pooled_added.get(50, float("nan")),
+        o.pooled_added.get(99, float("nan")),
         _median(o.rps()),
         _median(o.per_core()),
         _median(o.cpu_per_1k_tokens()),
     ]
 
 
-def _spread(values: list[float], fmt: Any) -> str:
-    """``median (min-max)`` of the repeats."""
+def _spread(values: list[float], fmt: Callable[[float], str], center: float | None = None) -> str:
+    """``center (min-max)`` of the repeats; the center is their median unless given."""
     if not values:
         return "-"
+    middle = _median(values) if center is None else center
     if len(values) == 1:
-        return fmt(values[0])
-    return f"{fmt(_median(values))} ({fmt(min(values))}-{fmt(max(values))})"
+        return fmt(middle)
+    return f"{fmt(middle)} ({fmt(min(values))}-{fmt(max(values))})"
 
 
 def _figures_quality(q: Any) -> list[float]:
@@ -102,15 +105,19 @@ def overhead_rows(overhead: list[Any]) -> list[list[str]]:
     for c in sorted({o.concurrency for o in overhead}):
         for o in (o for o in overhead if o.concurrency == c):
             router = o.name != "direct"
-            ms = [x * 1000 for x in o.added_p50], [x * 1000 for x in o.added_p99]
+            added = [
+                _spread([x * 1000 for x in each], lambda x: f"{x:.1f}", o.pooled_added[q] * 1000)
+                if router
+                else "-"
+                for q, each in ((50, o.added_p50), (99, o.added_p99))
+            ]
             rows.append(
                 [
                     o.name,
                     str(c),
-                    _ms(_median(o.p(50))),
-                    _ms(_median(o.p(99))),
-                    _spread(ms[0], lambda x: f"{x:.1f}") if router else "-",
-                    _spread(ms[1], lambda x: f"{x:.1f}") if router else "-",
+                    _ms(o.pooled(50)),
+                    _ms(o.pooled(99)),
+                    *added,
                     f"{_median(o.rps()):.0f}",
                     _spread(o.per_core(), lambda x: f"{x:.0f}") if router else "-",
                     _spread([x * 1000 for x in o.cpu_per_1k_tokens()], lambda x: f"{x:.0f}")
@@ -135,8 +142,16 @@ def goals(overhead: list[Any]) -> str:
             continue
         ours, theirs = by["ours", c], by["vllm-router", c]
         per_core = _median(ours.per_core()) / _median(theirs.per_core())
-        out.append(f"req/s per core at {c} streams {per_core:.2f}x")
-        a99, b99 = _median(ours.added_p99), _median(theirs.added_p99)
+        paired = [a / b for a, b in zip(ours.per_core(), theirs.per_core(), strict=False)]
+        each = ""
+        if paired:
+            above = sum(r >= 1.0 for r in paired)
+            each = (
+                f" (each repeat: {min(paired):.2f}-{max(paired):.2f}x,"
+                f" >= 1.0x in {above} of {len(paired)})"
+            )
+        out.append(f"req/s per core at {c} streams {per_core:.2f}x{each}")
+        a99, b99 = ours.pooled_added[99], theirs.pooled_added[99]
         if c == 1:
             out.append(f"added p99 at 1 stream {a99 * 1000:.1f} ms (goal < 2 ms)")
         if c == max(o.concurrency for o in overhead):
@@ -206,7 +221,7 @@ def _plot(path: Path, overhead: list[Any], quality: list[Any]) -> None:
     width = 0.8 / max(1, len(routers))
     for i, name in enumerate(routers):
         xs = [x + (i - (len(routers) - 1) / 2) * width for x in range(len(levels))]
-        left.bar(xs, [_median(by[name, c].added_p99) * 1000 for c in levels], width, label=name)
+        left.bar(xs, [by[name, c].pooled_added[99] * 1000 for c in levels], width, label=name)
         middle.bar(xs, [_median(by[name, c].per_core()) for c in levels], width, label=name)
     for ax in (left, middle):
         ax.set_xticks(range(len(levels)), [f"{c} streams" for c in levels])
@@ -290,14 +305,22 @@ def write_report(
         "One prefill and two decode sims at `--sim-speedup 100` (engine time near zero), unique",
         f"~400-token prompts, {TOKENS} output tokens streamed (one SSE event each). For 1, 32 and",
         "256 concurrent streams, each path in turn serves a closed loop (every stream sends its",
-        "next request when the last one ended) for a few seconds; the sweep ran",
+        f"next request when the last one ended) for {env.get('phase_seconds', 4):g} s"
+        f" ({env.get('busy_phase_seconds', 10):g} s above 64 streams, where a round of requests"
+        " takes seconds and a short phase would be mostly its ramp-up and drain); at 1 stream"
+        " the paths are",
+        "interleaved instead (each request through the next path of a shuffled order, so all",
+        "paths see the machine of the same seconds; a router's CPU is then counted while its own",
+        "requests were in flight). The sweep ran",
         f"{env.get('overhead_repeats', 5)} times (each repeat starting with another path) and",
-        "every figure below is the median of the",
-        "repeats, with (min-max) where it is a goal of issue 16. *direct* = the benchmark itself",
+        "the latencies below are over all the repeats' requests together (pooled), the other",
+        "figures the median of the repeats; (min-max) is the spread of the repeats where a",
+        "figure is a goal of issue 16. *direct* = the benchmark itself",
         "doing the two P/D legs (prefill with `max_tokens: 1` + `kv_transfer_params`, then the",
         "decode stream), i.e. a proxy that costs nothing. *Added* pXX = a router's pXX latency",
-        "(request sent to last byte) minus the direct path's pXX at the same concurrency in the",
-        "same repeat. *req/s per core* = completed requests / CPU seconds the router process",
+        "(request sent to last byte) minus the direct path's pXX at the same concurrency, both",
+        "pooled (its spread: the same difference in each repeat). *req/s per core* = completed",
+        "requests / CPU seconds the router process",
         "used (all its threads); *CPU ms per 1k tokens* = the router's CPU per 1,000 streamed",
         "tokens. Our gateway ran with `--min-uncached-prompt-tokens 0` so that it, too,",
         "disaggregates every request, with its admission limits raised to vllm-router's",
@@ -363,7 +386,7 @@ def write_report(
         "router's relay) shows up as a slow engine step -- compare the run-to-run spread above",
         "before reading much into a p99 ratio.",
     ]
-    if any(_median(o.added_p99) < 0 for o in overhead if o.name != "direct"):
+    if any(o.pooled_added[99] < 0 for o in overhead if o.name != "direct"):
         lines += [
             "The overhead table's negative *added p99* is that noise too: in this run the direct",
             "path had the worse outliers.",
