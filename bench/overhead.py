@@ -210,9 +210,16 @@ class Row:
     def p(self, q: float) -> list[float]:
         return [percentile(ph.latencies, q) for ph in self.phases]
 
+    pooled_added_p99_interval: tuple[float, float] = (float("nan"), float("nan"))
+    """A 95% bootstrap interval of the pooled added p99: how far the sims' own tail lets a
+    difference of two p99s be pinned down."""
+
+    def latencies(self) -> list[float]:
+        return [x for ph in self.phases for x in ph.latencies]
+
     def pooled(self, q: float) -> float:
         """The pXX latency of every repeat's requests together."""
-        return percentile([x for ph in self.phases for x in ph.latencies], q)
+        return percentile(self.latencies(), q)
 
     def rps(self) -> list[float]:
         return [len(ph.latencies) / ph.wall for ph in self.phases if ph.wall > 0]
@@ -293,4 +300,22 @@ async def measure(
         direct = rows[("direct", c)]
         if name != "direct":
             path.pooled_added = {q: path.pooled(q) - direct.pooled(q) for q in (50, 99)}
+            path.pooled_added_p99_interval = bootstrap_interval(
+                path.latencies(), direct.latencies(), 99
+            )
     return list(rows.values())
+
+
+def bootstrap_interval(
+    ours: list[float], base: list[float], q: float, rounds: int = 400
+) -> tuple[float, float]:
+    """95% interval of ``pXX(ours) - pXX(base)``, each sample redrawn with replacement."""
+    if not ours or not base:
+        return float("nan"), float("nan")
+    rng = random.Random(0)
+    diffs = sorted(
+        percentile(rng.choices(ours, k=len(ours)), q)
+        - percentile(rng.choices(base, k=len(base)), q)
+        for _ in range(rounds)
+    )
+    return diffs[int(0.025 * rounds)], diffs[int(0.975 * rounds) - 1]
