@@ -1,6 +1,6 @@
 """Gateway benchmark: our gateway vs going direct vs vllm-router, on the same simulators.
 
-Two parts, one run (``python bench/gateway_bench.py``; about 7 minutes on 2 cores):
+Two parts, one run (``python bench/gateway_bench.py``; about 11 minutes on 2 cores):
 
 1. Overhead (``bench/overhead.py``).  One prefill and two decode sims at ``--sim-speedup 100``
    (engine time ~0), unique ~400-token prompts, 32 streamed output tokens, closed loops of 1, 32
@@ -10,8 +10,9 @@ Two parts, one run (``python bench/gateway_bench.py``; about 7 minutes on 2 core
    router process (/proc) = per core; CPU per 1,000 streamed tokens.  The sweep runs
    ``--overhead-repeats`` times (5: on a shared 2-core machine one phase's figures can move by
    10-15% from repeat to repeat) and every figure is shown with its spread.  At 1 stream the
-   paths are interleaved request by request (``overhead.run_interleaved``); above 64 streams
-   the phases run longer (``--busy-phase-seconds``).
+   paths are interleaved request by request (``overhead.run_interleaved``) for longer
+   (``--single-phase-seconds``); above 64 streams the phases run longer too
+   (``--busy-phase-seconds``).
 2. Routing quality.  Four sims at real speed (Llama-3.1-8B on H100, the sim's defaults), one
    seeded workload -- chat requests sharing a few long system prompts (Poisson arrivals) plus
    bursts of long unique prompts -- replayed against (a) all four sims aggregated behind our
@@ -255,11 +256,25 @@ def ratio(ours: float, theirs: float) -> str:
     return "n/a" if ours != ours or theirs != theirs or theirs == 0 else f"{ours / theirs:.2f}x"
 
 
+def phase_seconds(streams: int, args: argparse.Namespace) -> float:
+    """How long each path's closed loop runs at ``streams`` concurrent streams."""
+    if streams == 1:
+        return float(args.single_phase_seconds)
+    return float(args.busy_phase_seconds if streams > BUSY else args.phase_seconds)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--vllm-router", help="path to the vllm-router executable")
     parser.add_argument(
         "--phase-seconds", type=float, default=4.0, help="closed loop per path and concurrency"
+    )
+    parser.add_argument(
+        "--single-phase-seconds",
+        type=float,
+        default=20.0,
+        help="per path at 1 stream (interleaved): a p99 of a few hundred requests is their"
+        " three slowest, and the added p99 is a difference of two such tails",
     )
     parser.add_argument(
         "--busy-phase-seconds",
@@ -292,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
         "vllm_router": vllm_router_version(binary) if binary else "absent",
         "overhead_repeats": args.overhead_repeats,
         "phase_seconds": args.phase_seconds,
+        "single_phase_seconds": args.single_phase_seconds,
         "busy_phase_seconds": args.busy_phase_seconds,
         "gateway_workers": args.gateway_workers,
     }
@@ -327,10 +343,7 @@ def main(argv: list[str] | None = None) -> int:
                 pre,
                 dec[0],
                 args.overhead_repeats,
-                {
-                    c: args.busy_phase_seconds if c > BUSY else args.phase_seconds
-                    for c in args.concurrency
-                },
+                {c: phase_seconds(c, args) for c in args.concurrency},
             )
         )
     finally:

@@ -309,13 +309,13 @@ def write_report(
         "One prefill and two decode sims at `--sim-speedup 100` (engine time near zero), unique",
         f"~400-token prompts, {TOKENS} output tokens streamed (one SSE event each). For 1, 32 and",
         "256 concurrent streams, each path in turn serves a closed loop (every stream sends its",
-        f"next request when the last one ended) for {env.get('phase_seconds', 4):g} s"
-        f" ({env.get('busy_phase_seconds', 10):g} s above 64 streams, where a round of requests"
-        " takes seconds and a short phase would be mostly its ramp-up and drain); at 1 stream"
-        " the paths are",
-        "interleaved instead (each request through the next path of a shuffled order, so all",
-        "paths see the machine of the same seconds; a router's CPU is then counted while its own",
-        "requests were in flight). The sweep ran",
+        f"next request when the last one ended) for {env.get('phase_seconds', 4):g} s",
+        f"({env.get('busy_phase_seconds', 10):g} s above 64 streams, where a round of requests",
+        "takes seconds and a short phase would be mostly its ramp-up and drain). At 1 stream the",
+        "paths are interleaved instead (each request through the next path of a shuffled order,",
+        "so all paths see the machine of the same seconds; a router's CPU is then counted while",
+        f"its own requests were in flight), {env.get('single_phase_seconds', 4):g} s of requests",
+        "per path: the added p99 is a difference of two tails. The sweep ran",
         f"{env.get('overhead_repeats', 5)} times (each repeat starting with another path) and",
         "the latencies below are over all the repeats' requests together (pooled), the other",
         "figures the median of the repeats; (min-max) is the spread of the repeats where a",
