@@ -122,6 +122,22 @@ class Phase:
     wall: float = 0.0
     cpu: float = float("nan")
 
+    async def one(self, send: Any, rng: random.Random) -> float:
+        """Send one request and note it here (latency and tokens, or an error); its
+        duration."""
+        start = time.perf_counter()
+        try:
+            events = await send(body(rng))
+        except (ClientError, TimeoutError, KeyError, ValueError):
+            events = -1
+        took = time.perf_counter() - start
+        if events < 0:
+            self.errors += 1
+        else:
+            self.latencies.append(took)
+            self.tokens += events
+        return took
+
 
 async def run_phase(
     send: Any,
@@ -135,16 +151,7 @@ async def run_phase(
 
     async def worker() -> None:
         while time.perf_counter() < deadline:
-            start = time.perf_counter()
-            try:
-                events = await send(body(rng))
-            except (ClientError, TimeoutError, KeyError, ValueError):
-                events = -1
-            if events < 0:
-                phase.errors += 1
-                continue
-            phase.latencies.append(time.perf_counter() - start)
-            phase.tokens += events
+            await phase.one(send, rng)
 
     clock = RunClock(pid) if pid else None
     cpu0 = clock.seconds() if clock else 0.0
@@ -176,20 +183,9 @@ async def run_interleaved(
             phase = phases[name]
             clock = clocks.get(name)
             cpu0 = clock.seconds() if clock else 0.0
-            start = time.perf_counter()
-            try:
-                events = await send(body(rng))
-            except (ClientError, TimeoutError, KeyError, ValueError):
-                events = -1
-            took = time.perf_counter() - start
+            phase.wall += await phase.one(send, rng)
             if clock:
                 phase.cpu += clock.seconds() - cpu0
-            phase.wall += took
-            if events < 0:
-                phase.errors += 1
-                continue
-            phase.latencies.append(took)
-            phase.tokens += events
     return phases
 
 
