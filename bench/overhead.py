@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import random
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from tests.gateway_procs import Proc
@@ -51,8 +53,6 @@ def body(rng: random.Random) -> dict[str, Any]:
 
 
 def _descendants(pid: int) -> list[int]:
-    from pathlib import Path
-
     found = []
     for task in Path(f"/proc/{pid}/task").glob("*"):
         try:
@@ -79,8 +79,6 @@ class RunClock:
         self.procs = [pid, *_descendants(pid)]
 
     def seconds(self) -> float:
-        import os
-
         total = 0
         for proc in self.procs:
             try:
@@ -202,10 +200,6 @@ class Row:
     """Added p50/p99 over every repeat's requests together (a router's pooled pXX minus the
     direct path's): at 1 stream a p99 of a thousand-odd requests, not the median of a few
     p99s of a few hundred, each its phase's three or four slowest."""
-
-    def p(self, q: float) -> list[float]:
-        return [percentile(ph.latencies, q) for ph in self.phases]
-
     pooled_added_p99_interval: tuple[float, float] = (float("nan"), float("nan"))
     """A 95% bootstrap interval of the pooled added p99: how far the sims' own tail lets a
     difference of two p99s be pinned down."""
