@@ -1,6 +1,6 @@
 """Gateway benchmark: our gateway vs going direct vs vllm-router, on the same simulators.
 
-Two parts, one run (``python bench/gateway_bench.py``; about 11 minutes on 2 cores):
+Two parts, one run (``python bench/gateway_bench.py``; about 13 minutes on 2 cores):
 
 1. Overhead (``bench/overhead.py``).  One prefill and two decode sims at ``--sim-speedup 100``
    (engine time ~0), unique ~400-token prompts, 32 streamed output tokens, closed loops of 1, 32
