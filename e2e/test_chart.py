@@ -559,15 +559,37 @@ def _rebuilt_operator_image(cluster: Cluster) -> str:
     return ref
 
 
+def _all_ready(deployment: dict[str, Any]) -> bool:
+    """Every replica ready and available (the gateway runs two: the second may lag)."""
+    want = deployment["spec"].get("replicas", 1)
+    status = deployment.get("status", {})
+    return status.get("readyReplicas", 0) == want == status.get("availableReplicas", 0)
+
+
 def _versions(kube: Kubectl) -> dict[str, str]:
+    return _rv(_children(kube))
+
+
+def _children(kube: Kubectl) -> dict[str, dict[str, Any]]:
     kinds = ("disaggdeployments.disagg.dev", "inferencepools.disagg.dev", "deployments",
              "services", "configmaps", "serviceaccounts", "roles", "rolebindings",
              "pdb")  # fmt: skip
-    return {
-        f"{kind}/{o['metadata']['name']}": o["metadata"]["resourceVersion"]
-        for kind in kinds
-        for o in kube.items(kind)
-    }
+    return {f"{kind}/{o['metadata']['name']}": o for kind in kinds for o in kube.items(kind)}
+
+
+def _writers(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """Who wrote an object between two reads: its managedFields entries that are new or
+    newer, and whether its status changed."""
+
+    def entries(obj: dict[str, Any]) -> set[tuple[str, str, str, str]]:
+        return {(m.get("manager", ""), m.get("operation", ""), m.get("subresource", ""),
+                 m.get("time", "")) for m in obj["metadata"].get("managedFields", [])}  # fmt: skip
+
+    found = [f"{m} {op} {sub or 'main'} at {t}" for m, op, sub, t in
+             sorted(entries(after) - entries(before))]  # fmt: skip
+    if before.get("status") != after.get("status"):
+        found.append(f"status {before.get('status')} -> {after.get('status')}")
+    return found
 
 
 def test_an_operator_upgrade_restarts_no_worker_and_rewrites_nothing(
@@ -585,9 +607,7 @@ def test_an_operator_upgrade_restarts_no_worker_and_rewrites_nothing(
     try:
         kube.apply(_smoke_disagg("steady"))
         for pool in ("steady-prefill", "steady-decode", "steady-gateway"):
-            kube.wait_for_object(
-                "deployment", pool, lambda d: d.get("status", {}).get("readyReplicas", 0) >= 1, 240
-            )
+            kube.wait_for_object("deployment", pool, _all_ready, 240)
         kube.wait_for_object(
             "disaggdeployments.disagg.dev", "steady",
             lambda o: o.get("status", {}).get("observedGeneration") == o["metadata"]["generation"],
@@ -613,23 +633,25 @@ def test_an_operator_upgrade_restarts_no_worker_and_rewrites_nothing(
         assert new[0]["spec"]["containers"][0]["image"] == ref
         after = _settled(kube)
         assert {p["metadata"]["name"]: p["metadata"]["uid"] for p in kube.items("pods")} == pods
-        changed = {k: (v, after.get(k)) for k, v in before.items() if after.get(k) != v}
-        assert not changed, f"the upgraded operator wrote: {changed}"
+        changed = {
+            key: _writers(obj, after[key]) if key in after else ["deleted"]
+            for key, obj in before.items()
+            if key not in after or _rv(after)[key] != obj["metadata"]["resourceVersion"]
+        }
+        assert not changed, f"written after the upgrade: {changed}"
         print(f"operator upgraded to {ref}: {len(pods)} worker/gateway pods kept, "
               f"{len(before)} objects unchanged")  # fmt: skip
     finally:
         cluster_kube.delete("namespace", work)
 
 
-def _settled(kube: Kubectl) -> dict[str, str]:
-    """resourceVersions once two reads 15 s apart agree (a resuming operator has had time)."""
+def _settled(kube: Kubectl) -> dict[str, dict[str, Any]]:
+    """The children once none has changed for 15 s (a resuming operator has had time)."""
+    return kube.wait_unchanged(lambda: _children(kube), 15, 180, key=_rv)
 
-    def probe() -> dict[str, str] | None:
-        first = _versions(kube)
-        kube.wait_for(lambda: True, 15)
-        return first if _versions(kube) == first else None
 
-    return kube.wait_for(probe, 180, "nothing changing", interval=0.1)
+def _rv(objects: dict[str, dict[str, Any]]) -> dict[str, str]:
+    return {key: obj["metadata"]["resourceVersion"] for key, obj in objects.items()}
 
 
 def test_uninstall_keeps_the_crds_and_the_custom_resources(

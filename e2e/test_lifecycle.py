@@ -156,14 +156,8 @@ def _versions(kube: Kubectl) -> dict[str, str]:
 
 
 def _stable_versions(kube: Kubectl) -> dict[str, str]:
-    """resourceVersions of everything, once two reads 3 s apart agree."""
-
-    def probe() -> dict[str, str] | None:
-        first = _versions(kube)
-        kube.wait_for(lambda: True, 3)
-        return first if _versions(kube) == first else None
-
-    return kube.wait_for(probe, 60, "nothing changing", interval=0.1)
+    """resourceVersions of everything, once none has changed for 3 s."""
+    return kube.wait_unchanged(lambda: _versions(kube), 3, 60)
 
 
 def test_an_operator_restart_writes_nothing(

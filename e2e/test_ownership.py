@@ -56,22 +56,23 @@ KINDS = {
 
 
 def _settled(kube: Kubectl, kubectl_kind: str, name: str) -> dict[str, Any]:
-    """The object once nobody writes it any more (a standalone pool gets its own status)."""
+    """The object once nobody has written it for 2 s (a standalone pool gets its own status)."""
 
-    def probe() -> dict[str, Any] | None:
-        first = kube.get(kubectl_kind, name)
-        if first is None:
+    def read() -> dict[str, Any] | None:
+        obj = kube.get(kubectl_kind, name)
+        if obj is None:
             return None
-        if kubectl_kind == IP and not (first.get("status") or {}).get("observedGeneration"):
+        if kubectl_kind == IP and not (obj.get("status") or {}).get("observedGeneration"):
             return None
-        kube.wait_for(lambda: True, 1)
-        second = kube.get(kubectl_kind, name)
-        same = (
-            second and second["metadata"]["resourceVersion"] == first["metadata"]["resourceVersion"]
-        )
-        return second if same else None
+        return obj
 
-    return kube.wait_for(probe, 60, f"{kubectl_kind}/{name} settled", interval=2)
+    return kube.wait_unchanged(
+        read,
+        2,
+        60,
+        f"{kubectl_kind}/{name} settled",
+        key=lambda o: o["metadata"]["resourceVersion"],
+    )
 
 
 @pytest.mark.parametrize("kind", list(KINDS))

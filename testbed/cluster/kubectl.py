@@ -146,6 +146,38 @@ class Kubectl:
                 raise WaitTimeout(f"{what}: not true after {timeout:.0f}s; last: {last!r:.500}")
             time.sleep(interval)
 
+    def wait_unchanged(
+        self,
+        read: Callable[[], T | None],
+        quiet: float,
+        timeout: float = 60.0,
+        what: str = "nothing changing",
+        key: Callable[[T], object] | None = None,
+        interval: float = 0.5,
+    ) -> T:
+        """``read()`` once it has given the same answer (by ``key``) for ``quiet`` seconds in a
+        row: what was read at the start of that spell.  A falsy answer or ``KubectlError`` is
+        "not yet" and starts the spell again."""
+        deadline = time.monotonic() + timeout
+        held: tuple[object, float, T] | None = None  # (key, since, value)
+        while True:
+            now = time.monotonic()
+            try:
+                value = read()
+            except KubectlError:
+                value = None
+            if not value:
+                held = None
+            else:
+                mark = key(value) if key else value
+                if held is None or held[0] != mark:
+                    held = (mark, now, value)
+                elif now - held[1] >= quiet:
+                    return held[2]
+            if now >= deadline:
+                raise WaitTimeout(f"{what}: still changing after {timeout:.0f}s")
+            time.sleep(interval)
+
     def wait_for_object(
         self, kind: str, name: str, predicate: Callable[[Obj], bool], timeout: float = 60.0
     ) -> Obj:
