@@ -563,11 +563,7 @@ def _all_ready(deployment: dict[str, Any]) -> bool:
     """Every replica ready and available (the gateway runs two: the second may lag)."""
     want = deployment["spec"].get("replicas", 1)
     status = deployment.get("status", {})
-    return status.get("readyReplicas", 0) == want == status.get("availableReplicas", 0)
-
-
-def _versions(kube: Kubectl) -> dict[str, str]:
-    return _rv(_children(kube))
+    return bool(status.get("readyReplicas", 0) == want == status.get("availableReplicas", 0))
 
 
 def _children(kube: Kubectl) -> dict[str, dict[str, Any]]:
