@@ -632,7 +632,8 @@ def test_an_operator_upgrade_restarts_no_worker_and_rewrites_nothing(
         changed = {
             key: _writers(obj, after[key]) if key in after else ["deleted"]
             for key, obj in before.items()
-            if key not in after or _rv(after)[key] != obj["metadata"]["resourceVersion"]
+            if key not in after
+            or after[key]["metadata"]["resourceVersion"] != obj["metadata"]["resourceVersion"]
         }
         assert not changed, f"written after the upgrade: {changed}"
         print(f"operator upgraded to {ref}: {len(pods)} worker/gateway pods kept, "
